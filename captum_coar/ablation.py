@@ -1,0 +1,265 @@
+"""Ablation strategies: what replaces an ablated component's activation.
+
+Contract
+--------
+An :class:`AblationStrategy` gives, for a group and the activation ``a`` at the group's site,
+a replacement ``r`` broadcastable to ``a``. The gate engine (:mod:`captum_coar.gates`) then
+computes ``r + g * (a - r)`` per (row, component) for gates ``g`` in ``[0, 1]``, so ``g = 1``
+keeps a component, ``g = 0`` ablates it, and values between interpolate along the ablation
+path. Only the component's own slice of ``r`` is used.
+
+Implementations
+---------------
+- :class:`ZeroAblation` (``"zero"``): ``r = 0``.
+- :class:`WeightAblation` (``"weights"``): exactly what zeroing the component's weights does:
+  0 for bias-free layers and for input-site heads, the bias for layers with a bias. This
+  reproduces the reference COAR code (weights zeroed, biases kept).
+- :class:`ConstantAblation`: ``r = value``.
+- :class:`MeanAblation`: the mean activation over reference inputs, per feature, or per
+  feature and position (``per_position=True``).
+- :class:`ResampleAblation`: the activation of a reference input; example ``j`` of a batch is
+  paired with reference row ``perm[j % R]`` for a seeded permutation, the same for every mask.
+
+Strategies that need data are fitted with ``fit(forward_func, components)``; the engine calls
+it on first use. ``resolve_ablation`` turns a name or an instance into a strategy.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any, Callable, Dict, Optional, Tuple, Union
+
+import torch
+from torch import Tensor, nn
+
+from .components import ComponentGroup, ComponentSet, is_hf_conv1d
+
+__all__ = [
+    "AblationStrategy",
+    "ZeroAblation",
+    "WeightAblation",
+    "ConstantAblation",
+    "MeanAblation",
+    "ResampleAblation",
+    "resolve_ablation",
+    "ABLATIONS",
+]
+
+
+def along_axis(vector: Tensor, ndim: int, axis: int) -> Tensor:
+    """View a 1-d ``vector`` so it broadcasts along ``axis`` of an ``ndim``-d tensor."""
+    shape = [1] * ndim
+    shape[axis % ndim] = vector.numel()
+    return vector.reshape(shape)
+
+
+class AblationStrategy(ABC):
+    """Base class: defines the replacement activation of ablated components."""
+
+    name: str = "ablation"
+
+    def fit(self, forward_func: Callable[..., Any], components: ComponentSet) -> "AblationStrategy":
+        """Prepare data-dependent state. Default: nothing to prepare."""
+        return self
+
+    def is_fitted(self, components: ComponentSet) -> bool:
+        return True
+
+    @abstractmethod
+    def replacement(
+        self,
+        group: ComponentGroup,
+        module: nn.Module,
+        activation: Tensor,
+        example_index: Optional[Tensor] = None,
+    ) -> Union[Tensor, float]:
+        """Replacement for ``activation`` (batch first), broadcastable to it."""
+
+    def describe(self) -> Dict[str, Any]:
+        return {"name": self.name}
+
+    def __repr__(self) -> str:
+        params = ", ".join(f"{k}={v!r}" for k, v in self.describe().items() if k != "name")
+        return f"{type(self).__name__}({params})"
+
+
+class ZeroAblation(AblationStrategy):
+    """Replace ablated activations by zero."""
+
+    name = "zero"
+
+    def replacement(self, group, module, activation, example_index=None):
+        return 0.0
+
+
+class WeightAblation(AblationStrategy):
+    """Exactly what zeroing the component's weights gives (the reference COAR ablation)."""
+
+    name = "weights"
+
+    def replacement(self, group, module, activation, example_index=None):
+        bias = getattr(module, "bias", None)
+        if group.site == "input" or bias is None:
+            return 0.0
+        if not (isinstance(module, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)) or is_hf_conv1d(module)):
+            raise TypeError(
+                f"ablation='weights' on module {group.module_name!r} ({type(module).__name__}):"
+                " only Linear, Conv1D and ConvNd outputs have a known weight-zeroing effect;"
+                " use 'zero', 'mean' or 'constant'"
+            )
+        return along_axis(bias.detach().to(activation.dtype), activation.dim(), group.unit_axis)
+
+
+class ConstantAblation(AblationStrategy):
+    """Replace ablated activations by a constant."""
+
+    name = "constant"
+
+    def __init__(self, value: float = 0.0) -> None:
+        self.value = value
+
+    def replacement(self, group, module, activation, example_index=None):
+        return float(self.value)
+
+    def describe(self):
+        return {"name": self.name, "value": float(self.value)}
+
+
+class _ReferenceAblation(AblationStrategy):
+    """Shared part of strategies fitted on activations of reference inputs."""
+
+    def __init__(
+        self,
+        reference_inputs: Union[Tensor, Tuple[Tensor, ...]],
+        additional_forward_args: Any = None,
+        batch_size: int = 256,
+    ) -> None:
+        self.reference_inputs = reference_inputs
+        self.additional_forward_args = additional_forward_args
+        self.batch_size = batch_size
+
+    def is_fitted(self, components: ComponentSet) -> bool:
+        return getattr(self, "fingerprint_", None) == components.fingerprint
+
+    def fit(self, forward_func, components):
+        from .gates import record_activations  # local: gates imports this module
+
+        activations = record_activations(
+            forward_func, components, self.reference_inputs,
+            additional_forward_args=self.additional_forward_args, batch_size=self.batch_size,
+        )
+        self.statistics_ = {key: self._summarise(group, activations[key])
+                            for key, group in _keyed_groups(components).items()}
+        self.fingerprint_ = components.fingerprint
+        return self
+
+    def _statistic(self, group: ComponentGroup) -> Tensor:
+        stats = getattr(self, "statistics_", None)
+        key = (group.module_name, group.site)
+        if stats is None or key not in stats:
+            raise RuntimeError(
+                f"{type(self).__name__} is not fitted for {group.module_name!r}; call"
+                " fit(forward_func, components) first (the attribution classes do this)"
+            )
+        return stats[key]
+
+    @abstractmethod
+    def _summarise(self, group: ComponentGroup, activations: Tensor) -> Tensor:
+        ...
+
+
+class MeanAblation(_ReferenceAblation):
+    """Replace ablated activations by their mean over reference inputs.
+
+    Args:
+        reference_inputs: inputs (or a tuple of inputs) to average over.
+        per_position: keep every non-batch position (e.g. token, pixel) separately; otherwise
+            average over all positions, one value per feature along the unit axis.
+    """
+
+    name = "mean"
+
+    def __init__(self, reference_inputs, additional_forward_args=None, per_position=False,
+                 batch_size=256) -> None:
+        super().__init__(reference_inputs, additional_forward_args, batch_size)
+        self.per_position = per_position
+
+    def _summarise(self, group, activations):
+        if self.per_position:
+            return activations.mean(dim=0)
+        axis = group.unit_axis % activations.dim()
+        dims = [d for d in range(activations.dim()) if d != axis]
+        return activations.mean(dim=dims)
+
+    def replacement(self, group, module, activation, example_index=None):
+        mean = self._statistic(group).to(activation.device, activation.dtype)
+        if not self.per_position:
+            return along_axis(mean, activation.dim(), group.unit_axis)
+        if tuple(mean.shape) != tuple(activation.shape[1:]):
+            raise ValueError(
+                f"per-position mean for {group.module_name!r} has shape {tuple(mean.shape)} but"
+                f" the activation has per-example shape {tuple(activation.shape[1:])}; inputs must"
+                " match the reference inputs in every non-batch dimension (or per_position=False)"
+            )
+        return mean.unsqueeze(0)
+
+    def describe(self):
+        return {"name": self.name, "per_position": self.per_position}
+
+
+class ResampleAblation(_ReferenceAblation):
+    """Replace ablated activations by those of reference inputs (resample ablation)."""
+
+    name = "resample"
+
+    def __init__(self, reference_inputs, additional_forward_args=None, seed=0, batch_size=256):
+        super().__init__(reference_inputs, additional_forward_args, batch_size)
+        self.seed = seed
+
+    def fit(self, forward_func, components):
+        super().fit(forward_func, components)
+        n_reference = next(iter(self.statistics_.values())).shape[0]
+        generator = torch.Generator().manual_seed(int(self.seed))
+        self.permutation_ = torch.randperm(n_reference, generator=generator)
+        return self
+
+    def _summarise(self, group, activations):
+        return activations
+
+    def replacement(self, group, module, activation, example_index=None):
+        reference = self._statistic(group)
+        if tuple(reference.shape[1:]) != tuple(activation.shape[1:]):
+            raise ValueError(
+                f"resample ablation at {group.module_name!r}: reference activations have"
+                f" per-example shape {tuple(reference.shape[1:])}, the batch has"
+                f" {tuple(activation.shape[1:])}; they must match"
+            )
+        if example_index is None:
+            example_index = torch.arange(activation.shape[0])
+        rows = self.permutation_[example_index.cpu() % reference.shape[0]]
+        return reference[rows].to(activation.device, activation.dtype)
+
+    def describe(self):
+        return {"name": self.name, "seed": int(self.seed)}
+
+
+ABLATIONS: Dict[str, Callable[[], AblationStrategy]] = {
+    "zero": ZeroAblation,
+    "weights": WeightAblation,
+}
+
+
+def resolve_ablation(ablation: Union[str, AblationStrategy]) -> AblationStrategy:
+    """Return a strategy for ``"zero"``, ``"weights"`` or an :class:`AblationStrategy`."""
+    if isinstance(ablation, AblationStrategy):
+        return ablation
+    if isinstance(ablation, str) and ablation in ABLATIONS:
+        return ABLATIONS[ablation]()
+    raise ValueError(
+        f"ablation={ablation!r} is not allowed; use one of {sorted(ABLATIONS)} or an instance of"
+        " MeanAblation(reference_inputs), ConstantAblation(value), ResampleAblation(reference_inputs)"
+    )
+
+
+def _keyed_groups(components: ComponentSet) -> Dict[Tuple[str, str], ComponentGroup]:
+    return {(g.module_name, g.site): g for g in components.groups}

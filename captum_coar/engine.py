@@ -1,0 +1,212 @@
+"""Batched ablation engine: many gate rows evaluated on a batch of examples per forward pass.
+
+Contract
+--------
+:func:`evaluate_masks` takes ``k`` gate rows (``(k, n_components)``; booleans are keep masks,
+True = kept) and ``b`` examples and returns the output of every (row, example) pair as a
+``(k, b)`` tensor. ``p`` rows at a time run as ONE forward pass of ``p * b`` inputs laid out
+row-major (input row ``i * b + j`` is example ``j`` under gate row ``i``), with ``p`` chosen
+from ``perturbations_per_eval`` or the ``max_rows`` budget; when ``b`` alone exceeds the
+budget, examples are split too. The model's weights are never modified: gates act through
+the hooks of :mod:`captum_coar.gates`. Results do not depend on ``p`` beyond float rounding of
+the model's own batched arithmetic.
+
+Helpers shared by the attribution classes live here as well: tuple handling of ``inputs`` and
+``additional_forward_args`` (Captum's conventions), slicing and repeating rows, and the
+expansion of ``target`` to repeated rows.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Iterator, Optional, Tuple, Union
+
+import torch
+from torch import Tensor
+
+from .ablation import AblationStrategy
+from .components import ComponentSet
+from .gates import ComponentGates
+from .outputs import OutputFunction, resolve_output
+
+__all__ = ["evaluate_masks", "gated_outputs", "as_tuple", "slice_rows", "repeat_rows",
+           "expand_target", "rows_per_pass", "progress"]
+
+TensorOrTuple = Union[Tensor, Tuple[Tensor, ...]]
+
+
+def as_tuple(inputs: Any) -> Tuple[Any, ...]:
+    """Captum's convention: a tensor becomes a 1-tuple, None an empty tuple."""
+    if inputs is None:
+        return ()
+    return tuple(inputs) if isinstance(inputs, (tuple, list)) else (inputs,)
+
+
+def slice_rows(inputs: Tuple[Tensor, ...], additional_forward_args: Any, rows: Any,
+               n_rows: int) -> Tuple[Tuple[Tensor, ...], Tuple[Any, ...]]:
+    """Select ``rows`` of every input and of every extra argument that has ``n_rows`` rows."""
+    sliced = tuple(x[rows] for x in inputs)
+    extra = tuple(a[rows] if _has_rows(a, n_rows) else a for a in as_tuple(additional_forward_args))
+    return sliced, extra
+
+
+def repeat_rows(values: Tuple[Any, ...], repeats: int, n_rows: int) -> Tuple[Any, ...]:
+    """Repeat every tensor with ``n_rows`` rows ``repeats`` times along dim 0 (block layout)."""
+    if repeats == 1:
+        return values
+    return tuple(v.repeat(repeats, *([1] * (v.dim() - 1))) if _has_rows(v, n_rows) else v
+                 for v in values)
+
+
+def expand_target(target: Any, n_rows: int, repeats: int) -> Any:
+    """Repeat a per-example target for ``repeats`` blocks of ``n_rows`` rows."""
+    if target is None or isinstance(target, int) or repeats == 1:
+        return target
+    t = torch.as_tensor(target)
+    if t.dim() == 0:
+        return target
+    if t.shape[0] != n_rows:
+        raise ValueError(f"target has {t.shape[0]} entries but inputs have {n_rows} rows")
+    return t.repeat(repeats, *([1] * (t.dim() - 1)))
+
+
+def _has_rows(value: Any, n_rows: int) -> bool:
+    return isinstance(value, Tensor) and value.dim() > 0 and value.shape[0] == n_rows
+
+
+def rows_per_pass(n_examples: int, perturbations_per_eval: Optional[int], max_rows: int) -> int:
+    """Gate rows per forward pass: the user's choice, else as many as ``max_rows`` allows."""
+    if perturbations_per_eval is not None:
+        if int(perturbations_per_eval) < 1:
+            raise ValueError(f"perturbations_per_eval must be a positive integer, got {perturbations_per_eval}")
+        return int(perturbations_per_eval)
+    if max_rows < 1:
+        raise ValueError(f"max_rows must be a positive integer, got {max_rows}")
+    return max(1, max_rows // max(1, n_examples))
+
+
+def progress(total: int, enabled: bool, desc: str) -> Any:
+    """A tqdm bar when ``enabled`` (tqdm imported lazily), else a no-op object."""
+    if enabled:
+        from tqdm.auto import tqdm
+
+        return tqdm(total=total, desc=desc)
+
+    class _Silent:
+        def update(self, n: int = 1) -> None:
+            pass
+
+        def close(self) -> None:
+            pass
+
+    return _Silent()
+
+
+def gated_outputs(
+    forward_func: Callable[..., Any],
+    hooks: ComponentGates,
+    inputs: Tuple[Tensor, ...],
+    extra: Tuple[Any, ...],
+    gates: Tensor,
+    target: Any,
+    output_fn: OutputFunction,
+) -> Tensor:
+    """Outputs ``(p, b)`` of ``b`` examples under each of ``p`` gate rows, in ONE forward pass."""
+    n_examples, n_gate_rows = inputs[0].shape[0], gates.shape[0]
+    hooks.values = gates.repeat_interleave(n_examples, dim=0) if n_examples > 1 else gates
+    hooks.example_index = torch.arange(n_examples, device=gates.device).repeat(n_gate_rows)
+    try:
+        model_output = forward_func(*repeat_rows(inputs, n_gate_rows, n_examples),
+                                    *repeat_rows(extra, n_gate_rows, n_examples))
+        values = output_fn(model_output, expand_target(target, n_examples, n_gate_rows))
+    finally:
+        hooks.values = None
+        hooks.example_index = None
+    if values.shape != (n_gate_rows * n_examples,):
+        raise ValueError(
+            f"the output function returned shape {tuple(values.shape)}; expected one value per"
+            f" row, ({n_gate_rows * n_examples},)"
+        )
+    return values.reshape(n_gate_rows, n_examples)
+
+
+def _chunks(total: int, size: int) -> Iterator[slice]:
+    for start in range(0, total, size):
+        yield slice(start, min(start + size, total))
+
+
+def evaluate_masks(
+    forward_func: Callable[..., Any],
+    components: ComponentSet,
+    inputs: TensorOrTuple,
+    masks: Tensor,
+    target: Any = None,
+    additional_forward_args: Any = None,
+    output: Union[str, OutputFunction, Callable[..., Tensor], None] = None,
+    ablation: Union[str, AblationStrategy] = "weights",
+    perturbations_per_eval: Optional[int] = None,
+    max_rows: int = 4096,
+    show_progress: bool = False,
+    hooks: Optional[ComponentGates] = None,
+) -> Tensor:
+    """Outputs ``(k, b)`` for ``k`` gate rows ``masks`` and the ``b`` examples of ``inputs``.
+
+    Args:
+        forward_func: the model or a function of ``(*inputs, *additional_forward_args)``.
+        components: the components the columns of ``masks`` refer to.
+        masks: ``(k, n_components)``, bool keep masks or float gates in ``[0, 1]``.
+        output: output function (see :mod:`captum_coar.outputs`); default margin with a
+            target, logit without.
+        perturbations_per_eval: gate rows per forward pass; default ``max_rows // b``.
+        hooks: an already-entered :class:`ComponentGates` to reuse (for loops over batches).
+
+    Runs under ``torch.no_grad()``. The result stays on the device of the model's output.
+    """
+    inputs_t = as_tuple(inputs)
+    if not inputs_t or not isinstance(inputs_t[0], Tensor):
+        raise TypeError("inputs must be a tensor or a tuple of tensors with the batch on dim 0")
+    masks = torch.as_tensor(masks)
+    if masks.dim() != 2 or masks.shape[1] != components.n_components:
+        raise ValueError(
+            f"masks must have shape (k, {components.n_components}) for this ComponentSet, got"
+            f" {tuple(masks.shape)}"
+        )
+    output_fn = resolve_output(output, target)
+    n_examples, n_masks = inputs_t[0].shape[0], masks.shape[0]
+    device = next(components.model.parameters()).device
+    gates_all = masks.to(device=device, dtype=torch.float32)
+    example_chunk = min(n_examples, max_rows) if perturbations_per_eval is None else n_examples
+    per_pass = rows_per_pass(example_chunk, perturbations_per_eval, max_rows)
+    results = torch.empty(n_masks, n_examples)
+    bar = progress(n_masks * n_examples, show_progress, "ablated forwards")
+    context = hooks if hooks is not None else ComponentGates(components, ablation, forward_func)
+    owns_context = hooks is None
+    try:
+        if owns_context:
+            context.__enter__()
+        with torch.no_grad():
+            for examples in _chunks(n_examples, example_chunk):
+                batch, extra = slice_rows(inputs_t, additional_forward_args, examples, n_examples)
+                chunk_target = _slice_target(target, examples, n_examples)
+                for rows in _chunks(n_masks, per_pass):
+                    values = gated_outputs(forward_func, context, batch, extra, gates_all[rows],
+                                           chunk_target, output_fn)
+                    if results.device != values.device or results.dtype != values.dtype:
+                        results = results.to(device=values.device, dtype=values.dtype)
+                    results[rows, examples] = values
+                    bar.update(values.numel())
+    finally:
+        if owns_context:
+            context.__exit__(None, None, None)
+        bar.close()
+    return results
+
+
+def _slice_target(target: Any, rows: slice, n_rows: int) -> Any:
+    if target is None or isinstance(target, int):
+        return target
+    t = torch.as_tensor(target)
+    if t.dim() == 0:
+        return target
+    if t.shape[0] != n_rows:
+        raise ValueError(f"target has {t.shape[0]} entries but inputs have {n_rows} rows")
+    return t[rows]

@@ -1,0 +1,205 @@
+"""Output functions: the scalar per example that component attribution explains.
+
+Contract
+--------
+An output function maps ``(model_output, target) -> Tensor (batch,)``. ``model_output`` is
+whatever the forward function returns; a Hugging Face output object contributes its
+``logits`` and a tuple its first element. ``target`` is None, an int, a sequence or a tensor
+with one entry per row (class indices), or for :class:`SequenceMargin` the token ids
+``(batch, seq_len)``.
+
+Implementations (names accepted by :func:`resolve_output`):
+
+- ``"margin"``: correct-class margin, logit of the target minus the largest other logit
+  (the COAR paper's output);
+- ``"logit"``: the target's logit (or the output itself when it is one number per row);
+- ``"log_prob"``: log-softmax probability of the target;
+- ``"loss"``: cross-entropy of the target (higher = worse);
+- ``"sequence_margin"``: mean next-token margin over a sequence: at position ``t`` the logit of
+  token ``target[t + 1]`` minus the largest other logit, averaged over positions;
+- any callable ``f(model_output, target) -> (batch,)``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Dict, Optional, Union
+
+import torch
+from torch import Tensor
+
+__all__ = ["OutputFunction", "Margin", "Logit", "LogProb", "Loss", "SequenceMargin",
+           "CallableOutput", "resolve_output", "logits_of", "OUTPUTS"]
+
+
+def logits_of(model_output: Any) -> Tensor:
+    """The logits tensor inside a model output (tensor, tuple, or object with ``.logits``)."""
+    if isinstance(model_output, Tensor):
+        return model_output
+    if hasattr(model_output, "logits"):
+        return model_output.logits
+    if isinstance(model_output, (tuple, list)) and model_output and isinstance(model_output[0], Tensor):
+        return model_output[0]
+    raise TypeError(
+        f"cannot read logits from a model output of type {type(model_output).__name__}; expected a"
+        " tensor, a tuple whose first item is a tensor, or an object with .logits"
+    )
+
+
+def target_tensor(target: Any, n_rows: int, device: torch.device, name: str) -> Tensor:
+    """Class indices ``(n_rows,)`` from an int, a sequence or a tensor."""
+    if target is None:
+        raise ValueError(
+            f"output={name!r} needs a target (the class index per example); pass target=..., or"
+            " use output='logit' for a model with one output per example"
+        )
+    t = torch.as_tensor(target, device=device)
+    if t.dim() == 0:
+        t = t.expand(n_rows)
+    t = t.reshape(-1).long()
+    if t.numel() != n_rows:
+        raise ValueError(f"target has {t.numel()} entries but the batch has {n_rows} rows")
+    return t
+
+
+class OutputFunction:
+    """Base class. Subclasses implement ``__call__(model_output, target) -> (batch,)``."""
+
+    name = "output"
+    needs_target = True
+
+    def __call__(self, model_output: Any, target: Any) -> Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def describe(self) -> Dict[str, Any]:
+        return {"name": self.name}
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
+
+class Margin(OutputFunction):
+    """Logit of the target class minus the largest other logit."""
+
+    name = "margin"
+
+    def __call__(self, model_output, target):
+        logits = logits_of(model_output)
+        t = target_tensor(target, logits.shape[0], logits.device, self.name)
+        correct = logits.gather(1, t[:, None]).squeeze(1)
+        others = logits.scatter(1, t[:, None], float("-inf"))
+        return correct - others.max(dim=1).values
+
+
+class Logit(OutputFunction):
+    """The target's logit; the output itself when the model gives one number per row."""
+
+    name = "logit"
+    needs_target = False
+
+    def __call__(self, model_output, target):
+        logits = logits_of(model_output)
+        if logits.dim() == 1 or (logits.dim() == 2 and logits.shape[1] == 1 and target is None):
+            return logits.reshape(-1)
+        t = target_tensor(target, logits.shape[0], logits.device, self.name)
+        return logits.gather(1, t[:, None]).squeeze(1)
+
+
+class LogProb(OutputFunction):
+    """Log-softmax probability of the target class."""
+
+    name = "log_prob"
+
+    def __call__(self, model_output, target):
+        logits = logits_of(model_output)
+        t = target_tensor(target, logits.shape[0], logits.device, self.name)
+        return torch.log_softmax(logits, dim=1).gather(1, t[:, None]).squeeze(1)
+
+
+class Loss(OutputFunction):
+    """Cross-entropy loss of the target class, per example."""
+
+    name = "loss"
+
+    def __call__(self, model_output, target):
+        logits = logits_of(model_output)
+        t = target_tensor(target, logits.shape[0], logits.device, self.name)
+        return torch.nn.functional.cross_entropy(logits, t, reduction="none")
+
+
+class SequenceMargin(OutputFunction):
+    """Mean next-token margin of a language model over a sequence.
+
+    ``target`` holds the token ids ``(batch, seq_len)`` (usually the input ids); the logits at
+    position ``t`` are scored on token ``target[:, t + 1]``.
+
+    Args:
+        start: first predicting position to include (e.g. the start of a repeated half);
+            positions ``start .. seq_len - 2`` are averaged.
+    """
+
+    name = "sequence_margin"
+
+    def __init__(self, start: int = 0) -> None:
+        self.start = start
+
+    def __call__(self, model_output, target):
+        logits = logits_of(model_output)
+        if target is None or torch.as_tensor(target).dim() != 2:
+            raise ValueError(
+                "output='sequence_margin' needs target = token ids of shape (batch, seq_len);"
+                f" got {None if target is None else tuple(torch.as_tensor(target).shape)}"
+            )
+        if logits.dim() != 3:
+            raise ValueError(f"sequence_margin expects logits (batch, seq_len, vocab), got {tuple(logits.shape)}")
+        tokens = torch.as_tensor(target, device=logits.device).long()
+        predicting = logits[:, self.start:-1]
+        nxt = tokens[:, self.start + 1:]
+        correct = predicting.gather(2, nxt[..., None]).squeeze(2)
+        others = predicting.scatter(2, nxt[..., None], float("-inf")).max(dim=2).values
+        return (correct - others).mean(dim=1)
+
+    def describe(self):
+        return {"name": self.name, "start": self.start}
+
+
+class CallableOutput(OutputFunction):
+    """Wraps a user callable ``f(model_output, target) -> (batch,)``."""
+
+    needs_target = False
+
+    def __init__(self, function: Callable[[Any, Any], Tensor]) -> None:
+        self.function = function
+        self.name = getattr(function, "__name__", type(function).__name__)
+
+    def __call__(self, model_output, target):
+        values = self.function(model_output, target)
+        if not isinstance(values, Tensor) or values.dim() != 1:
+            shape = tuple(values.shape) if isinstance(values, Tensor) else type(values).__name__
+            raise ValueError(f"output function {self.name!r} must return a 1-d tensor (batch,), got {shape}")
+        return values
+
+    def describe(self):
+        return {"name": f"callable:{self.name}"}
+
+
+OUTPUTS = {"margin": Margin, "logit": Logit, "log_prob": LogProb, "loss": Loss,
+           "sequence_margin": SequenceMargin}
+
+
+def resolve_output(output: Union[str, OutputFunction, Callable[[Any, Any], Tensor], None],
+                   target: Optional[Any] = None) -> OutputFunction:
+    """An :class:`OutputFunction` from a name, an instance or a callable.
+
+    ``None`` means ``"margin"`` when a target is given, else ``"logit"``.
+    """
+    if output is None:
+        output = "margin" if target is not None else "logit"
+    if isinstance(output, OutputFunction):
+        return output
+    if isinstance(output, str):
+        if output not in OUTPUTS:
+            raise ValueError(f"output={output!r} is not allowed; use one of {sorted(OUTPUTS)} or a callable")
+        return OUTPUTS[output]()
+    if callable(output):
+        return CallableOutput(output)
+    raise TypeError(f"output must be a name, an OutputFunction or a callable, got {type(output).__name__}")

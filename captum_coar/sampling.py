@@ -1,0 +1,251 @@
+"""Mask samplers: which components each ablation keeps.
+
+Contract
+--------
+A :class:`MaskSampler` turns ``(n_components, start, stop, seed)`` into a boolean tensor of
+shape ``(stop - start, n_components)`` where ``True`` means the component is KEPT and
+``False`` means it is ablated. Row ``r`` (a global mask index) depends only on
+``(seed, r)`` (and ``n_components``), never on ``start``/``stop``: any shard of rows can be
+produced independently, on any machine, in any order, and concatenating shards gives the
+same masks as one call. Rows are generated on the CPU with a generator keyed by
+``(seed, block)`` for fixed-size blocks of :data:`BLOCK_ROWS` rows and then sliced, so the
+result is bit-identical everywhere; pass ``device=`` to move it afterwards.
+
+Samplers follow the scikit-learn lifecycle: the constructor only stores its arguments;
+they are validated when :meth:`MaskSampler.sample` is called.
+
+Implementations
+---------------
+- :class:`BernoulliSampler` -- each component is ablated independently with probability
+  ``ablation_fraction`` (as in the reference COAR code), so the number ablated varies.
+- :class:`FixedFractionSampler` -- exactly ``max(1, round(ablation_fraction * N))``
+  components ablated per row, chosen uniformly at random. Note that then every row keeps
+  the same number of components, so the keep-mask columns sum to a constant and ordinary
+  least squares *with intercept* is rank deficient (use ridge, or expect the minimum-norm
+  solution).
+
+:func:`resolve_sampler` maps ``"bernoulli"`` / ``"fixed"`` or an instance to a sampler.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from abc import ABC, abstractmethod
+from typing import Any, Dict, Optional, Union
+
+import torch
+
+__all__ = [
+    "BLOCK_ROWS",
+    "MaskSampler",
+    "BernoulliSampler",
+    "FixedFractionSampler",
+    "resolve_sampler",
+]
+
+#: Rows are generated in blocks of this many rows, each from its own generator keyed by
+#: ``(seed, block index)``. Changing it changes the masks, so it is part of the format.
+BLOCK_ROWS = 64
+
+_MASK64 = (1 << 64) - 1
+
+
+def _splitmix64(x: int) -> int:
+    """One step of the SplitMix64 finaliser (a good 64-bit integer mixer)."""
+    x = (x + 0x9E3779B97F4A7C15) & _MASK64
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return x ^ (x >> 31)
+
+
+def _block_generator(seed: int, block: int) -> torch.Generator:
+    """A CPU generator whose state depends only on ``(seed, block)``."""
+    key = _splitmix64(_splitmix64(seed & _MASK64) ^ (block & _MASK64))
+    gen = torch.Generator(device="cpu")
+    gen.manual_seed(key)
+    return gen
+
+
+def _check_int(name: str, value: Any, minimum: Optional[int] = None) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an integer, got {value!r} ({type(value).__name__}).")
+    value = int(value)
+    if minimum is not None and value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}.")
+    return value
+
+
+class MaskSampler(ABC):
+    """Base class of mask samplers (True = component kept).
+
+    Subclasses implement :meth:`_sample_block`, which receives a block generator and must
+    draw the same amount of randomness for every block so rows are reproducible.
+    """
+
+    #: Short name used by :func:`resolve_sampler` and in :meth:`describe`.
+    name: str = "base"
+
+    def __init__(self, ablation_fraction: float) -> None:
+        self.ablation_fraction = ablation_fraction
+
+    # -- validation -------------------------------------------------------------------
+    def _validated_fraction(self) -> float:
+        alpha = self.ablation_fraction
+        if isinstance(alpha, bool) or not isinstance(alpha, numbers.Real):
+            raise TypeError(
+                f"{type(self).__name__}: ablation_fraction must be a real number in the open "
+                f"interval (0, 1), got {alpha!r} ({type(alpha).__name__})."
+            )
+        alpha = float(alpha)
+        if not (0.0 < alpha < 1.0) or math.isnan(alpha):
+            raise ValueError(
+                f"{type(self).__name__}: ablation_fraction must be in the open interval "
+                f"(0, 1), got {alpha!r}."
+            )
+        return alpha
+
+    def _validate_n_components(self, n_components: Any) -> int:
+        return _check_int("n_components", n_components, minimum=1)
+
+    # -- public API -------------------------------------------------------------------
+    def sample(
+        self,
+        n_components: int,
+        start: int,
+        stop: int,
+        seed: int,
+        *,
+        device: Optional[Union[torch.device, str]] = None,
+    ) -> torch.Tensor:
+        """Masks for global rows ``start .. stop-1``: bool tensor ``(stop - start, N)``.
+
+        ``True`` = kept. Row ``r`` depends only on ``(seed, r)`` and ``n_components``.
+        """
+        alpha = self._validated_fraction()
+        n = self._validate_n_components(n_components)
+        start = _check_int("start", start, minimum=0)
+        stop = _check_int("stop", stop, minimum=0)
+        if stop < start:
+            raise ValueError(f"start must be <= stop, got start={start}, stop={stop}.")
+        seed = _check_int("seed", seed)
+        out = torch.empty((stop - start, n), dtype=torch.bool)
+        if stop > start:
+            first_block = start // BLOCK_ROWS
+            last_block = (stop - 1) // BLOCK_ROWS
+            for block in range(first_block, last_block + 1):
+                rows = self._sample_block(_block_generator(seed, block), n, alpha)
+                b0 = block * BLOCK_ROWS
+                lo, hi = max(start, b0), min(stop, b0 + BLOCK_ROWS)
+                out[lo - start : hi - start] = rows[lo - b0 : hi - b0]
+        if device is not None:
+            out = out.to(device)
+        return out
+
+    def describe(self) -> Dict[str, Any]:
+        """Name and parameters, for store metadata (JSON serialisable)."""
+        return {
+            "name": self.name,
+            "ablation_fraction": float(self.ablation_fraction),
+            "block_rows": BLOCK_ROWS,
+        }
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(ablation_fraction={self.ablation_fraction!r})"
+
+    @abstractmethod
+    def _sample_block(self, gen: torch.Generator, n_components: int, alpha: float) -> torch.Tensor:
+        """Return a bool tensor ``(BLOCK_ROWS, n_components)`` drawn from ``gen``."""
+
+
+class BernoulliSampler(MaskSampler):
+    """Each component ablated independently with probability ``ablation_fraction``.
+
+    This is the scheme of the reference COAR code; the number of ablated components per
+    row is Binomial(N, alpha).
+    """
+
+    name = "bernoulli"
+
+    def _sample_block(self, gen: torch.Generator, n_components: int, alpha: float) -> torch.Tensor:
+        u = torch.rand((BLOCK_ROWS, n_components), generator=gen)
+        return u >= alpha  # P(ablated) = P(u < alpha) = alpha
+
+
+class FixedFractionSampler(MaskSampler):
+    """Exactly ``n_ablated(N) = max(1, round(alpha * N))`` components ablated per row.
+
+    ``round`` is to the nearest integer with halves rounded up; the count is capped at
+    ``N - 1`` so at least one component is always kept (which needs ``N >= 2``).
+    """
+
+    name = "fixed"
+
+    def n_ablated(self, n_components: int) -> int:
+        """Number of components ablated in every row for ``n_components`` components."""
+        return self._count(self._validate_n_components(n_components), self._validated_fraction())
+
+    @staticmethod
+    def _count(n_components: int, alpha: float) -> int:
+        return min(n_components - 1, max(1, int(math.floor(alpha * n_components + 0.5))))
+
+    def _validate_n_components(self, n_components: Any) -> int:
+        n = super()._validate_n_components(n_components)
+        if n < 2:
+            raise ValueError(
+                "FixedFractionSampler needs n_components >= 2 (with one component every "
+                f"row would be identical), got n_components={n}; use BernoulliSampler."
+            )
+        return n
+
+    def _sample_block(self, gen: torch.Generator, n_components: int, alpha: float) -> torch.Tensor:
+        k = self._count(n_components, alpha)
+        u = torch.rand((BLOCK_ROWS, n_components), generator=gen)
+        # topk gives exactly k distinct indices per row even if some u values tie.
+        idx = torch.topk(u, k, dim=1, largest=False, sorted=False).indices
+        keep = torch.ones((BLOCK_ROWS, n_components), dtype=torch.bool)
+        keep.scatter_(1, idx, False)
+        return keep
+
+
+_SAMPLERS = {
+    "bernoulli": BernoulliSampler,
+    "fixed": FixedFractionSampler,
+    "fixed_fraction": FixedFractionSampler,
+}
+
+
+def resolve_sampler(
+    name_or_sampler: Union[str, MaskSampler] = "bernoulli",
+    ablation_fraction: Optional[float] = None,
+) -> MaskSampler:
+    """Return a sampler from a name (``"bernoulli"``, ``"fixed"``) or an instance.
+
+    A name needs ``ablation_fraction``. An instance is returned as is; if
+    ``ablation_fraction`` is also given it must equal the instance's.
+    """
+    if isinstance(name_or_sampler, MaskSampler):
+        if ablation_fraction is not None and float(ablation_fraction) != float(
+            name_or_sampler.ablation_fraction
+        ):
+            raise ValueError(
+                f"ablation_fraction={ablation_fraction!r} conflicts with the sampler given, "
+                f"{name_or_sampler!r}; give one or make them equal."
+            )
+        return name_or_sampler
+    if isinstance(name_or_sampler, str):
+        key = name_or_sampler.lower()
+        if key not in _SAMPLERS:
+            raise ValueError(
+                f"Unknown sampler {name_or_sampler!r}; allowed: 'bernoulli', 'fixed', or a "
+                "MaskSampler instance."
+            )
+        if ablation_fraction is None:
+            raise ValueError(
+                f"Sampler {name_or_sampler!r} needs an ablation_fraction in (0, 1), got None."
+            )
+        return _SAMPLERS[key](ablation_fraction)
+    raise TypeError(
+        "sampler must be 'bernoulli', 'fixed' or a MaskSampler instance, got "
+        f"{name_or_sampler!r} ({type(name_or_sampler).__name__})."
+    )

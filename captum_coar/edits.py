@@ -100,7 +100,8 @@ def zero_components(
         position, unit = components.locate(flat)
         group = components.groups[position]
         module = components.module(group)
-        edit.save_and_zero(module.weight, _weight_index(group, module, unit))
+        weight = getattr(module, "weight")
+        edit.save_and_zero(weight, _weight_index(group, module, unit))
         bias = getattr(module, "bias", None)
         if isinstance(strategy, ZeroAblation) and group.site == "output" and bias is not None:
             edit.save_and_zero(bias, unit)

@@ -172,7 +172,7 @@ def _module_out_proj_forward(mha: nn.MultiheadAttention) -> Callable[..., Tuple[
             query, key, value = (x.transpose(0, 1) for x in (query, key, value))
         embed_dim = mha.embed_dim
         identity = torch.eye(embed_dim, dtype=query.dtype, device=query.device)
-        extra = {}
+        extra: Dict[str, Any] = {}
         if not mha._qkv_same_embed_dim:
             extra = dict(use_separate_proj_weight=True, q_proj_weight=mha.q_proj_weight,
                          k_proj_weight=mha.k_proj_weight, v_proj_weight=mha.v_proj_weight)

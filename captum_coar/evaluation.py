@@ -1,0 +1,481 @@
+"""Evaluation of component attributions by what ablations actually do.
+
+Contract
+--------
+Every metric takes plain attribution tensors ``(batch, n_components)`` (positive = the
+component pushes the output up), so COAR and every baseline are scored the same way. Several
+methods are given as a mapping ``{name: attributions}``; a value may also be a pair
+``(attributions, intercept)`` or an object with ``.attributions`` and ``.intercept`` (or
+``.intercepts``) such as a COAR result.
+
+Implementations
+---------------
+- :func:`counterfactual_correlation` -- the COAR paper's metric. Fresh masks are drawn at one
+  or several test ablation fractions (seeded with :data:`EVALUATION_SEED` by default, a seed
+  distinct from the fitting seeds, and a warning if it equals a seed a fit reports); the
+  ablated outputs are computed ONCE per fraction and shared by all methods; for every example
+  the Pearson (or Spearman) correlation over masks between the actual output and the output
+  predicted by the attributions is returned in a :class:`CounterfactualCorrelationResult`.
+- :func:`topk_ablation_curve` -- ablate the ``k`` components with the highest (or lowest)
+  attribution of each example for ``k`` on a grid; returns a :class:`TopKAblationCurve` with
+  the outputs and their area under the curve.
+
+The prediction for a keep mask ``m`` is ``intercept + attributions . m`` when an intercept is
+known, else ``unablated output - attributions . (1 - m)``; the two differ by a constant per
+example, which correlation ignores. All forwards run through :mod:`captum_coar.engine`.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple, Union
+
+import torch
+from torch import Tensor
+
+from .ablation import AblationStrategy
+from .components import ComponentSet
+from .engine import (
+    as_tuple,
+    evaluate_masks,
+    expand_target,
+    progress,
+    repeat_rows,
+    rows_per_pass,
+    slice_rows,
+)
+from .gates import ComponentGates
+from .outputs import OutputFunction, resolve_output
+from .sampling import MaskSampler, resolve_sampler
+
+__all__ = ["EVALUATION_SEED", "counterfactual_correlation", "CounterfactualCorrelationResult",
+           "topk_ablation_curve", "TopKAblationCurve", "pearson", "spearman"]
+
+#: Default seed of the evaluation masks; distinct from the fitting seeds used by default.
+EVALUATION_SEED = 0x5EED_0E7A
+
+Attributions = Union[Tensor, Mapping[str, Any], Any]
+OutputSpec = Union[str, OutputFunction, Callable[..., Tensor], None]
+
+
+# ---------------------------------------------------------------------- correlation helpers
+def pearson(x: Tensor, y: Tensor) -> Tensor:
+    """Pearson correlation along dim 0 of ``(k, b)`` tensors -> ``(b,)`` (NaN if constant)."""
+    x = x.double() - x.double().mean(0)
+    y = y.double() - y.double().mean(0)
+    denom = (x.square().sum(0) * y.square().sum(0)).sqrt()
+    r = (x * y).sum(0) / denom
+    return torch.where(denom > 0, r, torch.full_like(r, float("nan")))
+
+
+def _ranks(x: Tensor) -> Tensor:
+    """Average ranks along dim 0 (ties share the mean of their ranks)."""
+    x = x.double()
+    order = x.argsort(dim=0)
+    ranks = torch.empty_like(x)
+    ranks.scatter_(0, order, torch.arange(x.shape[0], dtype=x.dtype).unsqueeze(1).expand_as(x).clone())
+    for j in range(x.shape[1]):
+        values, inverse, counts = torch.unique(x[:, j], return_inverse=True, return_counts=True)
+        if counts.max() > 1:
+            sums = torch.zeros(values.shape[0], dtype=x.dtype).index_add_(0, inverse, ranks[:, j])
+            ranks[:, j] = (sums / counts)[inverse]
+    return ranks
+
+
+def spearman(x: Tensor, y: Tensor) -> Tensor:
+    """Spearman rank correlation along dim 0 of ``(k, b)`` tensors -> ``(b,)``."""
+    return pearson(_ranks(x.cpu()), _ranks(y.cpu()))
+
+
+_CORRELATIONS = {"pearson": pearson, "spearman": spearman}
+
+
+# ---------------------------------------------------------------------- input handling
+def _unpack(name: str, value: Any) -> Tuple[Tensor, Optional[Tensor], Optional[int]]:
+    """(attributions, intercept or None, fit seed or None) from a tensor, pair or result."""
+    intercept, seed = None, None
+    if isinstance(value, (tuple, list)) and len(value) == 2:
+        value, intercept = value
+    elif not isinstance(value, Tensor) and hasattr(value, "attributions"):
+        for attr in ("intercept", "intercepts", "intercept_", "intercepts_"):
+            if getattr(value, attr, None) is not None:
+                intercept = getattr(value, attr)
+                break
+        for attr in ("seed", "seed_"):
+            if isinstance(getattr(value, attr, None), int):
+                seed = getattr(value, attr)
+                break
+        value = value.attributions
+    if not isinstance(value, Tensor):
+        raise TypeError(
+            f"attributions for {name!r} must be a tensor (batch, n_components), a pair"
+            f" (attributions, intercept) or an object with .attributions; got {type(value).__name__}"
+        )
+    if intercept is not None:
+        intercept = torch.as_tensor(intercept).detach().reshape(-1).double().cpu()
+    return value.detach().double().cpu(), intercept, seed
+
+
+def _methods(attributions: Attributions, n_examples: int, n_components: int
+             ) -> Dict[str, Tuple[Tensor, Optional[Tensor], Optional[int]]]:
+    if isinstance(attributions, Mapping):
+        items = list(attributions.items())
+    else:
+        items = [("attributions", attributions)]
+    if not items:
+        raise ValueError("attributions is an empty mapping; give at least one method")
+    out = {}
+    for name, value in items:
+        attr, intercept, seed = _unpack(str(name), value)
+        if attr.shape != (n_examples, n_components):
+            raise ValueError(
+                f"attributions for {name!r} have shape {tuple(attr.shape)}; expected (batch,"
+                f" n_components) = ({n_examples}, {n_components})"
+            )
+        if intercept is not None and intercept.shape != (n_examples,):
+            raise ValueError(
+                f"intercept for {name!r} has {intercept.numel()} entries; expected one per example"
+                f" ({n_examples})"
+            )
+        out[str(name)] = (attr, intercept, seed)
+    return out
+
+
+def _n_examples(inputs: Any) -> int:
+    first = as_tuple(inputs)
+    if not first or not isinstance(first[0], Tensor):
+        raise TypeError("inputs must be a tensor or a tuple of tensors with the batch on dim 0")
+    return int(first[0].shape[0])
+
+
+def _fractions(ablation_fractions: Union[float, Sequence[float]]) -> Tuple[float, ...]:
+    alphas = (ablation_fractions,) if isinstance(ablation_fractions, (int, float)) else ablation_fractions
+    alphas = tuple(float(a) for a in alphas)
+    if not alphas or any(not 0.0 < a < 1.0 for a in alphas):
+        raise ValueError(f"ablation_fractions must be numbers in (0, 1), got {ablation_fractions!r}")
+    return alphas
+
+
+# ---------------------------------------------------------------------- counterfactual correlation
+@dataclass
+class CounterfactualCorrelationResult:
+    """Correlations between actual and predicted outputs under held-out ablations.
+
+    Attributes:
+        alphas: test ablation fractions.
+        methods: method names, in the order given.
+        values: ``(n_alphas, n_methods, batch)`` per-example correlations (NaN where undefined).
+        actual: ``(n_alphas, n_masks, batch)`` outputs under ablation.
+        predicted: ``(n_alphas, n_methods, n_masks, batch)`` outputs the attributions predict.
+        unablated: ``(batch,)`` outputs with nothing ablated.
+        seed, n_masks, correlation, sampler: how the masks were drawn and scored.
+        masks: ``(n_alphas, n_masks, n_components)`` keep masks, when kept.
+    """
+
+    alphas: Tuple[float, ...]
+    methods: Tuple[str, ...]
+    values: Tensor
+    actual: Tensor
+    predicted: Tensor
+    unablated: Tensor
+    seed: int
+    n_masks: int
+    correlation: str = "pearson"
+    sampler: Dict[str, Any] = field(default_factory=dict)
+    masks: Optional[Tensor] = None
+
+    def _index(self, method: Optional[str], alpha: Optional[float]) -> Tuple[int, int]:
+        m = 0 if method is None else self.methods.index(method) if method in self.methods else -1
+        if m < 0:
+            raise KeyError(f"unknown method {method!r}; methods are {list(self.methods)}")
+        if alpha is None:
+            return 0, m
+        matches = [i for i, a in enumerate(self.alphas) if math.isclose(a, float(alpha))]
+        if not matches:
+            raise KeyError(f"no test ablation fraction {alpha!r}; fractions are {list(self.alphas)}")
+        return matches[0], m
+
+    def per_example(self, method: Optional[str] = None, alpha: Optional[float] = None) -> Tensor:
+        """Per-example correlations ``(batch,)`` of one method at one fraction."""
+        a, m = self._index(method, alpha)
+        return self.values[a, m]
+
+    def mean(self) -> Tensor:
+        """Mean correlation over examples, ``(n_alphas, n_methods)`` (NaNs ignored)."""
+        return self.values.nanmean(dim=-1)
+
+    def std_error(self) -> Tensor:
+        """Standard error of :meth:`mean`, ``(n_alphas, n_methods)``."""
+        finite = torch.isfinite(self.values)
+        n = finite.sum(-1).clamp(min=1)
+        centred = torch.where(finite, self.values - self.mean()[..., None], torch.zeros_like(self.values))
+        var = centred.square().sum(-1) / (n - 1).clamp(min=1)
+        return (var / n).sqrt()
+
+    def means(self) -> Dict[float, Dict[str, float]]:
+        """``{alpha: {method: mean correlation}}``."""
+        mean = self.mean()
+        return {a: {m: float(mean[i, j]) for j, m in enumerate(self.methods)}
+                for i, a in enumerate(self.alphas)}
+
+    def to_dict(self) -> Dict[str, Any]:
+        """A JSON-serialisable summary (means, per-example values, mask provenance)."""
+        return {"alphas": list(self.alphas), "methods": list(self.methods), "seed": self.seed,
+                "n_masks": self.n_masks, "correlation": self.correlation, "sampler": self.sampler,
+                "mean": self.mean().tolist(), "per_example": self.values.tolist()}
+
+    def to_table(self, run_times: Optional[Mapping[str, float]] = None, digits: int = 3) -> str:
+        """Markdown table: one row per method, mean correlation per test fraction.
+
+        ``run_times`` (seconds per method) adds a column, e.g. the attribution times.
+        """
+        mean, err = self.mean(), self.std_error()
+        head = ["method"] + [f"alpha={a:g}" for a in self.alphas]
+        if run_times is not None:
+            head.append("time (s)")
+        lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        for j, name in enumerate(self.methods):
+            cells = [name] + [f"{float(mean[i, j]):.{digits}f} ± {float(err[i, j]):.{digits}f}"
+                              for i in range(len(self.alphas))]
+            if run_times is not None:
+                t = run_times.get(name)
+                cells.append("" if t is None else f"{t:.2f}")
+            lines.append("| " + " | ".join(cells) + " |")
+        note = (f"{self.correlation.capitalize()} correlation over {self.n_masks} held-out masks per"
+                f" fraction (seed {self.seed}), mean ± s.e. over {self.values.shape[-1]} examples.")
+        return "\n".join(lines + ["", note])
+
+    def __str__(self) -> str:
+        return self.to_table()
+
+
+def counterfactual_correlation(
+    forward_func: Optional[Callable[..., Any]],
+    components: ComponentSet,
+    inputs: Any,
+    attributions: Attributions,
+    target: Any = None,
+    additional_forward_args: Any = None,
+    output: OutputSpec = None,
+    ablation: Union[str, AblationStrategy] = "weights",
+    ablation_fractions: Union[float, Sequence[float]] = (0.05,),
+    n_masks: int = 100,
+    seed: int = EVALUATION_SEED,
+    sampler: Union[str, MaskSampler] = "bernoulli",
+    correlation: str = "pearson",
+    fit_seeds: Sequence[int] = (),
+    keep_masks: bool = True,
+    perturbations_per_eval: Optional[int] = None,
+    max_rows: int = 4096,
+    show_progress: bool = False,
+) -> CounterfactualCorrelationResult:
+    """Counterfactual correlation of one or many attribution methods (the COAR paper's metric).
+
+    Args:
+        forward_func: the model or a function of ``(*inputs, *additional_forward_args)``;
+            None means ``components.model``.
+        components: the components the attribution columns refer to.
+        inputs: the ``batch`` examples the attributions explain.
+        attributions: ``(batch, n_components)`` tensor, or ``{method name: attributions}``;
+            a value may be ``(attributions, intercept)`` or a result with ``.attributions``.
+        target, additional_forward_args, output, ablation: as for the attribution (use the
+            same output and ablation the attributions were computed for).
+        ablation_fractions: test fraction(s) ``alpha``; masks ablate each component
+            independently with that probability (or as ``sampler`` says).
+        n_masks: held-out masks per fraction (the paper's notebooks use 100).
+        seed: seed of the held-out masks. Never reuse the seed a COAR fit drew its masks
+            with: a warning is raised when ``seed`` is in ``fit_seeds`` or equals the
+            ``seed`` a result object given in ``attributions`` reports.
+        correlation: ``"pearson"`` (the paper's) or ``"spearman"``.
+        keep_masks: keep the masks in the result (``n_alphas * n_masks * N`` booleans).
+
+    Cost: one ablated forward per (mask, example) and fraction, whatever the number of
+    methods, plus one unablated forward.
+    """
+    if correlation not in _CORRELATIONS:
+        raise ValueError(f"correlation must be one of {sorted(_CORRELATIONS)}, got {correlation!r}")
+    if isinstance(n_masks, bool) or not isinstance(n_masks, int) or n_masks < 3:
+        raise ValueError(f"n_masks must be an integer >= 3 to define a correlation, got {n_masks!r}")
+    forward_func = components.model if forward_func is None else forward_func
+    n_examples, n_comp = _n_examples(inputs), components.n_components
+    methods = _methods(attributions, n_examples, n_comp)
+    alphas = _fractions(ablation_fractions)
+    used = set(int(s) for s in fit_seeds) | {s for _, _, s in methods.values() if s is not None}
+    if int(seed) in used:
+        warnings.warn(
+            f"counterfactual_correlation: seed={seed} is a seed the attributions were fitted with;"
+            " with the same seed the test masks repeat (or nest in) the training masks, so the"
+            " correlation is an in-sample score. Pass a different seed for a held-out estimate.",
+            UserWarning, stacklevel=2)
+    score = _CORRELATIONS[correlation]
+    common = dict(target=target, additional_forward_args=additional_forward_args, output=output,
+                  ablation=ablation, perturbations_per_eval=perturbations_per_eval,
+                  max_rows=max_rows)
+    hooks = ComponentGates(components, ablation, forward_func)
+    actual, predicted, values, all_masks = [], [], [], []
+    describe: Dict[str, Any] = {}
+    with hooks:
+        full = torch.ones(1, n_comp, dtype=torch.bool)
+        unablated = evaluate_masks(forward_func, components, inputs, full, hooks=hooks,
+                                   **common)[0].detach().double().cpu()
+        for alpha in alphas:
+            smp = resolve_sampler(sampler, alpha if isinstance(sampler, str) else None)
+            describe = smp.describe()
+            masks = smp.sample(n_comp, 0, n_masks, int(seed))
+            outs = evaluate_masks(forward_func, components, inputs, masks, hooks=hooks,
+                                  show_progress=show_progress, **common).detach().double().cpu()
+            keep = masks.double()
+            preds = []
+            for attr, intercept, _ in methods.values():
+                if intercept is not None:
+                    preds.append(intercept[None, :] + keep @ attr.T)
+                else:
+                    preds.append(unablated[None, :] - (1.0 - keep) @ attr.T)
+            pred = torch.stack(preds)
+            actual.append(outs)
+            predicted.append(pred)
+            values.append(torch.stack([score(outs, p) for p in pred]))
+            all_masks.append(masks)
+    describe = {k: v for k, v in describe.items() if k != "ablation_fraction"}
+    return CounterfactualCorrelationResult(
+        alphas=alphas, methods=tuple(methods), values=torch.stack(values),
+        actual=torch.stack(actual), predicted=torch.stack(predicted), unablated=unablated,
+        seed=int(seed), n_masks=n_masks, correlation=correlation, sampler=describe,
+        masks=torch.stack(all_masks) if keep_masks else None)
+
+
+# ---------------------------------------------------------------------- top-k ablation curves
+@dataclass
+class TopKAblationCurve:
+    """Outputs after ablating each example's top-k components, for ``k`` on a grid.
+
+    Attributes:
+        ks: ``(n_k,)`` numbers of components ablated (0 = nothing ablated).
+        methods: method names.
+        outputs: ``(n_methods, n_k, batch)`` outputs.
+        n_components: total number of components.
+        largest: True when the highest attributions were ablated first.
+    """
+
+    ks: Tensor
+    methods: Tuple[str, ...]
+    outputs: Tensor
+    n_components: int
+    largest: bool = True
+
+    @property
+    def fractions(self) -> Tensor:
+        """``ks`` as fractions of all components."""
+        return self.ks.double() / self.n_components
+
+    def auc(self) -> Tensor:
+        """Normalised area under each curve, ``(n_methods, batch)``.
+
+        Trapezoid rule over the fraction of components ablated, divided by the range of
+        fractions: the average output along the curve, in output units. With ``largest=True``
+        a lower value means the method found the components that hold the output up.
+        """
+        x = self.fractions
+        if x.numel() < 2:
+            return self.outputs[:, 0].double()
+        area = torch.trapezoid(self.outputs.double(), x, dim=1)
+        return area / (x[-1] - x[0])
+
+    def mean_auc(self) -> Dict[str, float]:
+        """``{method: mean AUC over examples}``."""
+        auc = self.auc().mean(-1)
+        return {m: float(auc[i]) for i, m in enumerate(self.methods)}
+
+    def to_table(self, digits: int = 3) -> str:
+        """Markdown table of the mean output at each k and the mean AUC, per method."""
+        mean = self.outputs.double().mean(-1)
+        head = ["method"] + [f"k={int(k)}" for k in self.ks] + ["AUC"]
+        lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        for i, (name, auc) in enumerate(self.mean_auc().items()):
+            cells = [name] + [f"{float(v):.{digits}f}" for v in mean[i]] + [f"{auc:.{digits}f}"]
+            lines.append("| " + " | ".join(cells) + " |")
+        return "\n".join(lines)
+
+    def __str__(self) -> str:
+        return self.to_table()
+
+
+def _default_ks(n_components: int, max_fraction: float, n_steps: int) -> Tensor:
+    top = max(1, int(round(max_fraction * n_components)))
+    return torch.unique(torch.linspace(0, top, max(2, n_steps)).round().long())
+
+
+def topk_ablation_curve(
+    forward_func: Optional[Callable[..., Any]],
+    components: ComponentSet,
+    inputs: Any,
+    attributions: Attributions,
+    target: Any = None,
+    additional_forward_args: Any = None,
+    output: OutputSpec = None,
+    ablation: Union[str, AblationStrategy] = "weights",
+    ks: Optional[Sequence[int]] = None,
+    largest: bool = True,
+    max_fraction: float = 0.25,
+    n_steps: int = 11,
+    max_rows: int = 4096,
+    show_progress: bool = False,
+) -> TopKAblationCurve:
+    """Ablate the ``k`` highest (``largest=True``) or lowest attributed components per example.
+
+    ``ks`` defaults to ``n_steps`` values from 0 to ``max_fraction * n_components``. Each
+    example gets its own masks, so the cost is ``n_methods * n_k * batch`` ablated forwards,
+    ``max_rows`` rows per pass. Ties in the attributions are broken by component index.
+    """
+    forward_func = components.model if forward_func is None else forward_func
+    n_examples, n_comp = _n_examples(inputs), components.n_components
+    methods = _methods(attributions, n_examples, n_comp)
+    k_grid = _default_ks(n_comp, max_fraction, n_steps) if ks is None else torch.as_tensor(ks).long()
+    if k_grid.dim() != 1 or k_grid.numel() == 0 or k_grid.min() < 0 or k_grid.max() > n_comp:
+        raise ValueError(f"ks must be integers in [0, {n_comp}], got {ks!r}")
+    output_fn = resolve_output(output, target)
+    inputs_t = as_tuple(inputs)
+    device = next(components.model.parameters()).device
+    # Rank of every component per example and method; rank r is ablated when r < k.
+    ranks = []
+    for attr, _, _ in methods.values():
+        order = torch.sort(attr, dim=1, descending=largest, stable=True).indices
+        ranks.append(torch.empty_like(order).scatter_(
+            1, order, torch.arange(n_comp).expand_as(order).clone()).to(device))
+    pairs = [(m, k) for m in range(len(ranks)) for k in k_grid.tolist()]
+    per_pass = rows_per_pass(n_examples, None, max_rows)
+    results = []
+    bar = progress(len(pairs) * n_examples, show_progress, "top-k ablations")
+    try:
+        with ComponentGates(components, ablation, forward_func) as hooks, torch.no_grad():
+            for start in range(0, len(pairs), per_pass):
+                block = pairs[start:start + per_pass]
+                gates = torch.stack([(ranks[m] >= k).float() for m, k in block])  # (p, b, N)
+                results.append(_per_row_outputs(forward_func, hooks, inputs_t,
+                                                as_tuple(additional_forward_args), gates, target,
+                                                output_fn, n_examples))
+                bar.update(len(block) * n_examples)
+    finally:
+        bar.close()
+    outputs = torch.cat(results).detach().double().cpu().reshape(len(methods), k_grid.numel(), n_examples)
+    return TopKAblationCurve(ks=k_grid, methods=tuple(methods), outputs=outputs,
+                             n_components=n_comp, largest=largest)
+
+
+def _per_row_outputs(forward_func: Callable[..., Any], hooks: ComponentGates,
+                     inputs: Tuple[Tensor, ...], extra: Tuple[Any, ...], gates: Tensor, target: Any,
+                     output_fn: OutputFunction, n_examples: int) -> Tensor:
+    """Outputs ``(p, b)`` where example ``j`` of block ``i`` runs under its own gate ``gates[i, j]``."""
+    p = gates.shape[0]
+    batch, extra = slice_rows(inputs, extra, slice(None), n_examples)
+    hooks.values = gates.reshape(p * n_examples, -1)
+    hooks.example_index = torch.arange(n_examples, device=gates.device).repeat(p)
+    try:
+        model_output = forward_func(*repeat_rows(batch, p, n_examples), *repeat_rows(extra, p, n_examples))
+        values = output_fn(model_output, expand_target(target, n_examples, p))
+    finally:
+        hooks.values = None
+        hooks.example_index = None
+    return values.reshape(p, n_examples)

@@ -1,0 +1,306 @@
+"""Common pieces of the regression solvers: the result object and the two small bases.
+
+Contract
+--------
+- :class:`Solver`: ``fit(stats, validation_stats=None) -> FitResult`` from
+  :class:`~captum_coar.solvers.statistics.SufficientStatistics` (an N x N Gram matrix).
+- :class:`StreamingSolver`: ``fit(chunks, validation_stats=None) -> FitResult`` where
+  ``chunks`` is a zero-argument callable returning a fresh iterator of ``(X, Y)`` chunks
+  (so it can make several passes); memory ``O(N n)``, no Gram matrix.
+
+Both fit a linear model with intercept for all ``n`` outputs (examples) at once,
+``Y[:, j] ~ intercept[j] + X @ coef[j]``, penalise ``coef`` only, and return float64
+tensors on the statistics' device. Constructors only store arguments; validation happens in
+``fit``. When a solver is given several regularisation strengths and ``validation_stats``,
+it picks the one with the lowest validation mean squared error, computed from the
+validation sufficient statistics, either globally (mean over examples, the default) or per
+example (``selection="per_example"``).
+"""
+
+from __future__ import annotations
+
+import numbers
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
+
+import torch
+
+from .statistics import SufficientStatistics
+
+__all__ = ["FitResult", "Solver", "StreamingSolver", "ChunkSource"]
+
+#: A zero-argument callable returning a fresh iterable of ``(X, Y)`` chunks per pass.
+ChunkSource = Callable[[], Iterable[Tuple[torch.Tensor, torch.Tensor]]]
+
+_SELECTIONS = ("global", "per_example")
+
+
+@dataclass
+class FitResult:
+    """Coefficients of one linear model per example, plus diagnostics.
+
+    Attributes
+    ----------
+    coef: (n, N) float64, attribution of each component for each example.
+    intercept: (n,) float64.
+    solver: name of the solver that produced it.
+    alpha: regularisation used: a float (one for all examples), an (n,) tensor when chosen
+        per example, or None for unregularised least squares.
+    train_mse, validation_mse: (n,) mean squared errors on the training / validation rows
+        (None when not available).
+    alphas: the regularisation path tried (in the order solved), or None.
+    validation_mse_path: (len(alphas), n) validation mse for every alpha, or None.
+    n_iter: iterations (iterative solvers; summed over the path), else None.
+    converged: (n,) bool, whether each example met the tolerance (iterative solvers).
+    diagnostics: solver-specific extras (e.g. the factorisation used).
+    """
+
+    coef: torch.Tensor
+    intercept: torch.Tensor
+    solver: str
+    alpha: Optional[Union[float, torch.Tensor]] = None
+    train_mse: Optional[torch.Tensor] = None
+    validation_mse: Optional[torch.Tensor] = None
+    alphas: Optional[torch.Tensor] = None
+    validation_mse_path: Optional[torch.Tensor] = None
+    n_iter: Optional[int] = None
+    converged: Optional[torch.Tensor] = None
+    diagnostics: Dict[str, Any] = field(default_factory=dict)
+
+    def predict(self, X: torch.Tensor) -> torch.Tensor:
+        """Predicted outputs (r, n) for keep masks ``X`` (r, N)."""
+        X = X.to(device=self.coef.device, dtype=self.coef.dtype)
+        return X @ self.coef.T + self.intercept
+
+    def summary(self) -> Dict[str, Any]:
+        """Scalars for logging: solver, alpha, mean mses, iterations, convergence."""
+        def mean(t: Optional[torch.Tensor]) -> Optional[float]:
+            return None if t is None else float(t.mean())
+
+        alpha: Any = self.alpha
+        if isinstance(alpha, torch.Tensor):
+            alpha = alpha.tolist()
+        return {
+            "solver": self.solver,
+            "alpha": alpha,
+            "train_mse": mean(self.train_mse),
+            "validation_mse": mean(self.validation_mse),
+            "n_iter": self.n_iter,
+            "converged": None if self.converged is None else bool(self.converged.all()),
+        }
+
+
+def _check_positive_int(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}.")
+    return int(value)
+
+
+def _check_positive_float(name: str, value: Any, allow_zero: bool = False) -> float:
+    ok = isinstance(value, numbers.Real) and not isinstance(value, bool)
+    if ok:
+        value = float(value)
+        ok = value >= 0 if allow_zero else value > 0
+        ok = ok and value < float("inf")
+    if not ok:
+        bound = ">= 0" if allow_zero else "> 0"
+        raise ValueError(f"{name} must be a finite real number {bound}, got {value!r}.")
+    return float(value)
+
+
+def _check_selection(selection: Any) -> str:
+    if selection not in _SELECTIONS:
+        raise ValueError(f"selection must be one of {_SELECTIONS}, got {selection!r}.")
+    return str(selection)
+
+
+def _resolve_alphas(
+    owner: str,
+    alpha: Optional[float],
+    alphas: Optional[Sequence[float]],
+    default: Optional[float],
+) -> Optional[List[float]]:
+    """One list of alphas, sorted from strongest to weakest; None when neither given."""
+    if alpha is not None and alphas is not None:
+        raise ValueError(
+            f"{owner}: give either alpha or alphas, not both (got alpha={alpha!r}, "
+            f"alphas={alphas!r})."
+        )
+    if alphas is None:
+        if alpha is None:
+            if default is None:
+                return None
+            alpha = default
+        return [_check_positive_float(f"{owner} alpha", alpha, allow_zero=True)]
+    values = [float(a) for a in torch.as_tensor(alphas, dtype=torch.float64).flatten().tolist()]
+    if not values:
+        raise ValueError(f"{owner}: alphas must not be empty.")
+    checked = [_check_positive_float(f"{owner} alphas entry", a, allow_zero=True) for a in values]
+    return sorted(set(checked), reverse=True)
+
+
+class _Describable:
+    name: str = "solver"
+
+    def get_params(self) -> Dict[str, Any]:
+        """Constructor arguments (as stored), sklearn style."""
+        return {k: v for k, v in vars(self).items() if not k.endswith("_")}
+
+    def describe(self) -> Dict[str, Any]:
+        """Name and parameters, for store metadata."""
+        params = {}
+        for key, value in self.get_params().items():
+            if isinstance(value, torch.dtype):
+                value = str(value)
+            elif isinstance(value, (list, tuple)):
+                value = [float(v) for v in value]
+            params[key] = value
+        return {"name": self.name, **params}
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
+        return f"{type(self).__name__}({args})"
+
+
+def _check_stats_pair(
+    stats: Any, validation_stats: Any, min_rows: int = 2
+) -> None:
+    if not isinstance(stats, SufficientStatistics):
+        raise TypeError(f"stats must be SufficientStatistics, got {type(stats).__name__}.")
+    if stats.count < min_rows:
+        raise ValueError(f"need at least {min_rows} rows (masks) to fit, got {stats.count}.")
+    if validation_stats is None:
+        return
+    if not isinstance(validation_stats, SufficientStatistics):
+        raise TypeError(
+            "validation_stats must be SufficientStatistics or None, got "
+            f"{type(validation_stats).__name__}."
+        )
+    if (validation_stats.n_components, validation_stats.n_outputs) != (
+        stats.n_components,
+        stats.n_outputs,
+    ):
+        raise ValueError(
+            "validation_stats shape (n_components, n_outputs) = "
+            f"{(validation_stats.n_components, validation_stats.n_outputs)} does not match "
+            f"stats {(stats.n_components, stats.n_outputs)}."
+        )
+    if validation_stats.count < 1:
+        raise ValueError("validation_stats holds no rows.")
+
+
+class Solver(_Describable, ABC):
+    """Fits all examples from sufficient statistics (needs the N x N Gram matrix)."""
+
+    def fit(
+        self,
+        stats: SufficientStatistics,
+        validation_stats: Optional[SufficientStatistics] = None,
+    ) -> FitResult:
+        """Fit ``n`` linear models with intercept; see the module docstring."""
+        _check_stats_pair(stats, validation_stats)
+        return self._fit(stats, validation_stats)
+
+    @abstractmethod
+    def _fit(
+        self, stats: SufficientStatistics, validation_stats: Optional[SufficientStatistics]
+    ) -> FitResult:
+        """Implementation; inputs are already checked."""
+
+
+class StreamingSolver(_Describable, ABC):
+    """Fits all examples from repeated passes over ``(X, Y)`` chunks, memory ``O(N n)``."""
+
+    @abstractmethod
+    def fit(
+        self,
+        chunks: ChunkSource,
+        validation_stats: Optional[SufficientStatistics] = None,
+    ) -> FitResult:
+        """Fit from ``chunks()``, a fresh iterator of ``(X, Y)`` per pass."""
+
+
+def _finish(
+    stats: SufficientStatistics, W: torch.Tensor
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(coef (n, N), intercept (n,)) from centred-problem weights W (N, n)."""
+    mx, my = stats.means()
+    intercept = my - mx @ W
+    return W.T.contiguous(), intercept
+
+
+PathStep = Callable[[float, Optional[torch.Tensor]], Tuple[torch.Tensor, Dict[str, Any]]]
+
+
+def _fit_path(
+    solver_name: str,
+    stats: SufficientStatistics,
+    validation_stats: Optional[SufficientStatistics],
+    alphas: List[float],
+    solve: PathStep,
+    selection: str,
+) -> FitResult:
+    """Solve for each alpha (warm-starting each from the previous) and pick one.
+
+    ``solve(alpha, W_prev)`` returns ``(W (N, n), info)`` where info may hold ``n_iter``
+    (int) and ``converged`` ((n,) bool).
+    """
+    if len(alphas) > 1 and validation_stats is None:
+        raise ValueError(
+            f"{solver_name}: {len(alphas)} alphas were given but no validation_stats to "
+            "choose among them; pass validation_stats (statistics of held-out masks) or a "
+            "single alpha."
+        )
+    n = stats.n_outputs
+    W_prev: Optional[torch.Tensor] = None
+    best_W: Optional[torch.Tensor] = None
+    best_conv: Optional[torch.Tensor] = None
+    best_mse = torch.full((n,), float("inf"), dtype=stats.dtype, device=stats.device)
+    best_alpha = torch.zeros((n,), dtype=torch.float64, device=stats.device)
+    best_mean = float("inf")
+    chosen: Union[float, torch.Tensor] = alphas[-1]
+    path: List[torch.Tensor] = []
+    n_iter_total = 0
+    any_iter = False
+    for a in alphas:
+        W, info = solve(a, W_prev)
+        W_prev = W
+        if "n_iter" in info:
+            any_iter = True
+            n_iter_total += int(info["n_iter"])
+        conv = info.get("converged")
+        if validation_stats is None:
+            best_W, best_conv, chosen = W, conv, a
+            continue
+        coef, intercept = _finish(stats, W)
+        mse = validation_stats.mse(coef, intercept)
+        path.append(mse)
+        if selection == "per_example":
+            better = mse < best_mse
+            if best_W is None:
+                better = torch.ones_like(better)
+            best_mse = torch.where(better, mse, best_mse)
+            best_alpha = torch.where(better, torch.full_like(best_alpha, a), best_alpha)
+            best_W = W if best_W is None else torch.where(better[None, :], W, best_W)
+            if conv is not None:
+                best_conv = conv if best_conv is None else torch.where(better, conv, best_conv)
+            chosen = best_alpha
+        elif best_W is None or float(mse.mean()) < best_mean:
+            best_mean = float(mse.mean())
+            best_W, best_conv, chosen = W, conv, a
+    val_path = torch.stack(path) if path else None
+    assert best_W is not None
+    coef, intercept = _finish(stats, best_W)
+    return FitResult(
+        coef=coef,
+        intercept=intercept,
+        solver=solver_name,
+        alpha=chosen,
+        train_mse=stats.mse(coef, intercept),
+        validation_mse=None if validation_stats is None else validation_stats.mse(coef, intercept),
+        alphas=torch.tensor(alphas, dtype=torch.float64, device=stats.device),
+        validation_mse_path=val_path,
+        n_iter=n_iter_total if any_iter else None,
+        converged=best_conv,
+    )

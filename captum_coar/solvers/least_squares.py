@@ -1,0 +1,206 @@
+"""Closed-form solvers on sufficient statistics: ordinary least squares and ridge.
+
+Contract
+--------
+Both centre the problem (``Sxx = X'X - m mx mx'``, ``Sxy = X'Y - m mx my'``), solve for the
+weights of all ``n`` examples with ONE factorisation of ``Sxx`` and set
+``intercept = my - mx . coef``. Results are float64 on the statistics' device.
+
+- :class:`LeastSquares`: minimises ``||y - X w - b||^2``. Cholesky of ``Sxx``; when that
+  fails or is numerically singular (smallest pivot below ``rcond`` relative to the largest
+  diagonal entry) it warns with :class:`SingularMatrixWarning` and returns the
+  minimum-norm solution from an eigendecomposition (pseudo-inverse). Needs more masks than
+  components (``m > N``); otherwise a ``ValueError`` says how many are needed.
+- :class:`Ridge`: minimises ``||y - X w - b||^2 + alpha ||w||^2`` (the objective of
+  ``sklearn.linear_model.Ridge``; the intercept is not penalised). One alpha: Cholesky of
+  ``Sxx + alpha I``. Several alphas: one eigendecomposition of ``Sxx`` reused for every
+  alpha, and the alpha with the lowest validation mse is chosen from ``validation_stats``
+  (globally or per example).
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any, Dict, Optional, Sequence, Tuple
+
+import torch
+
+from .base import (
+    FitResult,
+    Solver,
+    _check_positive_float,
+    _check_selection,
+    _finish,
+    _fit_path,
+    _resolve_alphas,
+)
+from .statistics import SufficientStatistics
+
+__all__ = ["LeastSquares", "Ridge", "SingularMatrixWarning"]
+
+
+class SingularMatrixWarning(UserWarning):
+    """The centred Gram matrix was singular; a minimum-norm solution was returned."""
+
+
+def _pinv_solve(
+    sxx: torch.Tensor, sxy: torch.Tensor, rcond: float
+) -> Tuple[torch.Tensor, int]:
+    """Minimum-norm solution of ``Sxx W = Sxy`` and the numerical rank of ``Sxx``."""
+    evals, evecs = torch.linalg.eigh(sxx)
+    top = float(evals.max().clamp_min(0.0))
+    keep = evals > rcond * top if top > 0 else torch.zeros_like(evals, dtype=torch.bool)
+    safe = torch.where(keep, evals, torch.ones_like(evals))
+    inv = torch.where(keep, 1.0 / safe, torch.zeros_like(evals))
+    W = evecs @ (inv[:, None] * (evecs.T @ sxy))
+    return W, int(keep.sum())
+
+
+def _cholesky_solve(
+    sxx: torch.Tensor, sxy: torch.Tensor, rcond: float
+) -> Tuple[Optional[torch.Tensor], float]:
+    """Solve by Cholesky; ``(None, ratio)`` when the matrix is (numerically) singular."""
+    L, info = torch.linalg.cholesky_ex(sxx)
+    scale = float(torch.diagonal(sxx).max())
+    if int(info) != 0 or scale <= 0:
+        return None, 0.0
+    ratio = float(torch.diagonal(L).min() ** 2) / scale
+    if ratio <= rcond or not bool(torch.isfinite(L).all()):
+        return None, ratio
+    return torch.cholesky_solve(sxy, L), ratio
+
+
+class LeastSquares(Solver):
+    """Ordinary least squares with intercept for every example, one factorisation.
+
+    Parameters
+    ----------
+    rcond:
+        Relative threshold below which the Gram matrix counts as singular (Cholesky pivot
+        or eigenvalue, relative to the largest diagonal entry / eigenvalue).
+    """
+
+    name = "least_squares"
+
+    def __init__(self, rcond: float = 1e-10) -> None:
+        self.rcond = rcond
+
+    def _fit(
+        self, stats: SufficientStatistics, validation_stats: Optional[SufficientStatistics]
+    ) -> FitResult:
+        rcond = _check_positive_float("LeastSquares rcond", self.rcond)
+        m, N = stats.count, stats.n_components
+        if m <= N:
+            raise ValueError(
+                f"LeastSquares got m={m} masks for N={N} components: ordinary least squares "
+                f"with an intercept is underdetermined unless m > N, i.e. at least {N + 1} "
+                f"masks (in practice several times N, e.g. {10 * N}). Record more masks or "
+                "use Ridge."
+            )
+        sxx, sxy, _ = stats.centered()
+        W, ratio = _cholesky_solve(sxx, sxy, rcond)
+        diagnostics: Dict[str, Any] = {"factorization": "cholesky", "pivot_ratio": ratio}
+        if W is None:
+            W, rank = _pinv_solve(sxx, sxy, rcond)
+            diagnostics = {"factorization": "eigh_pinv", "pivot_ratio": ratio, "rank": rank}
+            warnings.warn(
+                f"The centred mask Gram matrix is singular or nearly so (smallest Cholesky "
+                f"pivot ratio {ratio:.2e} <= rcond={rcond:g}; numerical rank {rank} of {N}). "
+                "Typical causes: a component that is always or never ablated, duplicated "
+                "components, or masks with a fixed number of kept components "
+                "(FixedFractionSampler), which makes the columns sum to a constant. Returning "
+                "the minimum-norm least-squares solution; consider Ridge.",
+                SingularMatrixWarning,
+                stacklevel=3,
+            )
+        coef, intercept = _finish(stats, W)
+        return FitResult(
+            coef=coef,
+            intercept=intercept,
+            solver=self.name,
+            alpha=None,
+            train_mse=stats.mse(coef, intercept),
+            validation_mse=None if validation_stats is None else validation_stats.mse(
+                coef, intercept
+            ),
+            diagnostics=diagnostics,
+        )
+
+
+class Ridge(Solver):
+    """Ridge regression with unpenalised intercept, for every example at once.
+
+    Parameters
+    ----------
+    alpha:
+        Penalty strength (sklearn ``Ridge`` scaling: ``||r||^2 + alpha ||w||^2``). Default
+        1.0 when neither ``alpha`` nor ``alphas`` is given.
+    alphas:
+        Several strengths to choose among with ``validation_stats``.
+    selection:
+        ``"global"`` (one alpha minimising the mean validation mse over examples) or
+        ``"per_example"`` (each example its own alpha).
+    rcond:
+        Eigenvalues of ``Sxx + alpha I`` below ``rcond`` times the largest count as zero
+        (only matters for alpha = 0 on singular data).
+    """
+
+    name = "ridge"
+
+    def __init__(
+        self,
+        alpha: Optional[float] = None,
+        alphas: Optional[Sequence[float]] = None,
+        selection: str = "global",
+        rcond: float = 1e-10,
+    ) -> None:
+        self.alpha = alpha
+        self.alphas = alphas
+        self.selection = selection
+        self.rcond = rcond
+
+    def _fit(
+        self, stats: SufficientStatistics, validation_stats: Optional[SufficientStatistics]
+    ) -> FitResult:
+        alphas = _resolve_alphas("Ridge", self.alpha, self.alphas, default=1.0)
+        assert alphas is not None
+        selection = _check_selection(self.selection)
+        rcond = _check_positive_float("Ridge rcond", self.rcond)
+        sxx, sxy, _ = stats.centered()
+        N = stats.n_components
+        eye = torch.eye(N, dtype=sxx.dtype, device=sxx.device)
+        cache: Dict[str, torch.Tensor] = {}
+        factorization = "cholesky"
+
+        def eig() -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+            if not cache:
+                evals, evecs = torch.linalg.eigh(sxx)
+                cache["evals"] = evals.clamp_min(0.0)
+                cache["evecs"] = evecs
+                cache["proj"] = evecs.T @ sxy
+            return cache["evals"], cache["evecs"], cache["proj"]
+
+        def solve(a: float, _prev: Optional[torch.Tensor]) -> Tuple[torch.Tensor, Dict[str, Any]]:
+            nonlocal factorization
+            if len(alphas) == 1:
+                W, _ = _cholesky_solve(sxx + a * eye, sxy, rcond)
+                if W is not None:
+                    return W, {}
+            factorization = "eigh"
+            evals, evecs, proj = eig()
+            shifted = evals + a
+            keep = shifted > rcond * float(shifted.max().clamp_min(1e-300))
+            if not bool(keep.all()):
+                warnings.warn(
+                    f"Ridge(alpha={a:g}): Sxx + alpha I is singular (rank {int(keep.sum())} of "
+                    f"{N}); using the minimum-norm solution. Use a larger alpha.",
+                    SingularMatrixWarning,
+                    stacklevel=5,
+                )
+            safe = torch.where(keep, shifted, torch.ones_like(shifted))
+            inv = torch.where(keep, 1.0 / safe, torch.zeros_like(shifted))
+            return evecs @ (inv[:, None] * proj), {}
+
+        result = _fit_path(self.name, stats, validation_stats, alphas, solve, selection)
+        result.diagnostics["factorization"] = factorization
+        return result

@@ -1,0 +1,100 @@
+"""Each plot renders to a PNG (Agg backend), accepts an ``ax`` and returns it."""
+
+import subprocess
+import sys
+
+import pytest
+import torch
+from toy_models import AdditiveModel, ConvNet, randomise_batchnorm
+
+from captum_coar import conv_filters, linear_neurons
+from captum_coar.evaluation import counterfactual_correlation, topk_ablation_curve
+
+matplotlib = pytest.importorskip("matplotlib")
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from captum_coar.visualization import (  # noqa: E402
+    plot_component_attributions,
+    plot_correlation_bars,
+    plot_counterfactual_scatter,
+    plot_topk_curves,
+)
+
+
+@pytest.fixture(scope="module")
+def scored():
+    torch.manual_seed(0)
+    model = AdditiveModel(n_hidden=30).eval()
+    components = linear_neurons(model, ["hidden"])
+    x, target = torch.randn(8, 6), torch.arange(8) % 3
+    with torch.no_grad():
+        effects = model.single_effects(x, target)
+    methods = {"true effects": effects, "noisy": effects + 0.5 * torch.randn_like(effects),
+               "random": torch.randn_like(effects)}
+    result = counterfactual_correlation(model, components, x, methods, target=target,
+                                        output="logit", ablation_fractions=(0.05, 0.1, 0.2),
+                                        n_masks=60)
+    curve = topk_ablation_curve(model, components, x, methods, target=target, output="logit",
+                                max_fraction=0.5)
+    return result, curve
+
+
+def _check_png(ax, path):
+    ax.figure.savefig(path, dpi=80, bbox_inches="tight")
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5_000
+    plt.close(ax.figure)
+
+
+def test_scatter(scored, tmp_path):
+    result, _ = scored
+    ax = plot_counterfactual_scatter(result, method="noisy", example=2, alpha=0.1)
+    assert "r = " in ax.get_title() and "noisy" in ax.get_title()
+    _check_png(ax, tmp_path / "scatter.png")
+    with pytest.raises(KeyError, match="unknown method"):
+        plot_counterfactual_scatter(result, method="nope")
+
+
+def test_bars(scored, tmp_path):
+    result, _ = scored
+    ax = plot_correlation_bars(result)
+    assert len(ax.patches) == 3 * 3
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == list(result.methods)
+    _check_png(ax, tmp_path / "bars.png")
+
+
+def test_topk_curves(scored, tmp_path):
+    _, curve = scored
+    ax = plot_topk_curves(curve)
+    assert len(ax.get_lines()) == 3
+    _check_png(ax, tmp_path / "topk.png")
+    ax = plot_topk_curves(curve, example=1, methods=["random"])
+    assert len(ax.get_lines()) == 1
+    plt.close(ax.figure)
+
+
+def test_component_attributions_on_given_axes(tmp_path):
+    torch.manual_seed(0)
+    model = randomise_batchnorm(ConvNet())
+    components = conv_filters(model, ["conv1", "conv2"]) + linear_neurons(model, ["fc1"])
+    attributions = torch.randn(3, components.n_components)
+    attributions[1, components.index("conv2", 5)] = 10.0
+    fig, axes = plt.subplots(2, 1, figsize=(9, 7), layout="constrained")
+    ax = plot_component_attributions(attributions, components, example=1, top_k=4, ax=axes[0])
+    assert ax is axes[0]
+    texts = " ".join(t.get_text() for t in ax.texts)
+    assert "1. conv2/filter[5]" in texts
+    assert [t.get_text() for t in ax.get_yticklabels()][1].startswith("conv2 (16 filters)")
+    plot_component_attributions(attributions[0], components, top_k=0, ax=axes[1])
+    _check_png(ax, tmp_path / "attributions.png")
+    _check_png(plot_component_attributions(attributions, components, example=1),
+               tmp_path / "attributions_alone.png")
+    with pytest.raises(ValueError, match="n_components = 40"):
+        plot_component_attributions(torch.randn(7), components)
+
+
+def test_package_import_does_not_import_matplotlib():
+    code = "import sys, captum_coar, captum_coar.evaluation; print('matplotlib' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

@@ -1,0 +1,333 @@
+"""COAR as a Captum attribution: :class:`ComponentAblationRegression` and :class:`COARResult`.
+
+Contract
+--------
+``ComponentAblationRegression(forward_func, components, ablation="weights")`` is a Captum
+``PerturbationAttribution``. ``attribute(inputs, target, ...)`` draws ``n_masks`` keep masks
+(True = kept; each component ablated with probability ``ablation_fraction``, or an exact
+fraction with ``sampler="fixed"``), evaluates every mask on every example (many masks per
+forward pass), and fits for each example a linear model with intercept of the output on the
+keep indicators. It returns the coefficients, a tensor ``(batch, n_components)`` on the model's
+device (float64 for a float64 model, else float32). Positive = the component pushes the output
+up: the output falls when it is ablated, Captum's sign convention.
+
+The fitted intercepts, the solver's diagnostics and the settings are kept in
+``last_result_`` (a :class:`COARResult`) after every call. Data-set scale work uses the staged
+API: :meth:`ComponentAblationRegression.collect` (into an in-memory or memory-mapped store,
+resumable), :meth:`~ComponentAblationRegression.collect_statistics` (sufficient statistics
+only, memory independent of ``n_masks``) and :meth:`~ComponentAblationRegression.fit`, which
+turns either into a :class:`COARResult`.
+
+Solvers (:mod:`captum_coar.solvers`): ``"least_squares"`` (default, as in the paper's released
+configs), ``"ridge"``, ``"lasso"``, ``"streaming"`` (needs raw data: a store) or an instance.
+With ``validation_fraction > 0`` the last rows are held out; solvers given several alphas pick
+one on them, and every result reports the held-out mean squared error.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, Iterable, List, Optional, Union
+
+import torch
+from captum.attr import PerturbationAttribution
+from captum.log import log_usage
+from torch import Tensor
+
+from .ablation import AblationStrategy, resolve_ablation
+from .collection import (
+    CollectedStatistics,
+    CollectionSettings,
+    collect,
+    collect_statistics,
+    stats_device,
+    tensor_batches,
+    validation_split,
+)
+from .components import ComponentSet
+from .engine import TensorOrTuple, as_tuple
+from .outputs import OutputFunction
+from .sampling import MaskSampler
+from .solvers import FitResult, LeastSquares, Solver, StreamingSolver, resolve_solver
+from .solvers.statistics import SufficientStatistics
+from .stores.base import MaskOutputStore, RowSelection
+from .stores.memmap import MemmapStore
+from .stores.memory import InMemoryStore
+
+__all__ = ["ComponentAblationRegression", "COARResult"]
+
+SolverLike = Union[str, Solver, StreamingSolver]
+OutputLike = Union[None, str, OutputFunction, Callable[..., Tensor]]
+
+
+@dataclass
+class COARResult:
+    """A COAR fit: attributions (coefficients), intercepts, diagnostics and settings.
+
+    Attributes:
+        attributions: ``(n_examples, n_components)`` coefficients of the keep indicators, on
+            the model's device (float32, or float64 for a float64 model).
+        intercept: ``(n_examples,)``; the fitted model of the output under keep mask ``k`` is
+            ``intercept + attributions @ k``.
+        fit: the solver's :class:`~captum_coar.solvers.FitResult` (float64, with train and
+            validation mean squared errors, chosen alpha, iterations).
+        components: the :class:`ComponentSet` the columns refer to.
+        n_masks: mask rows used for fitting; ``n_validation``: rows held out.
+        settings: seed, sampler, ablation, output function and solver descriptions.
+    """
+
+    attributions: Tensor
+    intercept: Tensor
+    fit: FitResult
+    components: ComponentSet
+    n_masks: int
+    n_validation: int = 0
+    settings: Dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def coef(self) -> Tensor:
+        """Alias of :attr:`attributions` (scikit-learn's name)."""
+        return self.attributions
+
+    @property
+    def diagnostics(self) -> Dict[str, Any]:
+        """Solver summary (alpha, mean train / validation mse, iterations) and extras."""
+        return {**self.fit.summary(), **self.fit.diagnostics}
+
+    @property
+    def labels(self) -> List[str]:
+        return self.components.labels
+
+    def predict(self, keep_masks: Tensor) -> Tensor:
+        """Predicted outputs ``(k, n_examples)`` under keep masks ``(k, n_components)``."""
+        masks = torch.as_tensor(keep_masks).to(self.attributions.device, self.attributions.dtype)
+        if masks.dim() != 2 or masks.shape[1] != self.attributions.shape[1]:
+            raise ValueError(f"keep_masks must have shape (k, {self.attributions.shape[1]}), got"
+                             f" {tuple(masks.shape)}")
+        return masks @ self.attributions.T + self.intercept
+
+    def split(self) -> Dict[str, Tensor]:
+        """Attributions per group: ``{module_name: (n_examples, n_units)}``."""
+        return self.components.split(self.attributions)
+
+    def __repr__(self) -> str:
+        n, N = self.attributions.shape
+        return (f"COARResult({n} examples x {N} components, solver={self.fit.solver!r},"
+                f" n_masks={self.n_masks}, n_validation={self.n_validation})")
+
+
+class ComponentAblationRegression(PerturbationAttribution):
+    """Component attribution via regression (COAR; Shah, Ilyas & Madry, 2024).
+
+    Args:
+        forward_func: the model, or a function of ``(*inputs, *additional_forward_args)``
+            that runs ``components.model``.
+        components: the components to attribute to (their model carries the gate hooks).
+        ablation: what an ablated component becomes: ``"weights"`` (its weights zeroed, as in
+            the reference code; default), ``"zero"`` or an
+            :class:`~captum_coar.ablation.AblationStrategy`.
+
+    Attributes:
+        last_result_: the :class:`COARResult` of the last ``attribute`` or ``fit`` call.
+    """
+
+    def __init__(self, forward_func: Callable[..., Any], components: ComponentSet,
+                 ablation: Union[str, AblationStrategy] = "weights") -> None:
+        PerturbationAttribution.__init__(self, forward_func)
+        self.components = components
+        self.ablation = ablation
+        self.last_result_: Optional[COARResult] = None
+
+    @property
+    def multiplies_by_inputs(self) -> bool:
+        return False
+
+    # ------------------------------------------------------------------ one batch
+    @log_usage()
+    def attribute(
+        self,
+        inputs: TensorOrTuple,
+        target: Any = None,
+        additional_forward_args: Any = None,
+        n_masks: Optional[int] = None,
+        ablation_fraction: float = 0.05,
+        output: OutputLike = None,
+        solver: SolverLike = "least_squares",
+        sampler: Union[str, MaskSampler] = "bernoulli",
+        seed: int = 0,
+        validation_fraction: float = 0.0,
+        perturbations_per_eval: Optional[int] = None,
+        max_rows: int = 4096,
+        show_progress: bool = False,
+    ) -> Tensor:
+        """COAR attributions ``(batch, n_components)`` for the examples of ``inputs``.
+
+        Args:
+            inputs: a tensor or tuple of tensors, batch on dim 0.
+            target: class index per example (int, sequence or tensor), or token ids for
+                ``output="sequence_margin"``; needed by every output except ``"logit"`` of a
+                one-output model and callables.
+            additional_forward_args: extra forward arguments (rows repeated with the inputs).
+            n_masks: number of ablations ``m`` (default ``10 * n_components``); least squares
+                needs more training masks than components.
+            ablation_fraction: probability ``alpha`` in (0, 1) that a component is ablated.
+            output: ``"margin"`` (default with a target), ``"logit"`` (default without),
+                ``"log_prob"``, ``"loss"``, ``"sequence_margin"`` or a callable
+                ``(model_output, target) -> (batch,)``.
+            solver: ``"least_squares"``, ``"ridge"``, ``"lasso"``, ``"streaming"`` or an instance.
+            sampler: ``"bernoulli"`` (independent ablations, the paper's), ``"fixed"`` (exactly
+                ``round(alpha * N)`` ablated per mask) or a MaskSampler.
+            seed: masks depend only on ``(seed, row)``.
+            validation_fraction: share of mask rows held out (for choosing alpha, and for the
+                held-out mse in ``last_result_.diagnostics``).
+            perturbations_per_eval: masks per forward pass (default ``max_rows // batch``).
+            max_rows: forward-pass row budget used when ``perturbations_per_eval`` is None.
+            show_progress: show a tqdm bar.
+
+        Returns:
+            Tensor ``(batch, n_components)``; ``self.last_result_`` holds the full result.
+        """
+        inputs_t = as_tuple(inputs)
+        if not inputs_t or not all(isinstance(x, torch.Tensor) for x in inputs_t):
+            raise TypeError("inputs must be a tensor or a tuple of tensors with the batch on dim 0")
+        data = tensor_batches(inputs_t, target, additional_forward_args)
+        n_masks = self._default_n_masks(n_masks)
+        resolved = self._prepare(n_masks, ablation_fraction, sampler, output, target is not None,
+                                 seed, perturbations_per_eval, max_rows, solver,
+                                 validation_fraction)
+        common = dict(n_masks=n_masks, ablation_fraction=ablation_fraction, sampler=sampler,
+                      ablation=self.ablation, output=output, seed=seed,
+                      perturbations_per_eval=perturbations_per_eval, max_rows=max_rows,
+                      show_progress=show_progress)
+        if isinstance(resolved, StreamingSolver):
+            store = collect(self.forward_func, self.components, data, InMemoryStore(), **common)
+            result = self.fit(store, solver=resolved, validation_fraction=validation_fraction)
+        else:
+            stats = collect_statistics(self.forward_func, self.components, data,
+                                       validation_fraction=validation_fraction, **common)
+            result = self.fit(stats, solver=resolved)
+        return result.attributions
+
+    # ------------------------------------------------------------------ staged API
+    def collect(self, data: Iterable[Any], store: Union[MaskOutputStore, str, None] = None, *,
+                n_masks: Optional[int] = None, **kwargs: Any) -> MaskOutputStore:
+        """Collect masks and outputs over ``data`` into ``store`` (see
+        :func:`captum_coar.collection.collect`); resumes when the store holds partial data."""
+        return collect(self.forward_func, self.components, data, store,
+                       n_masks=self._default_n_masks(n_masks), ablation=self.ablation, **kwargs)
+
+    def collect_statistics(self, data: Iterable[Any], *, n_masks: Optional[int] = None,
+                           **kwargs: Any) -> CollectedStatistics:
+        """Sufficient statistics over ``data`` without raw storage (see
+        :func:`captum_coar.collection.collect_statistics`)."""
+        return collect_statistics(self.forward_func, self.components, data,
+                                  n_masks=self._default_n_masks(n_masks), ablation=self.ablation,
+                                  **kwargs)
+
+    def fit(self, source: Union[MaskOutputStore, str, CollectedStatistics, SufficientStatistics],
+            solver: SolverLike = "least_squares", validation_fraction: float = 0.0,
+            rows: RowSelection = None) -> COARResult:
+        """Fit COAR from a store (or its directory), collected statistics or plain statistics.
+
+        For a store, the last ``validation_fraction`` of the selected ``rows`` (all complete
+        rows are required) are held out. Collected statistics carry their own split.
+        Sets and returns ``last_result_``.
+        """
+        resolved = resolve_solver(solver)
+        settings: Dict[str, Any] = {}
+        if isinstance(source, (str, MaskOutputStore)):
+            store = MemmapStore(source, read_only=True) if isinstance(source, str) else source
+            fit, n_train, n_val = self._fit_store(store, resolved, validation_fraction, rows)
+            meta = store.metadata
+            settings = {k: meta.get(k) for k in ("seed", "sampler", "ablation", "output",
+                                                 "model_fingerprint", "components_fingerprint")}
+            if meta.get("components_fingerprint") != self.components.fingerprint:
+                raise ValueError(
+                    "the store was made for other components: components_fingerprint: given"
+                    f" {self.components.fingerprint!r}, stored {meta.get('components_fingerprint')!r}")
+        else:
+            if isinstance(source, SufficientStatistics):
+                source = CollectedStatistics(source, None)
+            if not isinstance(source, CollectedStatistics):
+                raise TypeError(
+                    "fit needs a MaskOutputStore, a store path, CollectedStatistics or"
+                    f" SufficientStatistics; got {type(source).__name__}")
+            if isinstance(resolved, StreamingSolver):
+                raise ValueError(
+                    f"solver {resolved.name!r} streams raw (masks, outputs) chunks, which"
+                    " statistics do not keep; collect into a store, or use least_squares, ridge"
+                    " or lasso")
+            if validation_fraction:
+                raise ValueError("validation rows of statistics are chosen at collection; pass"
+                                 " validation_fraction to collect_statistics instead")
+            self._check_enough_masks(resolved, source.train.count, source.train.count)
+            fit = resolved.fit(source.train, source.validation)
+            n_train = source.train.count
+            n_val = 0 if source.validation is None else source.validation.count
+            settings = dict(source.settings)
+        settings["solver"] = resolved.describe()
+        result = self._result(fit, n_train, n_val, settings)
+        self.last_result_ = result
+        return result
+
+    # ------------------------------------------------------------------ helpers
+    def _default_n_masks(self, n_masks: Optional[int]) -> int:
+        return 10 * self.components.n_components if n_masks is None else n_masks
+
+    def _prepare(self, n_masks: int, ablation_fraction: float, sampler: Any, output: OutputLike,
+                 has_target: bool, seed: int, perturbations_per_eval: Optional[int],
+                 max_rows: int, solver: SolverLike,
+                 validation_fraction: float) -> Union[Solver, StreamingSolver]:
+        """Validate everything before any forward pass; return the resolved solver."""
+        CollectionSettings.build(self.forward_func, self.components, n_masks, ablation_fraction,
+                                 sampler, self.ablation, output, has_target, seed,
+                                 perturbations_per_eval, max_rows)
+        resolve_ablation(self.ablation)
+        resolved = resolve_solver(solver)
+        n_val = validation_split(n_masks, validation_fraction)
+        self._check_enough_masks(resolved, n_masks - n_val, n_masks)
+        return resolved
+
+    def _check_enough_masks(self, solver: Any, n_train: int, n_masks: int) -> None:
+        N = self.components.n_components
+        if isinstance(solver, LeastSquares) and n_train <= N:
+            raise ValueError(
+                f"n_masks={n_masks} ({n_train} for training) is too small for least squares with"
+                f" {N} components: it needs more training masks than components (at least"
+                f" {N + 1}; in practice 10x, e.g. n_masks={10 * N}), or use solver='ridge'")
+        if n_train < 2:
+            raise ValueError(f"n_masks={n_masks} leaves {n_train} training masks; any solver"
+                             " needs at least 2")
+
+    def _fit_store(self, store: MaskOutputStore, solver: Union[Solver, StreamingSolver],
+                   validation_fraction: float, rows: RowSelection) -> Any:
+        index = store.rows(rows)
+        done = store.completed(index)
+        if not done.all():
+            raise ValueError(
+                f"{int((~done).sum())} of the {len(index)} selected rows are not complete"
+                f" ({store.n_completed} of {store.n_masks} in the store); finish the collection"
+                " (re-running it resumes) or pass rows=... with complete rows")
+        n_val = validation_split(len(index), validation_fraction)
+        train_rows, val_rows = index[:len(index) - n_val], index[len(index) - n_val:]
+        self._check_enough_masks(solver, len(train_rows), len(index))
+        device = stats_device(self.components)
+        val_stats = store.statistics(val_rows, device=device) if n_val else None
+        if isinstance(solver, StreamingSolver):
+            fit = solver.fit(lambda: store.iter_chunks(train_rows), val_stats)
+        else:
+            fit = solver.fit(store.statistics(train_rows, device=device), val_stats)
+        return fit, len(train_rows), n_val
+
+    def _result(self, fit: FitResult, n_train: int, n_val: int,
+                settings: Dict[str, Any]) -> COARResult:
+        model = self.components.model
+        param = next((p for p in model.parameters() if p.is_floating_point()), None)
+        device = param.device if param is not None else torch.device("cpu")
+        dtype = torch.float64 if param is not None and param.dtype == torch.float64 else torch.float32
+        return COARResult(
+            attributions=fit.coef.to(device=device, dtype=dtype),
+            intercept=fit.intercept.to(device=device, dtype=dtype),
+            fit=fit, components=self.components, n_masks=n_train, n_validation=n_val,
+            settings=settings)
+

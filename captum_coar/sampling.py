@@ -32,7 +32,7 @@ from __future__ import annotations
 import math
 import numbers
 from abc import ABC, abstractmethod
-from typing import Any, Dict, Optional, Union
+from typing import Any, Callable, Dict, Optional, Union
 
 import torch
 
@@ -49,6 +49,8 @@ __all__ = [
 BLOCK_ROWS = 64
 
 _MASK64 = (1 << 64) - 1
+# Uniform numbers materialised at once (float32): about 64 MiB.
+_GROUP_ELEMENTS = 1 << 24
 
 
 def _splitmix64(x: int) -> int:
@@ -79,8 +81,8 @@ def _check_int(name: str, value: Any, minimum: Optional[int] = None) -> int:
 class MaskSampler(ABC):
     """Base class of mask samplers (True = component kept).
 
-    Subclasses implement :meth:`_sample_block`, which receives a block generator and must
-    draw the same amount of randomness for every block so rows are reproducible.
+    Subclasses implement :meth:`_keep_from_uniform`, a row-wise map from i.i.d. uniform
+    numbers to keep masks (row r of the result may use only row r of the input).
     """
 
     #: Short name used by :func:`resolve_sampler` and in :meth:`describe`.
@@ -131,13 +133,19 @@ class MaskSampler(ABC):
         seed = _check_int("seed", seed)
         out = torch.empty((stop - start, n), dtype=torch.bool)
         if stop > start:
-            first_block = start // BLOCK_ROWS
-            last_block = (stop - 1) // BLOCK_ROWS
-            for block in range(first_block, last_block + 1):
-                rows = self._sample_block(_block_generator(seed, block), n, alpha)
-                b0 = block * BLOCK_ROWS
-                lo, hi = max(start, b0), min(stop, b0 + BLOCK_ROWS)
-                out[lo - start : hi - start] = rows[lo - b0 : hi - b0]
+            blocks = list(range(start // BLOCK_ROWS, (stop - 1) // BLOCK_ROWS + 1))
+            # Several blocks per vectorised step (few large tensor ops, bounded memory).
+            per_group = max(1, _GROUP_ELEMENTS // (BLOCK_ROWS * n))
+            for g0 in range(0, len(blocks), per_group):
+                group = blocks[g0 : g0 + per_group]
+                u = torch.empty((len(group) * BLOCK_ROWS, n), dtype=torch.float32)
+                for i, block in enumerate(group):
+                    gen = _block_generator(seed, block)
+                    u[i * BLOCK_ROWS : (i + 1) * BLOCK_ROWS].uniform_(0.0, 1.0, generator=gen)
+                keep = self._keep_from_uniform(u, alpha)
+                b0 = group[0] * BLOCK_ROWS
+                lo, hi = max(start, b0), min(stop, b0 + u.shape[0])
+                out[lo - start : hi - start] = keep[lo - b0 : hi - b0]
         if device is not None:
             out = out.to(device)
         return out
@@ -154,8 +162,8 @@ class MaskSampler(ABC):
         return f"{type(self).__name__}(ablation_fraction={self.ablation_fraction!r})"
 
     @abstractmethod
-    def _sample_block(self, gen: torch.Generator, n_components: int, alpha: float) -> torch.Tensor:
-        """Return a bool tensor ``(BLOCK_ROWS, n_components)`` drawn from ``gen``."""
+    def _keep_from_uniform(self, u: torch.Tensor, alpha: float) -> torch.Tensor:
+        """Bool keep masks (rows, N) from uniforms ``u`` (rows, N), row by row."""
 
 
 class BernoulliSampler(MaskSampler):
@@ -167,8 +175,7 @@ class BernoulliSampler(MaskSampler):
 
     name = "bernoulli"
 
-    def _sample_block(self, gen: torch.Generator, n_components: int, alpha: float) -> torch.Tensor:
-        u = torch.rand((BLOCK_ROWS, n_components), generator=gen)
+    def _keep_from_uniform(self, u: torch.Tensor, alpha: float) -> torch.Tensor:
         return u >= alpha  # P(ablated) = P(u < alpha) = alpha
 
 
@@ -198,17 +205,16 @@ class FixedFractionSampler(MaskSampler):
             )
         return n
 
-    def _sample_block(self, gen: torch.Generator, n_components: int, alpha: float) -> torch.Tensor:
-        k = self._count(n_components, alpha)
-        u = torch.rand((BLOCK_ROWS, n_components), generator=gen)
+    def _keep_from_uniform(self, u: torch.Tensor, alpha: float) -> torch.Tensor:
+        k = self._count(u.shape[1], alpha)
         # topk gives exactly k distinct indices per row even if some u values tie.
         idx = torch.topk(u, k, dim=1, largest=False, sorted=False).indices
-        keep = torch.ones((BLOCK_ROWS, n_components), dtype=torch.bool)
+        keep = torch.ones(u.shape, dtype=torch.bool)
         keep.scatter_(1, idx, False)
         return keep
 
 
-_SAMPLERS = {
+_SAMPLERS: Dict[str, Callable[[float], MaskSampler]] = {
     "bernoulli": BernoulliSampler,
     "fixed": FixedFractionSampler,
     "fixed_fraction": FixedFractionSampler,

@@ -49,7 +49,9 @@ def test_seed_reproducible_and_changes_masks(cls: type) -> None:
     # rows differ from each other (each block has its own stream)
     assert not torch.equal(a[:BLOCK_ROWS], a[BLOCK_ROWS : 2 * BLOCK_ROWS])
     # negative and huge seeds are accepted and distinct
-    assert not torch.equal(sampler.sample(40, 0, 50, seed=-1), sampler.sample(40, 0, 50, seed=2**70))
+    assert not torch.equal(
+        sampler.sample(40, 0, 50, seed=-1), sampler.sample(40, 0, 50, seed=2**70)
+    )
 
 
 def test_device_argument() -> None:

@@ -29,8 +29,14 @@ F64 = torch.float64
 
 
 def make_problem(
-    m: int, N: int, n: int, noise: float = 0.0, seed: int = 0, alpha: float = 0.2,
-    sparse: float = 1.0, mask_seed: Optional[int] = None,
+    m: int,
+    N: int,
+    n: int,
+    noise: float = 0.0,
+    seed: int = 0,
+    alpha: float = 0.2,
+    sparse: float = 1.0,
+    mask_seed: Optional[int] = None,
 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Bernoulli keep masks X (m, N), outputs Y = b + X w' + noise, and the truth (w, b).
 
@@ -85,8 +91,10 @@ def test_merge_and_dict_roundtrip() -> None:
     for key, value in single.to_dict().items():
         assert torch.allclose(merged.to_dict()[key], value, rtol=1e-12, atol=1e-10), key
     # a "reduced" dict (as all_reduce SUM of two to_dict()s would give) round trips
-    d1, d2 = SufficientStatistics.from_arrays(X[:50], Y[:50]).to_dict(), \
-        SufficientStatistics.from_arrays(X[50:], Y[50:]).to_dict()
+    d1, d2 = (
+        SufficientStatistics.from_arrays(X[:50], Y[:50]).to_dict(),
+        SufficientStatistics.from_arrays(X[50:], Y[50:]).to_dict(),
+    )
     summed = SufficientStatistics.from_dict({k: d1[k] + d2[k] for k in d1})
     assert summed.count == 200
     assert torch.allclose(summed.xty, single.xty, rtol=1e-12, atol=1e-10)
@@ -103,7 +111,10 @@ def test_statistics_mse_matches_raw() -> None:
     X, Y, _, _ = make_problem(250, 8, 5, noise=1.0)
     stats = SufficientStatistics.from_arrays(X, Y)
     g = torch.Generator().manual_seed(1)
-    coef, intercept = torch.randn(5, 8, generator=g, dtype=F64), torch.randn(5, generator=g, dtype=F64)
+    coef, intercept = (
+        torch.randn(5, 8, generator=g, dtype=F64),
+        torch.randn(5, generator=g, dtype=F64),
+    )
     expected = ((Y - X.to(F64) @ coef.T - intercept) ** 2).mean(0)
     assert torch.allclose(stats.mse(coef, intercept), expected, rtol=1e-10)
 
@@ -116,7 +127,9 @@ def test_statistics_input_errors() -> None:
     Y_bad = torch.zeros(5, 3)
     Y_bad[2, 1] = float("nan")
     Y_bad[4, 0] = float("inf")
-    with pytest.raises(ValueError, match=r"2 non-finite.*\(row 12, column 1\).*\(row 14, column 0\)"):
+    with pytest.raises(
+        ValueError, match=r"2 non-finite.*\(row 12, column 1\).*\(row 14, column 0\)"
+    ):
         stats.update(X[:5], Y_bad)
     assert stats.count == 10  # a rejected chunk adds nothing
     with pytest.raises(ValueError, match=r"X must have shape \(rows, 6\), got \(10, 5\)"):
@@ -200,7 +213,9 @@ def test_ridge_path_uses_eigh_and_matches_single_fits() -> None:
     for k, a in enumerate(res.alphas.tolist()):
         single = Ridge(alpha=a).fit(stats)
         assert torch.allclose(res.validation_mse_path[k], raw_mse(Xv, Yv, single), rtol=1e-9)
-    best = alphas[int(np.argmin([raw_mse(Xv, Yv, Ridge(alpha=a).fit(stats)).mean() for a in alphas]))]
+    best = alphas[
+        int(np.argmin([raw_mse(Xv, Yv, Ridge(alpha=a).fit(stats)).mean() for a in alphas]))
+    ]
     assert res.alpha == best
     assert torch.allclose(res.coef, Ridge(alpha=best).fit(stats).coef, atol=1e-10)
 
@@ -220,11 +235,13 @@ def test_validation_choice_on_constructed_case() -> None:
     assert per.alpha.tolist() == [1e-6] * 3 + [1e6] * 3
     assert float(per.coef[3:].abs().max()) < 1e-3  # shrunk to ~0: predicts the mean
     linear_only = Ridge(alphas=alphas).fit(
-        SufficientStatistics.from_arrays(X, Y[:, :3]), SufficientStatistics.from_arrays(Xv, Yv[:, :3])
+        SufficientStatistics.from_arrays(X, Y[:, :3]),
+        SufficientStatistics.from_arrays(Xv, Yv[:, :3]),
     )
     assert linear_only.alpha == 1e-6
     noise_only = Ridge(alphas=alphas).fit(
-        SufficientStatistics.from_arrays(X, Y[:, 3:]), SufficientStatistics.from_arrays(Xv, Yv[:, 3:])
+        SufficientStatistics.from_arrays(X, Y[:, 3:]),
+        SufficientStatistics.from_arrays(Xv, Yv[:, 3:]),
     )
     assert noise_only.alpha == 1e6
     lasso = Lasso(alphas=[1e-4, 10.0], selection="per_example").fit(stats, val)
@@ -321,8 +338,13 @@ def test_resolve_solver_and_describe() -> None:
     assert isinstance(resolve_solver("streaming"), StreamingSolver)
     r = Ridge(alpha=2.0)
     assert resolve_solver(r) is r and isinstance(r, Solver)
-    assert r.describe() == {"name": "ridge", "alpha": 2.0, "alphas": None,
-                            "selection": "global", "rcond": 1e-10}
+    assert r.describe() == {
+        "name": "ridge",
+        "alpha": 2.0,
+        "alphas": None,
+        "selection": "global",
+        "rcond": 1e-10,
+    }
     assert MinibatchRidge().describe()["dtype"] == "torch.float64"
     with pytest.raises(ValueError, match="Unknown solver 'sgd'.*'lasso'"):
         resolve_solver("sgd")

@@ -75,6 +75,7 @@ class FitResult:
 
     def summary(self) -> Dict[str, Any]:
         """Scalars for logging: solver, alpha, mean mses, iterations, convergence."""
+
         def mean(t: Optional[torch.Tensor]) -> Optional[float]:
             return None if t is None else float(t.mean())
 
@@ -163,9 +164,7 @@ class _Describable:
         return f"{type(self).__name__}({args})"
 
 
-def _check_stats_pair(
-    stats: Any, validation_stats: Any, min_rows: int = 2
-) -> None:
+def _check_stats_pair(stats: Any, validation_stats: Any, min_rows: int = 2) -> None:
     if not isinstance(stats, SufficientStatistics):
         raise TypeError(f"stats must be SufficientStatistics, got {type(stats).__name__}.")
     if stats.count < min_rows:
@@ -221,9 +220,7 @@ class StreamingSolver(_Describable, ABC):
         """Fit from ``chunks()``, a fresh iterator of ``(X, Y)`` per pass."""
 
 
-def _finish(
-    stats: SufficientStatistics, W: torch.Tensor
-) -> Tuple[torch.Tensor, torch.Tensor]:
+def _finish(stats: SufficientStatistics, W: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
     """(coef (n, N), intercept (n,)) from centred-problem weights W (N, n)."""
     mx, my = stats.means()
     intercept = my - mx @ W

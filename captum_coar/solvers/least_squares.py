@@ -43,9 +43,7 @@ class SingularMatrixWarning(UserWarning):
     """The centred Gram matrix was singular; a minimum-norm solution was returned."""
 
 
-def _pinv_solve(
-    sxx: torch.Tensor, sxy: torch.Tensor, rcond: float
-) -> Tuple[torch.Tensor, int]:
+def _pinv_solve(sxx: torch.Tensor, sxy: torch.Tensor, rcond: float) -> Tuple[torch.Tensor, int]:
     """Minimum-norm solution of ``Sxx W = Sxy`` and the numerical rank of ``Sxx``."""
     evals, evecs = torch.linalg.eigh(sxx)
     top = float(evals.max().clamp_min(0.0))
@@ -120,9 +118,9 @@ class LeastSquares(Solver):
             solver=self.name,
             alpha=None,
             train_mse=stats.mse(coef, intercept),
-            validation_mse=None if validation_stats is None else validation_stats.mse(
-                coef, intercept
-            ),
+            validation_mse=None
+            if validation_stats is None
+            else validation_stats.mse(coef, intercept),
             diagnostics=diagnostics,
         )
 

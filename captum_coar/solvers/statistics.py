@@ -84,12 +84,12 @@ class SufficientStatistics:
         self.n_outputs = n_outputs
         self.dtype = dtype
         self.device = torch.device(device) if device is not None else torch.device("cpu")
-        kw = {"dtype": dtype, "device": self.device}
-        self.xtx = torch.zeros((n_components, n_components), **kw)
-        self.xty = torch.zeros((n_components, n_outputs), **kw)
-        self.x_sum = torch.zeros((n_components,), **kw)
-        self.y_sum = torch.zeros((n_outputs,), **kw)
-        self.y_sq_sum = torch.zeros((n_outputs,), **kw)
+        dev = self.device
+        self.xtx = torch.zeros((n_components, n_components), dtype=dtype, device=dev)
+        self.xty = torch.zeros((n_components, n_outputs), dtype=dtype, device=dev)
+        self.x_sum = torch.zeros((n_components,), dtype=dtype, device=dev)
+        self.y_sum = torch.zeros((n_outputs,), dtype=dtype, device=dev)
+        self.y_sq_sum = torch.zeros((n_outputs,), dtype=dtype, device=dev)
         self.count = 0
 
     # -- accumulation -----------------------------------------------------------------

@@ -223,9 +223,9 @@ class MinibatchRidge(StreamingSolver):
             solver=self.name,
             alpha=p.alpha,
             train_mse=None,
-            validation_mse=None if validation_stats is None else validation_stats.mse(
-                coef, intercept
-            ),
+            validation_mse=None
+            if validation_stats is None
+            else validation_stats.mse(coef, intercept),
             n_iter=step,
             diagnostics={
                 "epochs": p.epochs,

@@ -154,6 +154,8 @@ class _Describable:
         for key, value in self.get_params().items():
             if isinstance(value, torch.dtype):
                 value = str(value)
+            elif isinstance(value, torch.Tensor):
+                value = value.tolist()
             elif isinstance(value, (list, tuple)):
                 value = [float(v) for v in value]
             params[key] = value

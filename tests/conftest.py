@@ -1,6 +1,9 @@
 import pytest
 import torch
 
+# Tests use tiny tensors, for which one thread is faster and steadier than several.
+torch.set_num_threads(1)
+
 
 @pytest.fixture(autouse=True)
 def _seed_and_threads():

@@ -1,0 +1,42 @@
+"""Component attribution baselines that share COAR's components, ablation and output.
+
+Contract
+--------
+Every class is built as ``Method(forward_func, components, ablation="weights")`` and its
+``attribute(inputs, ..., target=None, additional_forward_args=None, output=None)`` returns
+one tensor ``(batch, n_components)`` whose column ``c`` is component ``c`` of the
+:class:`~captum_coar.components.ComponentSet` (``components.split`` / ``labels`` name them),
+with COAR's sign: positive = the component pushes the output up. ``output`` is the output
+function of :mod:`captum_coar.outputs` (margin with a target, logit without, by default), so
+every method scores the same number COAR does. Classes subclass Captum's
+``GradientAttribution`` / ``PerturbationAttribution``, reuse Captum's argument names and
+decorate ``attribute`` with ``captum.log.log_usage``. Model parameters are never written;
+all hooks are removed when a call ends, also after an exception.
+
+Implementations
+---------------
+- :class:`ComponentAblation` (leave-one-out): exact effect of ablating each component alone.
+- :class:`ComponentAttributionPatching` (AtP): first-order estimate of that effect.
+- :class:`ComponentIntegratedGradients`: integrated gradients over the gates, from ablated
+  to kept (complete).
+- :class:`ComponentGradientXParameter`: gradient x weights of each component's weight slice.
+- :class:`ComponentConductance`: Captum's layer conductance summed per component, all
+  layers in one pass.
+- :class:`ComponentInternalInfluence`: Captum's internal influence summed per component.
+"""
+
+from .attribution_patching import ComponentAttributionPatching
+from .conductance import ComponentConductance
+from .gradient_parameter import ComponentGradientXParameter
+from .integrated_gradients import ComponentIntegratedGradients
+from .internal_influence import ComponentInternalInfluence
+from .leave_one_out import ComponentAblation
+
+__all__ = [
+    "ComponentAblation",
+    "ComponentAttributionPatching",
+    "ComponentIntegratedGradients",
+    "ComponentGradientXParameter",
+    "ComponentConductance",
+    "ComponentInternalInfluence",
+]

@@ -1,0 +1,140 @@
+"""State and argument handling shared by the component attribution baselines.
+
+Contract
+--------
+Every baseline is built as ``Method(forward_func, components, ablation="weights")``: the
+forward function (the model, or any function of ``(*inputs, *additional_forward_args)``),
+the :class:`~captum_coar.components.ComponentSet` and the ablation strategy, exactly as
+COAR takes them, so that the same three objects serve every method. The constructor only
+stores them (scikit-learn lifecycle); :meth:`ComponentMethod._start` validates them when
+an ``attribute`` call starts and resolves the ablation strategy once (``strategy_``), so a
+fitted strategy (mean, resample) is fitted on the first call and reused.
+
+Helpers here turn Captum-style arguments into what the methods need: ``inputs`` and
+``additional_forward_args`` as tuples with the batch on dim 0, ``baselines`` as one tensor
+per input, positive integers checked with messages that say what was given.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Optional, Tuple, Union
+
+import torch
+from torch import Tensor
+
+from ..ablation import AblationStrategy, resolve_ablation
+from ..components import ComponentSet
+from ..engine import as_tuple
+from ..gates import ComponentGates
+from ..outputs import OutputFunction, resolve_output
+
+__all__ = ["ComponentMethod", "check_positive_int", "format_inputs", "format_baselines",
+           "OutputSpec", "slice_target"]
+
+OutputSpec = Union[None, str, OutputFunction, Callable[..., Tensor]]
+
+
+def check_positive_int(name: str, value: Any, allow_none: bool = False) -> Optional[int]:
+    """``value`` as an int >= 1 (or None when allowed); ``ValueError`` naming ``name`` else."""
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        allowed = "a positive integer" + (" or None" if allow_none else "")
+        raise ValueError(f"{name} must be {allowed}, got {value!r}")
+    return int(value)
+
+
+def format_inputs(inputs: Any, additional_forward_args: Any) -> Tuple[Tuple[Tensor, ...],
+                                                                      Tuple[Any, ...], int]:
+    """``(inputs tuple, extra args tuple, batch size)`` after checking the batch dims agree."""
+    inputs_t = as_tuple(inputs)
+    if not inputs_t or not all(isinstance(x, Tensor) and x.dim() > 0 for x in inputs_t):
+        raise TypeError(
+            "inputs must be a tensor or a tuple of tensors with the batch on dim 0, got"
+            f" {type(inputs).__name__}"
+        )
+    n_rows = inputs_t[0].shape[0]
+    sizes = [x.shape[0] for x in inputs_t]
+    if any(s != n_rows for s in sizes):
+        raise ValueError(f"every input must have the same batch size on dim 0, got {sizes}")
+    if n_rows < 1:
+        raise ValueError("inputs hold no examples (batch size 0)")
+    return inputs_t, as_tuple(additional_forward_args), n_rows
+
+
+def format_baselines(inputs: Tuple[Tensor, ...], baselines: Any) -> Tuple[Tensor, ...]:
+    """One baseline tensor per input, shaped like it (Captum's conventions).
+
+    ``None`` means zeros; a number is broadcast; a tensor may have batch 1 or the inputs'
+    batch; a tuple gives one of these per input.
+    """
+    if baselines is None:
+        baselines = tuple(0.0 for _ in inputs)
+    elif not isinstance(baselines, tuple):
+        baselines = (baselines,)
+    if len(baselines) != len(inputs):
+        raise ValueError(f"got {len(baselines)} baselines for {len(inputs)} inputs; give one per input")
+    formatted = []
+    for position, (x, base) in enumerate(zip(inputs, baselines)):
+        if isinstance(base, (int, float)) and not isinstance(base, bool):
+            formatted.append(torch.full_like(x, float(base)) if x.is_floating_point()
+                             else torch.full_like(x, int(base)))
+            continue
+        if not isinstance(base, Tensor):
+            raise TypeError(f"baseline {position} must be a number or a tensor, got {type(base).__name__}")
+        if base.shape[1:] != x.shape[1:] or base.shape[0] not in (1, x.shape[0]):
+            raise ValueError(
+                f"baseline {position} has shape {tuple(base.shape)}; input {position} has shape"
+                f" {tuple(x.shape)}: a baseline needs the input's shape, with batch 1 or"
+                f" {x.shape[0]}"
+            )
+        formatted.append(base.to(device=x.device, dtype=x.dtype).expand_as(x))
+    return tuple(formatted)
+
+
+def slice_target(target: Any, rows: slice, n_rows: int) -> Any:
+    """The rows of a per-example target (an int or scalar target is shared by all rows)."""
+    if target is None or isinstance(target, int):
+        return target
+    t = torch.as_tensor(target)
+    if t.dim() == 0:
+        return target
+    if t.shape[0] != n_rows:
+        raise ValueError(f"target has {t.shape[0]} entries but inputs have {n_rows} rows")
+    return t[rows]
+
+
+class ComponentMethod:
+    """Mixin holding ``components`` and ``ablation`` for every component attribution class."""
+
+    components: ComponentSet
+    ablation: Union[str, AblationStrategy]
+    forward_func: Callable[..., Any]
+
+    def _init_components(self, components: ComponentSet,
+                         ablation: Union[str, AblationStrategy]) -> None:
+        self.components = components
+        self.ablation = ablation
+
+    def _start(self, output: OutputSpec, target: Any) -> OutputFunction:
+        """Validate the stored arguments and resolve the output function for this call."""
+        if not isinstance(self.components, ComponentSet):
+            raise TypeError(
+                f"components must be a ComponentSet, got {type(self.components).__name__}; build"
+                " one with ComponentSet.from_model(model) or conv_filters / linear_neurons /"
+                " attention_heads"
+            )
+        if not callable(self.forward_func):
+            raise TypeError(f"forward_func must be callable, got {type(self.forward_func).__name__}")
+        if getattr(self, "_ablation_key", None) is not self.ablation:
+            self.strategy_ = resolve_ablation(self.ablation)
+            self._ablation_key = self.ablation
+        return resolve_output(output, target)
+
+    def _gates(self) -> ComponentGates:
+        """Gate hooks with this method's strategy (fitted on first use when needed)."""
+        return ComponentGates(self.components, self.strategy_, forward_func=self.forward_func)
+
+    @property
+    def n_components(self) -> int:
+        return self.components.n_components

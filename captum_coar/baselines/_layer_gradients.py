@@ -1,0 +1,183 @@
+"""Gradients at every component site, or at the gates, in one forward and one backward.
+
+Contract
+--------
+:class:`SiteRecorder` is a :class:`~captum_coar.gates.ComponentGates` that leaves activations
+untouched and records, for every group of a :class:`ComponentSet`, the activation at the
+group's site (a module's output, or its first input for heads) as a node of the autograd
+graph. It complains when a site runs more than once per forward (weights shared across calls),
+because a per-call activation would then be ambiguous.
+
+:func:`site_gradients` runs one forward of a batch of rows and one backward of the sum of the
+per-row outputs, giving every group's activation and its gradient; because each row's output
+depends only on that row, the gradient of the sum holds every row's own gradient (Captum's
+layer methods rely on the same fact). :func:`gate_gradients` does the same for per-row gate
+values. :func:`per_component` sums an activation-shaped tensor within each component (over
+positions for a filter, over the head's features and positions for a head), giving
+``(rows, n_units)``. :func:`point_chunks` splits path points into passes the way Captum's
+``internal_batch_size`` does.
+
+Both gradient helpers enable gradients themselves, so they work under ``torch.no_grad()``
+(Captum's ``NoiseTunnel`` calls attribution methods inside one).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
+
+import torch
+from torch import Tensor, nn
+
+from ..components import ComponentGroup, ComponentSet
+from ..engine import expand_target, repeat_rows
+from ..gates import ComponentGates
+from ..outputs import OutputFunction
+
+__all__ = ["SiteRecorder", "site_gradients", "gate_gradients", "per_component", "point_chunks",
+           "forward_values"]
+
+
+class SiteRecorder(ComponentGates):
+    """Records each group's site activation (graph-connected) without changing it."""
+
+    def __init__(self, components: ComponentSet) -> None:
+        super().__init__(components, "zero", record=True)
+        self.calls: Dict[Tuple[str, str], int] = {}
+
+    def gate_activation(self, position: int, group: ComponentGroup, module: nn.Module,
+                        activation: Tensor) -> Tensor:
+        if (torch.is_grad_enabled() and activation.is_floating_point()
+                and not activation.requires_grad):
+            activation = activation.detach().requires_grad_()
+        key = (group.module_name, group.site)
+        self.calls[key] = self.calls.get(key, 0) + 1
+        return super().gate_activation(position, group, module, activation)
+
+    def reset(self) -> None:
+        self.recorded.clear()
+        self.calls.clear()
+
+    def collect(self) -> List[Tensor]:
+        """The recorded activations in group order, after one forward."""
+        keys = [(g.module_name, g.site) for g in self.components.groups]
+        missing = [k[0] for k in keys if k not in self.recorded]
+        if missing:
+            raise RuntimeError(f"the forward pass never reached the component modules {missing}")
+        repeated = {k[0]: n for k, n in self.calls.items() if n > 1}
+        if repeated:
+            raise RuntimeError(
+                f"modules {repeated} ran more than once in one forward pass (shared weights);"
+                " per-site gradients are defined only for modules that run once per forward"
+            )
+        return [self.recorded[k] for k in keys]
+
+
+def _checked_values(values: Tensor, n_rows: int, output_fn: OutputFunction) -> Tensor:
+    if values.shape != (n_rows,):
+        raise ValueError(
+            f"the output function {output_fn.name!r} returned shape {tuple(values.shape)}; expected"
+            f" one value per row, ({n_rows},)"
+        )
+    return values
+
+
+def site_gradients(
+    forward_func: Callable[..., Any],
+    recorder: SiteRecorder,
+    inputs: Tuple[Tensor, ...],
+    extra: Tuple[Any, ...],
+    target: Any,
+    output_fn: OutputFunction,
+) -> Tuple[Tensor, List[Tensor], List[Tensor]]:
+    """``(outputs (rows,), activations, gradients)`` per group for one batch of rows."""
+    n_rows = inputs[0].shape[0]
+    recorder.reset()
+    try:
+        with torch.enable_grad():
+            values = _checked_values(output_fn(forward_func(*inputs, *extra), target), n_rows,
+                                     output_fn)
+            activations = recorder.collect()
+            if values.requires_grad:
+                grads = torch.autograd.grad(values.sum(), activations, allow_unused=True)
+            else:
+                grads = tuple(None for _ in activations)
+    finally:
+        recorder.reset()
+    grads_out = [torch.zeros_like(a) if g is None else g.detach() for a, g in zip(activations, grads)]
+    return values.detach(), [a.detach() for a in activations], grads_out
+
+
+def gate_gradients(
+    forward_func: Callable[..., Any],
+    hooks: ComponentGates,
+    inputs: Tuple[Tensor, ...],
+    extra: Tuple[Any, ...],
+    gates: Tensor,
+    example_index: Optional[Tensor],
+    target: Any,
+    output_fn: OutputFunction,
+) -> Tuple[Tensor, Tensor]:
+    """``(outputs (rows,), d output / d gates (rows, n_components))``, one gate row per row."""
+    n_rows = inputs[0].shape[0]
+    with torch.enable_grad():
+        gates = gates.detach().requires_grad_()
+        hooks.values = gates
+        hooks.example_index = example_index
+        try:
+            values = _checked_values(output_fn(forward_func(*inputs, *extra), target), n_rows,
+                                     output_fn)
+        finally:
+            hooks.values = None
+            hooks.example_index = None
+        if values.requires_grad:
+            (grad,) = torch.autograd.grad(values.sum(), gates, allow_unused=True)
+        else:
+            grad = None
+    grad = torch.zeros_like(gates) if grad is None else grad.detach()
+    return values.detach(), grad
+
+
+def forward_values(forward_func: Callable[..., Any], hooks: Optional[ComponentGates],
+                   inputs: Tuple[Tensor, ...], extra: Tuple[Any, ...], gates: Optional[Tensor],
+                   example_index: Optional[Tensor], target: Any,
+                   output_fn: OutputFunction) -> Tensor:
+    """Outputs ``(rows,)`` without gradients, with per-row ``gates`` when hooks are given."""
+    n_rows = inputs[0].shape[0]
+    with torch.no_grad():
+        if hooks is not None:
+            hooks.values, hooks.example_index = gates, example_index
+        try:
+            values = output_fn(forward_func(*inputs, *extra), target)
+        finally:
+            if hooks is not None:
+                hooks.values, hooks.example_index = None, None
+    return _checked_values(values, n_rows, output_fn)
+
+
+def per_component(group: ComponentGroup, tensor: Tensor) -> Tensor:
+    """Sum an activation-shaped ``(rows, ...)`` tensor within each unit: ``(rows, n_units)``."""
+    axis = group.unit_axis % tensor.dim()
+    if tensor.shape[axis] != group.width:
+        raise ValueError(
+            f"module {group.module_name!r}: the {group.site} has {tensor.shape[axis]} features on"
+            f" axis {group.unit_axis}, but the group declares {group.n_units} {group.kind}s x"
+            f" {group.unit_size} = {group.width}"
+        )
+    moved = tensor.movedim(axis, -1)
+    return moved.reshape(tensor.shape[0], -1, group.n_units, group.unit_size).sum(dim=(1, 3))
+
+
+def point_chunks(n_points: int, n_examples: int, internal_batch_size: Optional[int]) -> Iterator[range]:
+    """Consecutive ranges of path points, each run as one pass of ``len(range) * b`` rows."""
+    if internal_batch_size is None:
+        per_pass = n_points
+    else:
+        per_pass = max(1, internal_batch_size // n_examples)
+    for start in range(0, n_points, per_pass):
+        yield range(start, min(start + per_pass, n_points))
+
+
+def repeat_for_points(extra: Tuple[Any, ...], target: Any, n_examples: int,
+                      n_points: int) -> Tuple[Tuple[Any, ...], Any]:
+    """Additional forward args and target repeated for ``n_points`` blocks of examples."""
+    return repeat_rows(extra, n_points, n_examples), expand_target(target, n_examples, n_points)

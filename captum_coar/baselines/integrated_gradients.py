@@ -1,0 +1,125 @@
+"""Integrated gradients along the ablation path, over all component gates jointly.
+
+Contract
+--------
+:class:`ComponentIntegratedGradients` integrates ``dF/dg`` along the straight path of gates
+from a baseline gate value ``g0`` (``baselines``; 0 = every component ablated) to 1 (every
+component kept), with Captum's ``n_steps`` points and weights of ``method``:
+
+    IG_c = (1 - g0_c) * sum_k w_k * dF/dg_c (g0 + alpha_k (1 - g0)).
+
+All gates move together, so completeness holds: ``sum_c IG_c = F(g = 1) - F(g = g0)`` up to
+the integration error, which ``return_convergence_delta=True`` returns per example. This is
+Captum's ``IntegratedGradients`` applied to the gated forward of
+:mod:`captum_coar.interop` (and equal to it to float rounding), computed with one scaled batch
+of ``n_steps * b`` rows. ``baselines`` is a number, a ``(n_components,)`` vector or a
+``(batch, n_components)`` tensor. Output function (``output=``) and sign convention are shared
+with COAR.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Optional, Tuple, Union
+
+import torch
+from captum.attr import GradientAttribution
+from captum.log import log_usage
+from torch import Tensor
+
+from .._compat import integration_points
+from ..ablation import AblationStrategy
+from ..components import ComponentSet
+from ..engine import expand_target, repeat_rows
+from ._base import ComponentMethod, OutputSpec, check_positive_int, format_inputs
+from ._layer_gradients import forward_values, gate_gradients, point_chunks
+
+__all__ = ["ComponentIntegratedGradients"]
+
+
+class ComponentIntegratedGradients(ComponentMethod, GradientAttribution):
+    """Integrated gradients over the component gates, from ``baselines`` (ablated) to 1 (kept).
+
+    Args:
+        forward_func: the model or a function of ``(*inputs, *additional_forward_args)``.
+        components: the components.
+        ablation: the ablation strategy that defines gate 0.
+    """
+
+    def __init__(self, forward_func: Callable[..., Any], components: ComponentSet,
+                 ablation: Union[str, AblationStrategy] = "weights") -> None:
+        GradientAttribution.__init__(self, forward_func)
+        self._init_components(components, ablation)
+
+    def has_convergence_delta(self) -> bool:
+        return True
+
+    @property
+    def multiplies_by_inputs(self) -> bool:
+        return True
+
+    def _gate_baseline(self, baselines: Any, n_examples: int, device: torch.device) -> Tensor:
+        n = self.n_components
+        base = torch.as_tensor(0.0 if baselines is None else baselines, dtype=torch.float32)
+        if base.dim() == 1 and base.shape[0] == n:
+            base = base[None]
+        if base.dim() == 0:
+            base = base.expand(1, n)
+        if base.dim() != 2 or base.shape[1] != n or base.shape[0] not in (1, n_examples):
+            raise ValueError(
+                f"baselines (the starting gate values) must be a number, a ({n},) vector or a"
+                f" ({n_examples}, {n}) tensor; got shape {tuple(base.shape)}"
+            )
+        return base.to(device).expand(n_examples, n)
+
+    @log_usage()
+    def attribute(
+        self,
+        inputs: Union[Tensor, Tuple[Tensor, ...]],
+        baselines: Any = 0.0,
+        target: Any = None,
+        additional_forward_args: Any = None,
+        n_steps: int = 50,
+        method: str = "gausslegendre",
+        internal_batch_size: Optional[int] = None,
+        return_convergence_delta: bool = False,
+        output: OutputSpec = None,
+    ) -> Union[Tensor, Tuple[Tensor, Tensor]]:
+        """Gate integrated gradients, ``(batch, n_components)`` (and delta ``(batch,)``).
+
+        Args:
+            inputs, target, additional_forward_args: the examples, as in Captum.
+            baselines: gate value(s) at the start of the path (0 = ablated).
+            n_steps, method, internal_batch_size, return_convergence_delta: as in Captum's
+                ``IntegratedGradients`` (``internal_batch_size`` = rows per pass).
+            output: output function name or callable (see :mod:`captum_coar.outputs`).
+        """
+        output_fn = self._start(output, target)
+        inputs_t, extra, n_examples = format_inputs(inputs, additional_forward_args)
+        n_steps = check_positive_int("n_steps", n_steps)
+        check_positive_int("internal_batch_size", internal_batch_size, allow_none=True)
+        step_sizes, alphas = integration_points(method, n_steps)
+        device = next(self.components.model.parameters()).device
+        start = self._gate_baseline(baselines, n_examples, device)
+        span = 1.0 - start
+        total = torch.zeros(n_examples, self.n_components, device=device)
+        examples = torch.arange(n_examples, device=device)
+        with self._gates() as hooks:
+            for points in point_chunks(n_steps, n_examples, internal_batch_size):
+                k = len(points)
+                gates = torch.cat([start + alphas[p] * span for p in points])
+                _, grad = gate_gradients(
+                    self.forward_func, hooks, repeat_rows(inputs_t, k, n_examples),
+                    repeat_rows(extra, k, n_examples), gates, examples.repeat(k),
+                    expand_target(target, n_examples, k), output_fn)
+                weights = torch.tensor([step_sizes[p] for p in points], device=grad.device)
+                weighted = grad.reshape(k, n_examples, -1) * weights.to(grad.dtype)[:, None, None]
+                total = total + weighted.sum(dim=0).to(device)
+            attributions = total * span
+            if not return_convergence_delta:
+                return attributions
+            ends = torch.cat([start, torch.ones_like(start)])
+            values = forward_values(self.forward_func, hooks, repeat_rows(inputs_t, 2, n_examples),
+                                    repeat_rows(extra, 2, n_examples), ends, examples.repeat(2),
+                                    expand_target(target, n_examples, 2), output_fn)
+        change = (values[n_examples:] - values[:n_examples]).to(attributions)
+        return attributions, attributions.sum(dim=1) - change

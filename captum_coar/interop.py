@@ -1,0 +1,191 @@
+"""Captum's own methods and metrics over components, through a gated forward function.
+
+Contract
+--------
+:class:`GatedForward` wraps a model (or forward function) into a function whose first input
+is the gate matrix ``(rows, n_components)``: ``gated(gates, *model_inputs)`` runs the model
+with activation ``r + g * (a - r)`` for every component (``r`` from the ablation strategy,
+gate 1 = kept, 0 = ablated) and returns the model output, or, when ``output=`` is given, the
+output function's value per row with the target passed as the LAST positional argument
+(``gated(gates, *model_inputs, target)``), so that Captum expands targets together with the
+inputs. Pass the real inputs through ``additional_forward_args``
+(:meth:`GatedForward.forward_args` builds the tuple) and the gates as ``inputs``
+(:meth:`GatedForward.kept` gives all-ones gates), and Captum's ``FeatureAblation`` (with
+baseline 0 = leave-one-out), ``IntegratedGradients``, ``ShapleyValueSampling``,
+``KernelShap``, ``Lime`` and ``NoiseTunnel`` attribute over components unchanged, while
+``captum.metrics.infidelity`` and ``sensitivity_max`` evaluate any ``(batch, n_components)``
+component attribution.
+
+Rows: gate row ``i`` goes with input row ``i`` when the counts agree. When the inputs have
+``B`` rows and the gates ``G = k * B``, the inputs (and tensor target) are repeated ``k``
+times block-wise (``torch.cat([x] * k)``, Captum's ``repeat`` expansion); one input row
+serves any number of gate rows, and one gate row serves every input row.
+
+:func:`ablation_perturbation` returns a perturbation function for ``infidelity`` that ablates
+random alpha-fraction subsets of components (Bernoulli by default, the COAR masks; see
+:mod:`captum_coar.sampling`): the perturbed gates are ``gates * keep`` and the
+perturbation ``gates - perturbed``, so ``attribution . perturbation`` is the summed attribution
+of the ablated components, which a good attribution matches with
+``F(gates) - F(perturbed)``.
+
+:func:`as_explanation_func` adapts a component method's ``attribute`` for
+``captum.metrics.sensitivity_max``, which passes inputs as a tuple and expects a tuple back:
+it returns the ``(batch, n_components)`` attributions as a 1-tuple.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Optional, Tuple, Union
+
+import torch
+from torch import Tensor
+
+from .ablation import AblationStrategy, resolve_ablation
+from .components import ComponentSet
+from .engine import as_tuple, expand_target, repeat_rows
+from .gates import ComponentGates
+from .outputs import OutputFunction, resolve_output
+
+__all__ = ["GatedForward", "ablation_perturbation", "as_explanation_func"]
+
+
+class GatedForward:
+    """A forward function of the gates: ``gated(gates, *inputs[, target])``.
+
+    Args:
+        forward_func: the model or a function of its inputs.
+        components: the gated components.
+        ablation: strategy name or instance (what gate 0 means).
+        output: None to return the model output (use Captum's ``target=``), or an output
+            function name / callable; then the last positional argument is the target.
+    """
+
+    def __init__(self, forward_func: Callable[..., Any], components: ComponentSet,
+                 ablation: Union[str, AblationStrategy] = "weights",
+                 output: Union[None, str, OutputFunction, Callable[..., Tensor]] = None) -> None:
+        self.forward_func = forward_func
+        self.components = components
+        self.ablation = ablation
+        self.output = output
+
+    @property
+    def n_components(self) -> int:
+        return self.components.n_components
+
+    def kept(self, batch_size: int) -> Tensor:
+        """All-ones gates ``(batch_size, n_components)`` on the model's device."""
+        device = next(self.components.model.parameters()).device
+        return torch.ones(int(batch_size), self.n_components, device=device)
+
+    def forward_args(self, inputs: Any, target: Any = None,
+                     additional_forward_args: Any = None) -> Tuple[Any, ...]:
+        """The ``additional_forward_args`` tuple for Captum: inputs, extra args, target."""
+        args = as_tuple(inputs) + as_tuple(additional_forward_args)
+        if self.output is None:
+            if target is not None:
+                raise ValueError("output=None returns the model output; pass target to Captum's"
+                                 " `target=` instead, or construct GatedForward with output=...")
+            return args
+        return args + (target,)
+
+    def _prepare(self) -> None:
+        if not isinstance(self.components, ComponentSet):
+            raise TypeError(f"components must be a ComponentSet, got {type(self.components).__name__}")
+        if getattr(self, "_ablation_key", None) is not self.ablation:
+            self.strategy_ = resolve_ablation(self.ablation)
+            self._ablation_key = self.ablation
+        if getattr(self, "_output_key", None) is not self.output and self.output is not None:
+            self.output_fn_ = resolve_output(self.output, 0)
+            self._output_key = self.output
+
+    def __call__(self, gates: Tensor, *args: Any) -> Any:
+        self._prepare()
+        if self.output is not None:
+            if not args:
+                raise ValueError("GatedForward(output=...) expects the target as the last argument")
+            *model_args, target = args
+        else:
+            model_args, target = list(args), None
+        if not isinstance(gates, Tensor) or gates.dim() != 2 or gates.shape[1] != self.n_components:
+            shape = tuple(gates.shape) if isinstance(gates, Tensor) else type(gates).__name__
+            raise ValueError(f"gates must have shape (rows, {self.n_components}), got {shape}")
+        model_args, target, index = self._match_rows(gates.shape[0], tuple(model_args), target)
+        with ComponentGates(self.components, self.strategy_, forward_func=self.forward_func) as hooks:
+            hooks.values = gates.to(next(self.components.model.parameters()).device)
+            hooks.example_index = index
+            result = self.forward_func(*model_args)
+        if self.output is None:
+            return result
+        return self.output_fn_(result, target)
+
+    def _match_rows(self, n_gates: int, model_args: Tuple[Any, ...],
+                    target: Any) -> Tuple[Tuple[Any, ...], Any, Optional[Tensor]]:
+        first = next((a for a in model_args if isinstance(a, Tensor) and a.dim() > 0), None)
+        if first is None:
+            raise TypeError("GatedForward needs the model inputs (tensors with the batch on dim 0)"
+                            " after the gates; pass them through additional_forward_args")
+        n_inputs = first.shape[0]
+        if n_gates == n_inputs or n_gates == 1:
+            return model_args, target, torch.arange(n_inputs)
+        if n_gates % n_inputs:
+            raise ValueError(
+                f"{n_gates} gate rows cannot be matched with {n_inputs} input rows; the gate rows"
+                " must equal the input rows, be a multiple of them, or be 1"
+            )
+        repeats = n_gates // n_inputs
+        return (repeat_rows(model_args, repeats, n_inputs), expand_target(target, n_inputs, repeats),
+                torch.arange(n_inputs).repeat(repeats))
+
+
+def ablation_perturbation(
+    alpha: float = 0.05,
+    sampler: Union[str, Any] = "bernoulli",
+    seed: int = 0,
+) -> Callable[..., Tuple[Tensor, Tensor]]:
+    """A ``perturb_func`` for ``captum.metrics.infidelity`` that ablates random subsets.
+
+    Args:
+        alpha: fraction of components ablated per perturbation.
+        sampler: ``"bernoulli"`` (each ablated with probability ``alpha``), ``"fixed"``
+            (exactly ``round(alpha * N)``) or a :class:`~captum_coar.sampling.MaskSampler`.
+        seed: masks are reproducible: the ``r``-th row drawn overall depends only on
+            ``(seed, r)``.
+
+    The returned function maps gates ``(rows, N)`` (and optional baseline gates) to
+    ``(perturbation, perturbed_gates)``.
+    """
+    from .sampling import resolve_sampler
+
+    if isinstance(sampler, str):
+        mask_sampler = resolve_sampler(sampler, alpha)
+    else:
+        mask_sampler = resolve_sampler(sampler)
+    drawn = [0]
+
+    def perturb(gates: Tensor, baselines: Any = None) -> Tuple[Tensor, Tensor]:
+        rows, n_components = gates.shape[0], gates.shape[-1]
+        keep = mask_sampler.sample(n_components, drawn[0], drawn[0] + rows, seed)
+        drawn[0] += rows
+        keep = keep.to(gates.device).reshape(gates.shape)
+        replacement = torch.zeros_like(gates) if baselines is None else torch.as_tensor(
+            baselines, dtype=gates.dtype, device=gates.device).expand_as(gates)
+        perturbed = torch.where(keep, gates, replacement)
+        return gates - perturbed, perturbed
+
+    return perturb
+
+
+def as_explanation_func(attribute: Callable[..., Any]) -> Callable[..., Tuple[Tensor, ...]]:
+    """Wrap ``method.attribute`` so ``sensitivity_max`` gets a tuple of attributions back.
+
+    ``sensitivity_max(as_explanation_func(method.attribute), inputs, target=..., **kwargs)``
+    perturbs the model inputs and compares the component attributions before and after.
+    """
+    def explanation_func(inputs: Any, **kwargs: Any) -> Tuple[Tensor, ...]:
+        result = attribute(inputs, **kwargs)
+        if isinstance(result, tuple) and kwargs.get("return_convergence_delta"):
+            result = result[0]
+        return result if isinstance(result, tuple) else (result,)
+
+    explanation_func.__name__ = getattr(attribute, "__name__", "attribute")
+    return explanation_func

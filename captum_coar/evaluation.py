@@ -103,10 +103,10 @@ def _unpack(name: str, value: Any) -> Tuple[Tensor, Optional[Tensor], Optional[i
             if getattr(value, attr, None) is not None:
                 intercept = getattr(value, attr)
                 break
-        for attr in ("seed", "seed_"):
-            if isinstance(getattr(value, attr, None), int):
-                seed = getattr(value, attr)
-                break
+        settings = getattr(value, "settings", None)
+        candidates = [getattr(value, "seed", None), getattr(value, "seed_", None),
+                      settings.get("seed") if isinstance(settings, Mapping) else None]
+        seed = next((s for s in candidates if isinstance(s, int)), None)
         value = value.attributions
     if not isinstance(value, Tensor):
         raise TypeError(
@@ -241,7 +241,7 @@ class CounterfactualCorrelationResult:
                               for i in range(len(self.alphas))]
             if run_times is not None:
                 t = run_times.get(name)
-                cells.append("" if t is None else f"{t:.2f}")
+                cells.append("" if t is None else f"{t:.3g}")
             lines.append("| " + " | ".join(cells) + " |")
         note = (f"{self.correlation.capitalize()} correlation over {self.n_masks} held-out masks per"
                 f" fraction (seed {self.seed}), mean ± s.e. over {self.values.shape[-1]} examples.")

@@ -190,5 +190,5 @@ def plot_topk_curves(
     ax.set_ylabel("output" if example is None else f"output, example {example}")
     scope = "mean over examples" if example is None else f"example {example}"
     ax.set_title(f"Top-k ablation curves ({scope})")
-    ax.legend(fontsize="small", frameon=False)
+    ax.legend(fontsize="small", frameon=False, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     return ax

@@ -145,7 +145,7 @@ def test_table_and_dict(additive):
                                         ablation_fractions=(0.05, 0.1), n_masks=10)
     table = result.to_table(run_times={"true": 1.5})
     assert table.splitlines()[0] == "| method | alpha=0.05 | alpha=0.1 | time (s) |"
-    assert "| true | 1.000 ± 0.000 | 1.000 ± 0.000 | 1.50 |" in table
+    assert "| true | 1.000 ± 0.000 | 1.000 ± 0.000 | 1.5 |" in table
     assert str(result).startswith("| method |")
     assert result.per_example("true", 0.1).shape == (24,)
     assert set(result.means()[0.1]) == {"true", "zero"}

@@ -7,8 +7,8 @@ Contract
 (True = kept; each component ablated with probability ``ablation_fraction``, or an exact
 fraction with ``sampler="fixed"``), evaluates every mask on every example (many masks per
 forward pass), and fits for each example a linear model with intercept of the output on the
-keep indicators. It returns the coefficients, a tensor ``(batch, n_components)`` on the model's
-device (float64 for a float64 model, else float32). Positive = the component pushes the output
+keep indicators. It returns the coefficients, a tensor ``(batch, n_components)`` (a 1-tuple
+holding it when ``inputs`` is a tuple) on the model's device (float64 for a float64 model, else float32). Positive = the component pushes the output
 up: the output falls when it is ablated, Captum's sign convention.
 
 The fitted intercepts, the solver's diagnostics and the settings are kept in
@@ -26,8 +26,9 @@ one on them, and every result reports the held-out mean squared error.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Iterable, List, Optional, Union
+from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple, Union
 
 import torch
 from captum.attr import PerturbationAttribution
@@ -159,7 +160,7 @@ class ComponentAblationRegression(PerturbationAttribution):
         perturbations_per_eval: Optional[int] = None,
         max_rows: int = 4096,
         show_progress: bool = False,
-    ) -> Tensor:
+    ) -> Union[Tensor, Tuple[Tensor]]:
         """COAR attributions ``(batch, n_components)`` for the examples of ``inputs``.
 
         Args:
@@ -185,7 +186,9 @@ class ComponentAblationRegression(PerturbationAttribution):
             show_progress: show a tqdm bar.
 
         Returns:
-            Tensor ``(batch, n_components)``; ``self.last_result_`` holds the full result.
+            Tensor ``(batch, n_components)``, or the 1-tuple ``(tensor,)`` when ``inputs`` is a
+            tuple (Captum's tuple-in, tuple-out convention, which ``captum.metrics`` rely on);
+            ``self.last_result_`` holds the full result.
         """
         inputs_t = as_tuple(inputs)
         if not inputs_t or not all(isinstance(x, torch.Tensor) for x in inputs_t):
@@ -206,7 +209,8 @@ class ComponentAblationRegression(PerturbationAttribution):
             stats = collect_statistics(self.forward_func, self.components, data,
                                        validation_fraction=validation_fraction, **common)
             result = self.fit(stats, solver=resolved)
-        return result.attributions
+        # Captum's convention, tuple in -> tuple out (captum.metrics rely on it)
+        return (result.attributions,) if isinstance(inputs, tuple) else result.attributions
 
     # ------------------------------------------------------------------ staged API
     def collect(self, data: Iterable[Any], store: Union[MaskOutputStore, str, None] = None, *,
@@ -262,6 +266,7 @@ class ComponentAblationRegression(PerturbationAttribution):
                                  " validation_fraction to collect_statistics instead")
             self._check_enough_masks(resolved, source.train.count, source.train.count)
             fit = resolved.fit(source.train, source.validation)
+            _note_constant_columns(fit, source.train)
             n_train = source.train.count
             n_val = 0 if source.validation is None else source.validation.count
             settings = dict(source.settings)
@@ -316,7 +321,9 @@ class ComponentAblationRegression(PerturbationAttribution):
         if isinstance(solver, StreamingSolver):
             fit = solver.fit(lambda: store.iter_chunks(train_rows), val_stats)
         else:
-            fit = solver.fit(store.statistics(train_rows, device=device), val_stats)
+            stats = store.statistics(train_rows, device=device)
+            fit = solver.fit(stats, val_stats)
+            _note_constant_columns(fit, stats)
         return fit, len(train_rows), n_val
 
     def _result(self, fit: FitResult, n_train: int, n_val: int,
@@ -331,3 +338,18 @@ class ComponentAblationRegression(PerturbationAttribution):
             fit=fit, components=self.components, n_masks=n_train, n_validation=n_val,
             settings=settings)
 
+
+
+def _note_constant_columns(fit: FitResult, stats: SufficientStatistics) -> None:
+    """Record (and warn about) components never ablated, or always ablated, in the masks."""
+    never = torch.nonzero(stats.x_sum >= stats.count).flatten().tolist()
+    always = torch.nonzero(stats.x_sum <= 0).flatten().tolist()
+    fit.diagnostics["never_ablated"] = never
+    fit.diagnostics["always_ablated"] = always
+    if never or always:
+        warnings.warn(
+            f"{len(never)} component(s) were never ablated and {len(always)} always ablated in"
+            f" the {stats.count} training masks (e.g. indices {(never + always)[:10]}); their"
+            " attributions are not identified (least squares gives them 0 or an arbitrary"
+            " share). Use more masks or a larger ablation_fraction.",
+            UserWarning, stacklevel=3)

@@ -404,6 +404,7 @@ def _run(settings: CollectionSettings, data: Iterable[Any], batch_fn: Optional[B
                             max_rows=settings.max_rows, hooks=hooks)
                         _check_finite(outputs, chunk_rows[todo], start)
                         sink.write(chunk_rows[todo], slice(start, stop), outputs)
+                        done[todo] = stop
                         bar.update(int(todo.sum()) * size)
                     start = stop
                 if start != n:

@@ -1,0 +1,52 @@
+"""Helpers for the COAR tests: a tiny CNN trained on scikit-learn's digits (cached)."""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+from torch import nn
+
+
+class DigitsCNN(nn.Module):
+    """Two conv layers (with bias) and a linear head, for 8x8 digits."""
+
+    def __init__(self, width: int = 6) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, width, 3, padding=1)
+        self.conv2 = nn.Conv2d(width, 2 * width, 3, padding=1)
+        self.fc = nn.Linear(2 * width * 4, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.conv1(x))
+        x = torch.nn.functional.max_pool2d(torch.relu(self.conv2(x)), 2)  # 4 x 4
+        x = torch.nn.functional.adaptive_avg_pool2d(x, (2, 2))
+        return self.fc(x.flatten(1))
+
+
+@functools.lru_cache(maxsize=1)
+def digits_cnn(epochs: int = 8):
+    """(model in eval mode, test images (n, 1, 8, 8), test labels): a few seconds on a CPU."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    x = torch.tensor(digits.images, dtype=torch.float32).unsqueeze(1) / 16.0
+    y = torch.tensor(digits.target, dtype=torch.long)
+    g = torch.Generator().manual_seed(0)
+    order = torch.randperm(len(y), generator=g)
+    train, test = order[:1400], order[1400:]
+    torch.manual_seed(0)
+    model = DigitsCNN()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(epochs):
+        perm = train[torch.randperm(len(train), generator=g)]
+        for start in range(0, len(perm), 64):
+            idx = perm[start:start + 64]
+            loss = nn.functional.cross_entropy(model(x[idx]), y[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model, x[test], y[test]

@@ -103,13 +103,13 @@ class GatedForward:
         if self.output is not None:
             if not args:
                 raise ValueError("GatedForward(output=...) expects the target as the last argument")
-            *model_args, target = args
+            model_args, target = tuple(args[:-1]), args[-1]
         else:
-            model_args, target = list(args), None
+            model_args, target = tuple(args), None
         if not isinstance(gates, Tensor) or gates.dim() != 2 or gates.shape[1] != self.n_components:
             shape = tuple(gates.shape) if isinstance(gates, Tensor) else type(gates).__name__
             raise ValueError(f"gates must have shape (rows, {self.n_components}), got {shape}")
-        model_args, target, index = self._match_rows(gates.shape[0], tuple(model_args), target)
+        model_args, target, index = self._match_rows(gates.shape[0], model_args, target)
         with ComponentGates(self.components, self.strategy_, forward_func=self.forward_func) as hooks:
             hooks.values = gates.to(next(self.components.model.parameters()).device)
             hooks.example_index = index

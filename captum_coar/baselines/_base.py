@@ -28,19 +28,25 @@ from ..engine import as_tuple
 from ..gates import ComponentGates
 from ..outputs import OutputFunction, resolve_output
 
-__all__ = ["ComponentMethod", "check_positive_int", "format_inputs", "format_baselines",
+__all__ = ["ComponentMethod", "check_positive_int", "check_optional_positive_int", "format_inputs", "format_baselines",
            "OutputSpec", "slice_target"]
 
 OutputSpec = Union[None, str, OutputFunction, Callable[..., Tensor]]
 
 
-def check_positive_int(name: str, value: Any, allow_none: bool = False) -> Optional[int]:
-    """``value`` as an int >= 1 (or None when allowed); ``ValueError`` naming ``name`` else."""
-    if value is None and allow_none:
+def check_positive_int(name: str, value: Any) -> int:
+    """``value`` as an int >= 1; ``ValueError`` naming ``name`` otherwise."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+def check_optional_positive_int(name: str, value: Any) -> Optional[int]:
+    """``value`` as an int >= 1, or None; ``ValueError`` naming ``name`` otherwise."""
+    if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        allowed = "a positive integer" + (" or None" if allow_none else "")
-        raise ValueError(f"{name} must be {allowed}, got {value!r}")
+        raise ValueError(f"{name} must be a positive integer or None, got {value!r}")
     return int(value)
 
 

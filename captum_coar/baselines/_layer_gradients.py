@@ -23,7 +23,7 @@ Both gradient helpers enable gradients themselves, so they work under ``torch.no
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -52,6 +52,10 @@ class SiteRecorder(ComponentGates):
         key = (group.module_name, group.site)
         self.calls[key] = self.calls.get(key, 0) + 1
         return super().gate_activation(position, group, module, activation)
+
+    def __enter__(self) -> "SiteRecorder":
+        super().__enter__()
+        return self
 
     def reset(self) -> None:
         self.recorded.clear()
@@ -97,10 +101,9 @@ def site_gradients(
             values = _checked_values(output_fn(forward_func(*inputs, *extra), target), n_rows,
                                      output_fn)
             activations = recorder.collect()
+            grads: Sequence[Optional[Tensor]] = [None] * len(activations)
             if values.requires_grad:
                 grads = torch.autograd.grad(values.sum(), activations, allow_unused=True)
-            else:
-                grads = tuple(None for _ in activations)
     finally:
         recorder.reset()
     grads_out = [torch.zeros_like(a) if g is None else g.detach() for a, g in zip(activations, grads)]

@@ -27,7 +27,13 @@ from torch import Tensor
 from ..ablation import AblationStrategy
 from ..components import ComponentSet
 from ..engine import slice_rows
-from ._base import ComponentMethod, OutputSpec, check_positive_int, format_inputs, slice_target
+from ._base import (
+    ComponentMethod,
+    OutputSpec,
+    check_optional_positive_int,
+    format_inputs,
+    slice_target,
+)
 from ._layer_gradients import gate_gradients
 
 __all__ = ["ComponentAttributionPatching"]
@@ -63,7 +69,7 @@ class ComponentAttributionPatching(ComponentMethod, GradientAttribution):
         """First-order ablation effect of every component, ``(batch, n_components)``."""
         output_fn = self._start(output, target)
         inputs_t, extra, n_examples = format_inputs(inputs, additional_forward_args)
-        per_pass = check_positive_int("internal_batch_size", internal_batch_size, allow_none=True)
+        per_pass = check_optional_positive_int("internal_batch_size", internal_batch_size)
         per_pass = per_pass or n_examples
         device = next(self.components.model.parameters()).device
         parts = []

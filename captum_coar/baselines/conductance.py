@@ -18,10 +18,12 @@ rows and one backward give every layer's gradients together, where Captum needs 
 per layer.
 
 ``F`` is the output function (``output=``, shared with COAR: margin with a target by
-default, ``"logit"`` for Captum's target selection). Since the groups span their layers,
-each group's conductances sum to ``F(inputs) - F(baselines)`` up to the integration error;
-``return_convergence_delta=True`` returns that error per example and group,
-``(batch, n_groups)``. ``internal_batch_size`` bounds the rows per pass; consecutive passes
+default, ``"logit"`` for Captum's target selection). A group spans its whole layer, so when
+the layer is a cut of the network (every path from input to output runs through it: a conv
+of a plain CNN, not an attention block bypassed by a residual connection) its components'
+conductances sum to ``F(inputs) - F(baselines)`` up to the integration error.
+``return_convergence_delta=True`` returns each group's sum minus that change, per example
+and group, ``(batch, n_groups)``: Captum's delta for each layer. ``internal_batch_size`` bounds the rows per pass; consecutive passes
 carry the last point over instead of recomputing it. The ablation strategy is stored for a
 uniform signature and not used: conductance follows the input path, not the ablation path.
 """
@@ -39,7 +41,14 @@ from .._compat import integration_points
 from ..ablation import AblationStrategy
 from ..components import ComponentSet
 from ..engine import expand_target, repeat_rows
-from ._base import ComponentMethod, OutputSpec, check_positive_int, format_baselines, format_inputs
+from ._base import (
+    ComponentMethod,
+    OutputSpec,
+    check_optional_positive_int,
+    check_positive_int,
+    format_baselines,
+    format_inputs,
+)
 from ._layer_gradients import (
     SiteRecorder,
     forward_values,
@@ -105,7 +114,7 @@ class ComponentConductance(ComponentMethod, GradientAttribution):
         output_fn = self._start(output, target)
         inputs_t, extra, n_examples = format_inputs(inputs, additional_forward_args)
         n_steps = check_positive_int("n_steps", n_steps)
-        check_positive_int("internal_batch_size", internal_batch_size, allow_none=True)
+        check_optional_positive_int("internal_batch_size", internal_batch_size)
         baselines_t = format_baselines(inputs_t, baselines)
         _, alphas = integration_points(method, n_steps + 1)
         groups = self.components.groups

@@ -31,7 +31,13 @@ from torch import Tensor, nn
 from ..ablation import AblationStrategy, along_axis
 from ..components import ComponentGroup, ComponentSet, is_hf_conv1d
 from ..engine import slice_rows
-from ._base import ComponentMethod, OutputSpec, check_positive_int, format_inputs, slice_target
+from ._base import (
+    ComponentMethod,
+    OutputSpec,
+    check_optional_positive_int,
+    format_inputs,
+    slice_target,
+)
 from ._layer_gradients import SiteRecorder, per_component, site_gradients
 
 __all__ = ["ComponentGradientXParameter"]
@@ -85,7 +91,7 @@ class ComponentGradientXParameter(ComponentMethod, GradientAttribution):
         for group, module in zip(groups, modules):
             _check_weight_component(group, module)
         inputs_t, extra, n_examples = format_inputs(inputs, additional_forward_args)
-        per_pass = check_positive_int("internal_batch_size", internal_batch_size, allow_none=True)
+        per_pass = check_optional_positive_int("internal_batch_size", internal_batch_size)
         per_pass = per_pass or n_examples
         parts = []
         with SiteRecorder(self.components) as recorder:

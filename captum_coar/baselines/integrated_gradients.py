@@ -30,7 +30,13 @@ from .._compat import integration_points
 from ..ablation import AblationStrategy
 from ..components import ComponentSet
 from ..engine import expand_target, repeat_rows
-from ._base import ComponentMethod, OutputSpec, check_positive_int, format_inputs
+from ._base import (
+    ComponentMethod,
+    OutputSpec,
+    check_optional_positive_int,
+    check_positive_int,
+    format_inputs,
+)
 from ._layer_gradients import forward_values, gate_gradients, point_chunks
 
 __all__ = ["ComponentIntegratedGradients"]
@@ -96,7 +102,7 @@ class ComponentIntegratedGradients(ComponentMethod, GradientAttribution):
         output_fn = self._start(output, target)
         inputs_t, extra, n_examples = format_inputs(inputs, additional_forward_args)
         n_steps = check_positive_int("n_steps", n_steps)
-        check_positive_int("internal_batch_size", internal_batch_size, allow_none=True)
+        check_optional_positive_int("internal_batch_size", internal_batch_size)
         step_sizes, alphas = integration_points(method, n_steps)
         device = next(self.components.model.parameters()).device
         start = self._gate_baseline(baselines, n_examples, device)

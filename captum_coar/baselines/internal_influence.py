@@ -30,7 +30,14 @@ from .._compat import integration_points
 from ..ablation import AblationStrategy
 from ..components import ComponentSet
 from ..engine import expand_target, repeat_rows
-from ._base import ComponentMethod, OutputSpec, check_positive_int, format_baselines, format_inputs
+from ._base import (
+    ComponentMethod,
+    OutputSpec,
+    check_optional_positive_int,
+    check_positive_int,
+    format_baselines,
+    format_inputs,
+)
 from ._layer_gradients import SiteRecorder, per_component, point_chunks, site_gradients
 from .conductance import scaled_path
 
@@ -77,7 +84,7 @@ class ComponentInternalInfluence(ComponentMethod, GradientAttribution):
         output_fn = self._start(output, target)
         inputs_t, extra, n_examples = format_inputs(inputs, additional_forward_args)
         n_steps = check_positive_int("n_steps", n_steps)
-        check_positive_int("internal_batch_size", internal_batch_size, allow_none=True)
+        check_optional_positive_int("internal_batch_size", internal_batch_size)
         baselines_t = format_baselines(inputs_t, baselines)
         step_sizes, alphas = integration_points(method, n_steps)
         groups = self.components.groups

@@ -26,7 +26,13 @@ from torch import Tensor
 from ..ablation import AblationStrategy
 from ..components import ComponentSet
 from ..engine import evaluate_masks, progress, rows_per_pass
-from ._base import ComponentMethod, OutputSpec, check_positive_int, format_inputs
+from ._base import (
+    ComponentMethod,
+    OutputSpec,
+    check_optional_positive_int,
+    check_positive_int,
+    format_inputs,
+)
 
 __all__ = ["ComponentAblation", "leave_one_out_masks"]
 
@@ -74,7 +80,7 @@ class ComponentAblation(ComponentMethod, PerturbationAttribution):
         """
         output_fn = self._start(output, target)
         inputs_t, extra, n_examples = format_inputs(inputs, additional_forward_args)
-        check_positive_int("perturbations_per_eval", perturbations_per_eval, allow_none=True)
+        check_optional_positive_int("perturbations_per_eval", perturbations_per_eval)
         check_positive_int("max_rows", max_rows)
         per_pass = rows_per_pass(n_examples, perturbations_per_eval, max_rows)
         n = self.n_components

@@ -1,0 +1,378 @@
+"""Component baselines: known answers, agreement with Captum, completeness, hygiene."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from captum.attr import FeatureAblation, InternalInfluence, LayerConductance, NoiseTunnel
+from toy_models import (
+    AdditiveModel,
+    AttentionClassifier,
+    ConvNet,
+    assert_unchanged,
+    hook_count,
+    randomise_batchnorm,
+    snapshot,
+)
+
+from captum_coar.baselines import (
+    ComponentAblation,
+    ComponentAttributionPatching,
+    ComponentConductance,
+    ComponentGradientXParameter,
+    ComponentIntegratedGradients,
+    ComponentInternalInfluence,
+)
+from captum_coar.components import (
+    ComponentGroup,
+    ComponentSet,
+    attention_heads,
+    conv_filters,
+    linear_neurons,
+)
+from captum_coar.edits import _weight_index
+from captum_coar.gates import ablated
+from captum_coar.interop import GatedForward
+from captum_coar.outputs import resolve_output
+
+ALL_METHODS = [ComponentAblation, ComponentAttributionPatching, ComponentIntegratedGradients,
+               ComponentGradientXParameter, ComponentConductance, ComponentInternalInfluence]
+
+
+# ----------------------------------------------------------------------------- fixtures
+@pytest.fixture
+def convnet():
+    torch.manual_seed(1)
+    model = randomise_batchnorm(ConvNet())
+    components = ComponentSet(model, conv_filters(model).groups + linear_neurons(model, ["fc1"]).groups)
+    x = torch.randn(4, 1, 8, 8)
+    return model, components, x, torch.tensor([1, 2, 3, 4])
+
+
+@pytest.fixture
+def attention():
+    torch.manual_seed(2)
+    model = AttentionClassifier().eval()
+    x = torch.randn(3, 6, 3)
+    return model, x, torch.tensor([0, 3, 1])
+
+
+@pytest.fixture
+def additive():
+    torch.manual_seed(3)
+    model = AdditiveModel().eval()
+    x = torch.randn(5, 6)
+    target = torch.tensor([0, 1, 2, 0, 1])
+    return model, linear_neurons(model, ["hidden"]), x, target
+
+
+def reduce_layer(attr: torch.Tensor, group: ComponentGroup) -> torch.Tensor:
+    """Sum a Captum layer attribution within each component (written independently)."""
+    attr = attr.detach()
+    if group.kind == "filter":
+        return attr.sum(dim=tuple(range(2, attr.dim())))
+    if group.kind == "head":
+        b, t, d = attr.shape
+        return attr.reshape(b, t, group.n_units, group.unit_size).sum(dim=(1, 3))
+    return attr.reshape(attr.shape[0], -1, group.n_units).sum(dim=1)
+
+
+def captum_per_layer(captum_cls, model, components, x, **kwargs) -> torch.Tensor:
+    columns = []
+    for group in components.groups:
+        method = captum_cls(model, components.module(group))
+        attr = method.attribute(x, attribute_to_layer_input=group.site == "input", **kwargs)
+        columns.append(reduce_layer(attr, group))
+    return torch.cat(columns, dim=1)
+
+
+def assert_close(actual, expected, rtol=1e-4, atol_scale=1e-5):
+    scale = expected.abs().max().item() + 1e-12
+    torch.testing.assert_close(actual, expected.to(actual), rtol=rtol, atol=atol_scale * scale)
+
+
+# ----------------------------------------------------------------------------- conductance
+@pytest.mark.parametrize("method,n_steps", [("gausslegendre", 20), ("riemann_trapezoid", 16)])
+def test_conductance_matches_captum_layer_by_layer_on_cnn(convnet, method, n_steps):
+    model, components, x, target = convnet
+    ours = ComponentConductance(model, components).attribute(
+        x, target=target, n_steps=n_steps, method=method, output="logit")
+    reference = captum_per_layer(LayerConductance, model, components, x, target=target,
+                                 n_steps=n_steps, method=method)
+    assert ours.shape == (4, components.n_components)
+    assert_close(ours, reference)
+
+
+def test_conductance_matches_captum_on_attention_heads(attention):
+    model, x, target = attention
+    heads = attention_heads(model)
+    ours = ComponentConductance(model, heads).attribute(x, target=target, n_steps=25, output="logit")
+    lc = LayerConductance(model, model.attn.proj).attribute(
+        x, target=target, n_steps=25, attribute_to_layer_input=True)
+    assert_close(ours, reduce_layer(lc, heads.groups[0]))
+
+
+def test_conductance_all_groups_of_a_transformer_in_one_pass(attention):
+    model, x, target = attention
+    components = ComponentSet.from_model(model)  # neurons of every Linear + heads
+    ours = ComponentConductance(model, components).attribute(x, target=target, n_steps=10,
+                                                             output="logit")
+    reference = captum_per_layer(LayerConductance, model, components, x, target=target, n_steps=10)
+    assert_close(ours, reference)
+
+
+def test_conductance_convergence_delta(convnet):
+    model, components, x, target = convnet
+    attr, delta = ComponentConductance(model, components).attribute(
+        x, target=target, n_steps=50, output="logit", return_convergence_delta=True)
+    assert delta.shape == (4, len(components.groups))
+    logits = model(x).gather(1, target[:, None]).squeeze(1) - model(torch.zeros_like(x)).gather(
+        1, target[:, None]).squeeze(1)
+    assert delta.abs().max() < 0.05 * logits.abs().max()
+    # the same delta as Captum's own, layer by layer
+    for position, group in enumerate(components.groups):
+        _, captum_delta = LayerConductance(model, components.module(group)).attribute(
+            x, target=target, n_steps=50, return_convergence_delta=True)
+        torch.testing.assert_close(delta[:, position], captum_delta.detach(), atol=2e-6, rtol=1e-3)
+
+
+@pytest.mark.parametrize("internal_batch_size", [4, 12, 29])
+def test_conductance_internal_batch_size_does_not_change_results(convnet, internal_batch_size):
+    model, components, x, target = convnet
+    method = ComponentConductance(model, components)
+    full = method.attribute(x, target=target, n_steps=10)
+    chunked = method.attribute(x, target=target, n_steps=10, internal_batch_size=internal_batch_size)
+    assert_close(chunked, full)
+
+
+def test_conductance_with_baselines_and_additional_args(attention):
+    model, x, target = attention
+
+    def forward(tokens, scale):
+        return model(tokens * scale)
+
+    heads = attention_heads(model)
+    baseline = torch.randn(1, 6, 3)
+    scale = torch.full((3, 1, 1), 0.5)
+    ours = ComponentConductance(forward, heads).attribute(
+        x, baselines=baseline, target=target, additional_forward_args=(scale,), n_steps=12,
+        output="logit")
+    lc = LayerConductance(forward, model.attn.proj).attribute(
+        x, baselines=baseline, target=target, additional_forward_args=(scale,), n_steps=12,
+        attribute_to_layer_input=True)
+    assert_close(ours, reduce_layer(lc, heads.groups[0]))
+
+
+# ----------------------------------------------------------------------------- internal influence
+def test_internal_influence_matches_captum(convnet, attention):
+    model, components, x, target = convnet
+    ours = ComponentInternalInfluence(model, components).attribute(
+        x, target=target, n_steps=15, output="logit", internal_batch_size=20)
+    reference = captum_per_layer(InternalInfluence, model, components, x, target=target, n_steps=15)
+    assert_close(ours, reference)
+    model, x, target = attention
+    heads = attention_heads(model)
+    ours = ComponentInternalInfluence(model, heads).attribute(x, target=target, n_steps=15,
+                                                              output="logit")
+    reference = captum_per_layer(InternalInfluence, model, heads, x, target=target, n_steps=15)
+    assert_close(ours, reference)
+
+
+# ----------------------------------------------------------------------------- leave-one-out
+def test_leave_one_out_equals_feature_ablation_on_gated_forward_exactly(convnet):
+    model, components, x, target = convnet
+    loo = ComponentAblation(model, components).attribute(x, target=target, perturbations_per_eval=1)
+    gated = GatedForward(model, components, output="margin")
+    fa = FeatureAblation(gated).attribute(gated.kept(4), baselines=0.0,
+                                          additional_forward_args=gated.forward_args(x, target),
+                                          perturbations_per_eval=1)
+    assert torch.equal(loo, fa)
+    batched = ComponentAblation(model, components).attribute(x, target=target,
+                                                             perturbations_per_eval=7)
+    assert_close(batched, loo, rtol=1e-5)
+
+
+def test_leave_one_out_equals_separate_ablated_forwards(convnet):
+    model, components, x, target = convnet
+    margin = resolve_output("margin", target)
+    loo = ComponentAblation(model, components).attribute(x, target=target)
+    with torch.no_grad():
+        full = margin(model(x), target)
+        for c in range(0, components.n_components, 5):
+            keep = torch.ones(components.n_components, dtype=torch.bool)
+            keep[c] = False
+            with ablated(components, keep):
+                effect = full - margin(model(x), target)
+            torch.testing.assert_close(loo[:, c], effect, atol=1e-5, rtol=1e-5)
+
+
+def test_leave_one_out_progress_and_validation(convnet):
+    model, components, x, target = convnet
+    method = ComponentAblation(model, components)
+    with pytest.raises(ValueError, match="perturbations_per_eval"):
+        method.attribute(x, target=target, perturbations_per_eval=0)
+    shown = method.attribute(x, target=target, show_progress=True, max_rows=40)
+    assert_close(shown, method.attribute(x, target=target))
+
+
+# ----------------------------------------------------------------------------- exact additivity
+def test_additive_model_every_ablation_method_gives_the_true_effects(additive):
+    from captum_coar.coar import ComponentAblationRegression
+
+    model, components, x, target = additive
+    truth = model.single_effects(x, target).detach()
+    results = {
+        "leave_one_out": ComponentAblation(model, components).attribute(x, target=target,
+                                                                        output="logit"),
+        "attribution_patching": ComponentAttributionPatching(model, components).attribute(
+            x, target=target, output="logit"),
+        "integrated_gradients": ComponentIntegratedGradients(model, components).attribute(
+            x, target=target, output="logit", n_steps=8),
+        "gradient_x_parameter": ComponentGradientXParameter(model, components).attribute(
+            x, target=target, output="logit"),
+        "coar": ComponentAblationRegression(model, components, ablation="weights").attribute(
+            x, target=target, output="logit", n_masks=120, ablation_fraction=0.3),
+    }
+    for name, attr in results.items():
+        assert attr.shape == truth.shape, name
+        torch.testing.assert_close(attr.detach().float(), truth, atol=2e-6, rtol=1e-5,
+                                   msg=lambda m, name=name: f"{name}: {m}")
+
+
+# ----------------------------------------------------------------------------- gate IG
+@pytest.mark.parametrize("output", ["logit", "log_prob"])
+def test_gate_integrated_gradients_completeness(attention, output):
+    model, x, target = attention
+    components = ComponentSet.from_model(model)
+    attr, delta = ComponentIntegratedGradients(model, components).attribute(
+        x, target=target, output=output, n_steps=50, return_convergence_delta=True)
+    change = attr.sum(dim=1) - delta
+    gated = GatedForward(model, components, output=output)
+    with torch.no_grad():
+        truth = (gated(gated.kept(3), x, target)
+                 - gated(torch.zeros(3, components.n_components), x, target))
+    torch.testing.assert_close(change, truth, atol=1e-6, rtol=1e-5)
+    assert (attr.sum(dim=1) - truth).abs().max() <= 1e-3 * truth.abs().max()
+
+
+def test_gate_integrated_gradients_baselines_and_chunks(convnet):
+    model, components, x, target = convnet
+    method = ComponentIntegratedGradients(model, components)
+    full = method.attribute(x, target=target, n_steps=12)
+    assert_close(method.attribute(x, target=target, n_steps=12, internal_batch_size=8), full)
+    # gates that start at 1 have nothing to integrate
+    start = torch.zeros(components.n_components)
+    start[:5] = 1.0
+    partial = method.attribute(x, target=target, n_steps=12, baselines=start)
+    assert torch.all(partial[:, :5] == 0)
+    with pytest.raises(ValueError, match="starting gate values"):
+        method.attribute(x, target=target, baselines=torch.zeros(3))
+
+
+# ----------------------------------------------------------------------------- grad x param
+def direct_gradient_x_parameter(model, components, x, target, output):
+    """<dF/dW_c, W_c> with true per-example parameter gradients (one backward per example)."""
+    output_fn = resolve_output(output, target)
+    rows = []
+    for i in range(x.shape[0]):
+        value = output_fn(model(x[i:i + 1]), target[i:i + 1]).sum()
+        modules = [components.module(g) for g in components.groups]
+        grads = torch.autograd.grad(value, [m.weight for m in modules])
+        row = []
+        for group, module, grad in zip(components.groups, modules, grads):
+            for unit in range(group.n_units):
+                index = _weight_index(group, module, unit)
+                row.append((grad[index] * module.weight.detach()[index]).sum())
+        rows.append(torch.stack(row))
+    return torch.stack(rows)
+
+
+def test_gradient_x_parameter_equals_parameter_gradients(convnet, attention):
+    model, components, x, target = convnet
+    ours = ComponentGradientXParameter(model, components).attribute(x, target=target)
+    assert_close(ours, direct_gradient_x_parameter(model, components, x, target, "margin"))
+    atp = ComponentAttributionPatching(model, components, "weights").attribute(x, target=target)
+    assert_close(atp, ours)
+    model, x, target = attention
+    heads = attention_heads(model) + linear_neurons(model, ["mlp.0"])
+    ours = ComponentGradientXParameter(model, heads).attribute(x, target=target, output="logit",
+                                                               internal_batch_size=2)
+    assert_close(ours, direct_gradient_x_parameter(model, heads, x, target, "logit"))
+
+
+def test_gradient_x_parameter_rejects_components_without_weights(convnet):
+    model, _, x, target = convnet
+    channels = ComponentSet(model, [ComponentGroup("bn1", "channel", 8, unit_axis=1)])
+    with pytest.raises(TypeError, match="weight-based"):
+        ComponentGradientXParameter(model, channels).attribute(x, target=target)
+
+
+# ----------------------------------------------------------------------------- shared contract
+@pytest.mark.parametrize("cls", ALL_METHODS)
+def test_hooks_removed_and_parameters_untouched(cls, convnet):
+    model, components, x, target = convnet
+    before, hooks = snapshot(model), hook_count(model)
+    method = cls(model, components)
+    attr = method.attribute(x, target=target)
+    assert attr.shape == (4, components.n_components)
+    assert torch.isfinite(attr).all()
+    assert hook_count(model) == hooks
+    assert_unchanged(model, before)
+
+    def failing(inputs):
+        model(inputs)
+        raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        cls(failing, components).attribute(x, target=target)
+    assert hook_count(model) == hooks
+    assert_unchanged(model, before)
+
+
+@pytest.mark.parametrize("cls", [ComponentAblation, ComponentAttributionPatching,
+                                 ComponentIntegratedGradients, ComponentConductance])
+def test_multihead_attention_patch_is_removed(cls):
+    model = AttentionClassifier(torch_mha=True).eval()
+    heads = attention_heads(model)
+    x = torch.randn(2, 5, 3)
+    attr = cls(model, heads).attribute(x, target=torch.tensor([0, 1]))
+    assert attr.shape == (2, 4) and torch.isfinite(attr).all()
+    assert "forward" not in model.attn.__dict__
+    assert hook_count(model) == 0
+
+
+def test_output_option_is_shared_with_coar(convnet):
+    model, components, x, target = convnet
+    method = ComponentAttributionPatching(model, components)
+    default = method.attribute(x, target=target)
+    assert torch.equal(default, method.attribute(x, target=target, output="margin"))
+    logit = method.attribute(x, target=target, output="logit")
+    assert not torch.allclose(default, logit)
+
+    def doubled_logit(model_output, tgt):
+        return 2 * model_output.gather(1, tgt[:, None]).squeeze(1)
+
+    assert_close(method.attribute(x, target=target, output=doubled_logit), 2 * logit)
+
+
+def test_validation_messages(convnet):
+    model, components, x, target = convnet
+    with pytest.raises(ValueError, match="n_steps"):
+        ComponentConductance(model, components).attribute(x, target=target, n_steps=0)
+    with pytest.raises(ValueError, match="method='simpson'"):
+        ComponentInternalInfluence(model, components).attribute(x, target=target, method="simpson")
+    with pytest.raises(ValueError, match="baseline 0 has shape"):
+        ComponentConductance(model, components).attribute(x, baselines=torch.zeros(2, 1, 4, 4))
+    with pytest.raises(TypeError, match="ComponentSet"):
+        ComponentAblation(model, components.groups).attribute(x, target=target)
+    with pytest.raises(ValueError, match="ablation='median'"):
+        ComponentAblation(model, components, ablation="median").attribute(x, target=target)
+
+
+def test_methods_run_inside_noise_tunnel(convnet):
+    model, components, x, target = convnet
+    for cls in (ComponentAttributionPatching, ComponentConductance):
+        smoothed = NoiseTunnel(cls(model, components)).attribute(
+            x, nt_samples=3, stdevs=0.1, target=target)
+        assert smoothed.shape == (4, components.n_components)
+        assert torch.isfinite(smoothed).all()

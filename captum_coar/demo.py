@@ -115,6 +115,7 @@ def run_demo(output_dir: str, seed: int = 0, quick: bool = False,
         tick = time.perf_counter()
         attributions[name] = method(x, target)
         run_times[name] = time.perf_counter() - tick
+        log(f"  {name}: {run_times[name]:.3g} s")
 
     tick = time.perf_counter()
     result = counterfactual_correlation(

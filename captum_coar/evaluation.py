@@ -37,15 +37,7 @@ from torch import Tensor
 
 from .ablation import AblationStrategy
 from .components import ComponentSet
-from .engine import (
-    as_tuple,
-    evaluate_masks,
-    expand_target,
-    progress,
-    repeat_rows,
-    rows_per_pass,
-    slice_rows,
-)
+from .engine import as_tuple, evaluate_masks, expand_target, progress, repeat_rows, rows_per_pass
 from .gates import ComponentGates
 from .outputs import OutputFunction, resolve_output
 from .sampling import MaskSampler, resolve_sampler
@@ -468,8 +460,7 @@ def _per_row_outputs(forward_func: Callable[..., Any], hooks: ComponentGates,
                      inputs: Tuple[Tensor, ...], extra: Tuple[Any, ...], gates: Tensor, target: Any,
                      output_fn: OutputFunction, n_examples: int) -> Tensor:
     """Outputs ``(p, b)`` where example ``j`` of block ``i`` runs under its own gate ``gates[i, j]``."""
-    p = gates.shape[0]
-    batch, extra = slice_rows(inputs, extra, slice(None), n_examples)
+    p, batch = gates.shape[0], inputs
     hooks.values = gates.reshape(p * n_examples, -1)
     hooks.example_index = torch.arange(n_examples, device=gates.device).repeat(p)
     try:

@@ -208,3 +208,21 @@ def test_convnet_scores_are_reasonable_and_parameters_unchanged():
     assert result.values.shape == (1, 1, 4)
     assert_unchanged(model, before)
     assert hook_count(model) == 0
+
+
+@pytest.mark.cuda
+def test_cuda_model_matches_cpu(additive):
+    model, components, x, target, effects = additive
+    kwargs = dict(target=target, output="logit", ablation_fractions=0.2, n_masks=30)
+    cpu = counterfactual_correlation(model, components, x, {"e": effects}, **kwargs)
+    curve_cpu = topk_ablation_curve(model, components, x, effects, target=target, output="logit")
+    model.cuda()
+    try:
+        gpu = counterfactual_correlation(model, components, x.cuda(), {"e": effects.cuda()},
+                                         **{**kwargs, "target": target.cuda()})
+        curve_gpu = topk_ablation_curve(model, components, x.cuda(), effects.cuda(),
+                                        target=target.cuda(), output="logit")
+    finally:
+        model.cpu()
+    assert torch.allclose(cpu.values, gpu.values, atol=1e-5)
+    assert torch.allclose(curve_cpu.outputs, curve_gpu.outputs, atol=1e-4)

@@ -28,9 +28,8 @@ perturbation ``gates - perturbed``, so ``attribution . perturbation`` is the sum
 of the ablated components, which a good attribution matches with
 ``F(gates) - F(perturbed)``.
 
-:func:`as_explanation_func` adapts a component method's ``attribute`` for
-``captum.metrics.sensitivity_max``, which passes inputs as a tuple and expects a tuple back:
-it returns the ``(batch, n_components)`` attributions as a 1-tuple.
+``sensitivity_max`` needs no adapter: like COAR, every baseline returns a 1-tuple of
+attributions for a tuple of inputs, which is what that metric passes and expects.
 """
 
 from __future__ import annotations
@@ -46,7 +45,7 @@ from .engine import as_tuple, expand_target, repeat_rows
 from .gates import ComponentGates
 from .outputs import OutputFunction, resolve_output
 
-__all__ = ["GatedForward", "ablation_perturbation", "as_explanation_func"]
+__all__ = ["GatedForward", "ablation_perturbation"]
 
 
 class GatedForward:
@@ -174,18 +173,3 @@ def ablation_perturbation(
 
     return perturb
 
-
-def as_explanation_func(attribute: Callable[..., Any]) -> Callable[..., Tuple[Tensor, ...]]:
-    """Wrap ``method.attribute`` so ``sensitivity_max`` gets a tuple of attributions back.
-
-    ``sensitivity_max(as_explanation_func(method.attribute), inputs, target=..., **kwargs)``
-    perturbs the model inputs and compares the component attributions before and after.
-    """
-    def explanation_func(inputs: Any, **kwargs: Any) -> Tuple[Tensor, ...]:
-        result = attribute(inputs, **kwargs)
-        if isinstance(result, tuple) and kwargs.get("return_convergence_delta"):
-            result = result[0]
-        return result if isinstance(result, tuple) else (result,)
-
-    explanation_func.__name__ = getattr(attribute, "__name__", "attribute")
-    return explanation_func

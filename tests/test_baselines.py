@@ -341,6 +341,26 @@ def test_multihead_attention_patch_is_removed(cls):
     assert hook_count(model) == 0
 
 
+@pytest.mark.parametrize("cls", ALL_METHODS)
+def test_tuple_in_tuple_out(cls, attention):
+    model, x, target = attention
+
+    def forward(tokens, shift):
+        return model(tokens + shift)
+
+    heads = attention_heads(model)
+    shift = torch.zeros(1, 6, 3)
+    single = cls(forward, heads).attribute(x, target=target, additional_forward_args=(shift,))
+    as_tuple = cls(forward, heads).attribute((x,), target=target, additional_forward_args=(shift,))
+    assert isinstance(single, torch.Tensor) and isinstance(as_tuple, tuple) and len(as_tuple) == 1
+    assert_close(as_tuple[0], single)
+    if cls in (ComponentConductance, ComponentIntegratedGradients):
+        attr, delta = cls(forward, heads).attribute((x,), target=target, n_steps=5,
+                                                    additional_forward_args=(shift,),
+                                                    return_convergence_delta=True)
+        assert isinstance(attr, tuple) and delta.shape[0] == 3
+
+
 def test_output_option_is_shared_with_coar(convnet):
     model, components, x, target = convnet
     method = ComponentAttributionPatching(model, components)

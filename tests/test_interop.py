@@ -25,7 +25,7 @@ from captum_coar.baselines import (
 from captum_coar.coar import ComponentAblationRegression
 from captum_coar.components import conv_filters, linear_neurons
 from captum_coar.gates import ablated
-from captum_coar.interop import GatedForward, ablation_perturbation, as_explanation_func
+from captum_coar.interop import GatedForward, ablation_perturbation
 from captum_coar.outputs import resolve_output
 
 
@@ -188,7 +188,7 @@ def test_infidelity_and_sensitivity_of_coar_leave_one_out_and_conductance(convne
                            additional_forward_args=gated.forward_args(x, target),
                            n_perturb_samples=8)
         assert score.shape == (3,) and torch.isfinite(score).all(), name
-        sens = sensitivity_max(as_explanation_func(method.attribute), x, target=target,
+        sens = sensitivity_max(method.attribute, x, target=target,
                                n_perturb_samples=2, perturb_radius=0.01, **kwargs)
         assert sens.shape == (3,) and torch.isfinite(sens).all() and (sens >= 0).all(), name
     assert hook_count(model) == 0

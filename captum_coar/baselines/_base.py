@@ -12,7 +12,9 @@ fitted strategy (mean, resample) is fitted on the first call and reused.
 
 Helpers here turn Captum-style arguments into what the methods need: ``inputs`` and
 ``additional_forward_args`` as tuples with the batch on dim 0, ``baselines`` as one tensor
-per input, positive integers checked with messages that say what was given.
+per input, positive integers checked with messages that say what was given. Results follow
+Captum's tuple-in, tuple-out convention (as COAR does): a tensor ``(batch, n_components)``
+for a tensor input, the 1-tuple holding it for a tuple of inputs.
 """
 
 from __future__ import annotations
@@ -29,9 +31,14 @@ from ..gates import ComponentGates
 from ..outputs import OutputFunction, resolve_output
 
 __all__ = ["ComponentMethod", "check_positive_int", "check_optional_positive_int", "format_inputs", "format_baselines",
-           "OutputSpec", "slice_target"]
+           "OutputSpec", "slice_target", "format_result", "Attributions",
+           "AttributionsWithDelta"]
 
 OutputSpec = Union[None, str, OutputFunction, Callable[..., Tensor]]
+#: ``(batch, n_components)``, or its 1-tuple for tuple inputs.
+Attributions = Union[Tensor, Tuple[Tensor, ...]]
+#: attributions, or ``(attributions, delta)`` with ``return_convergence_delta=True``.
+AttributionsWithDelta = Union[Attributions, Tuple[Attributions, Tensor]]
 
 
 def check_positive_int(name: str, value: Any) -> int:
@@ -108,6 +115,13 @@ def slice_target(target: Any, rows: slice, n_rows: int) -> Any:
     if t.shape[0] != n_rows:
         raise ValueError(f"target has {t.shape[0]} entries but inputs have {n_rows} rows")
     return t[rows]
+
+
+def format_result(attributions: Tensor, inputs: Any, delta: Optional[Tensor] = None) -> Any:
+    """Captum's convention: a 1-tuple of attributions when ``inputs`` was a tuple, and
+    ``(attributions, delta)`` when a convergence delta is returned."""
+    result: Any = (attributions,) if isinstance(inputs, tuple) else attributions
+    return result if delta is None else (result, delta)
 
 
 class ComponentMethod:

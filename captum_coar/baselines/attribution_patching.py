@@ -28,10 +28,12 @@ from ..ablation import AblationStrategy
 from ..components import ComponentSet
 from ..engine import slice_rows
 from ._base import (
+    Attributions,
     ComponentMethod,
     OutputSpec,
     check_optional_positive_int,
     format_inputs,
+    format_result,
     slice_target,
 )
 from ._layer_gradients import gate_gradients
@@ -65,7 +67,7 @@ class ComponentAttributionPatching(ComponentMethod, GradientAttribution):
         additional_forward_args: Any = None,
         internal_batch_size: Optional[int] = None,
         output: OutputSpec = None,
-    ) -> Tensor:
+    ) -> Attributions:
         """First-order ablation effect of every component, ``(batch, n_components)``."""
         output_fn = self._start(output, target)
         inputs_t, extra, n_examples = format_inputs(inputs, additional_forward_args)
@@ -83,4 +85,4 @@ class ComponentAttributionPatching(ComponentMethod, GradientAttribution):
                                          torch.arange(start, start + n_rows, device=device),
                                          slice_target(target, rows, n_examples), output_fn)
                 parts.append(grad)
-        return torch.cat(parts)
+        return format_result(torch.cat(parts), inputs)

@@ -42,12 +42,14 @@ from ..ablation import AblationStrategy
 from ..components import ComponentSet
 from ..engine import expand_target, repeat_rows
 from ._base import (
+    AttributionsWithDelta,
     ComponentMethod,
     OutputSpec,
     check_optional_positive_int,
     check_positive_int,
     format_baselines,
     format_inputs,
+    format_result,
 )
 from ._layer_gradients import (
     SiteRecorder,
@@ -100,7 +102,7 @@ class ComponentConductance(ComponentMethod, GradientAttribution):
         internal_batch_size: Optional[int] = None,
         return_convergence_delta: bool = False,
         output: OutputSpec = None,
-    ) -> Union[Tensor, Tuple[Tensor, Tensor]]:
+    ) -> AttributionsWithDelta:
         """Conductance of every component, ``(batch, n_components)``.
 
         Args:
@@ -141,9 +143,9 @@ class ComponentConductance(ComponentMethod, GradientAttribution):
                 previous = ([a[-n_examples:] for a in acts], [g[-n_examples:] for g in grads])
         attributions = torch.cat(totals, dim=1)
         if not return_convergence_delta:
-            return attributions
-        return attributions, self._delta(attributions, inputs_t, baselines_t, extra, target,
-                                         output_fn, n_examples)
+            return format_result(attributions, inputs)
+        return format_result(attributions, inputs, self._delta(
+            attributions, inputs_t, baselines_t, extra, target, output_fn, n_examples))
 
     def _delta(self, attributions: Tensor, inputs_t: Tuple[Tensor, ...],
                baselines_t: Tuple[Tensor, ...], extra: Tuple[Any, ...], target: Any,

@@ -32,10 +32,12 @@ from ..ablation import AblationStrategy, along_axis
 from ..components import ComponentGroup, ComponentSet, is_hf_conv1d
 from ..engine import slice_rows
 from ._base import (
+    Attributions,
     ComponentMethod,
     OutputSpec,
     check_optional_positive_int,
     format_inputs,
+    format_result,
     slice_target,
 )
 from ._layer_gradients import SiteRecorder, per_component, site_gradients
@@ -83,7 +85,7 @@ class ComponentGradientXParameter(ComponentMethod, GradientAttribution):
         additional_forward_args: Any = None,
         internal_batch_size: Optional[int] = None,
         output: OutputSpec = None,
-    ) -> Tensor:
+    ) -> Attributions:
         """Gradient x parameter of every component, ``(batch, n_components)``."""
         output_fn = self._start(output, target)
         groups = self.components.groups
@@ -107,4 +109,4 @@ class ComponentGradientXParameter(ComponentMethod, GradientAttribution):
                         act = act - along_axis(bias.detach().to(act.dtype), act.dim(), group.unit_axis)
                     columns.append(per_component(group, grad * act))
                 parts.append(torch.cat(columns, dim=1))
-        return torch.cat(parts)
+        return format_result(torch.cat(parts), inputs)

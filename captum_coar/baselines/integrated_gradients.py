@@ -31,11 +31,13 @@ from ..ablation import AblationStrategy
 from ..components import ComponentSet
 from ..engine import expand_target, repeat_rows
 from ._base import (
+    AttributionsWithDelta,
     ComponentMethod,
     OutputSpec,
     check_optional_positive_int,
     check_positive_int,
     format_inputs,
+    format_result,
 )
 from ._layer_gradients import forward_values, gate_gradients, point_chunks
 
@@ -89,7 +91,7 @@ class ComponentIntegratedGradients(ComponentMethod, GradientAttribution):
         internal_batch_size: Optional[int] = None,
         return_convergence_delta: bool = False,
         output: OutputSpec = None,
-    ) -> Union[Tensor, Tuple[Tensor, Tensor]]:
+    ) -> AttributionsWithDelta:
         """Gate integrated gradients, ``(batch, n_components)`` (and delta ``(batch,)``).
 
         Args:
@@ -122,10 +124,10 @@ class ComponentIntegratedGradients(ComponentMethod, GradientAttribution):
                 total = total + weighted.sum(dim=0).to(device)
             attributions = total * span
             if not return_convergence_delta:
-                return attributions
+                return format_result(attributions, inputs)
             ends = torch.cat([start, torch.ones_like(start)])
             values = forward_values(self.forward_func, hooks, repeat_rows(inputs_t, 2, n_examples),
                                     repeat_rows(extra, 2, n_examples), ends, examples.repeat(2),
                                     expand_target(target, n_examples, 2), output_fn)
         change = (values[n_examples:] - values[:n_examples]).to(attributions)
-        return attributions, attributions.sum(dim=1) - change
+        return format_result(attributions, inputs, attributions.sum(dim=1) - change)

@@ -31,12 +31,14 @@ from ..ablation import AblationStrategy
 from ..components import ComponentSet
 from ..engine import expand_target, repeat_rows
 from ._base import (
+    Attributions,
     ComponentMethod,
     OutputSpec,
     check_optional_positive_int,
     check_positive_int,
     format_baselines,
     format_inputs,
+    format_result,
 )
 from ._layer_gradients import SiteRecorder, per_component, point_chunks, site_gradients
 from .conductance import scaled_path
@@ -76,7 +78,7 @@ class ComponentInternalInfluence(ComponentMethod, GradientAttribution):
         method: str = "gausslegendre",
         internal_batch_size: Optional[int] = None,
         output: OutputSpec = None,
-    ) -> Tensor:
+    ) -> Attributions:
         """Internal influence of every component, ``(batch, n_components)``.
 
         Arguments as in Captum's ``InternalInfluence``; ``output`` picks the output function.
@@ -103,4 +105,4 @@ class ComponentInternalInfluence(ComponentMethod, GradientAttribution):
                     summed = per_component(group, grad).reshape(len(points), n_examples, -1)
                     weighted = (summed.to(device) * weights.to(summed.dtype)[:, None, None]).sum(0)
                     totals[position] = totals[position] + weighted
-        return torch.cat(totals, dim=1)
+        return format_result(torch.cat(totals, dim=1), inputs)

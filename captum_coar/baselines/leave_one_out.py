@@ -27,11 +27,13 @@ from ..ablation import AblationStrategy
 from ..components import ComponentSet
 from ..engine import evaluate_masks, progress, rows_per_pass
 from ._base import (
+    Attributions,
     ComponentMethod,
     OutputSpec,
     check_optional_positive_int,
     check_positive_int,
     format_inputs,
+    format_result,
 )
 
 __all__ = ["ComponentAblation", "leave_one_out_masks"]
@@ -69,7 +71,7 @@ class ComponentAblation(ComponentMethod, PerturbationAttribution):
         show_progress: bool = False,
         output: OutputSpec = None,
         max_rows: int = 4096,
-    ) -> Tensor:
+    ) -> Attributions:
         """Leave-one-out effects ``(batch, n_components)``.
 
         Args:
@@ -104,4 +106,4 @@ class ComponentAblation(ComponentMethod, PerturbationAttribution):
                     bar.update(len(columns))
         finally:
             bar.close()
-        return effects
+        return format_result(effects, inputs)

@@ -284,9 +284,11 @@ class ComponentAblationRegression(PerturbationAttribution):
                  max_rows: int, solver: SolverLike,
                  validation_fraction: float) -> Union[Solver, StreamingSolver]:
         """Validate everything before any forward pass; return the resolved solver."""
-        CollectionSettings.build(self.forward_func, self.components, n_masks, ablation_fraction,
-                                 sampler, self.ablation, output, has_target, seed,
-                                 perturbations_per_eval, max_rows)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # collection itself warns (once) when it runs
+            CollectionSettings.build(self.forward_func, self.components, n_masks,
+                                     ablation_fraction, sampler, self.ablation, output,
+                                     has_target, seed, perturbations_per_eval, max_rows)
         resolve_ablation(self.ablation)
         resolved = resolve_solver(solver)
         n_val = validation_split(n_masks, validation_fraction)

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple, Union
 
@@ -213,6 +214,11 @@ class CollectionSettings:
             chunk_rows = _positive_int("chunk_rows", chunk_rows)
         if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool):
             raise TypeError(f"seed must be an integer, got {seed!r}")
+        if components.model.training:
+            warnings.warn(
+                f"{type(components.model).__name__} is in training mode: BatchNorm would mix the"
+                " statistics of different masks in one forward pass and dropout adds noise to"
+                " every output; call model.eval() before COAR", UserWarning, stacklevel=3)
         return cls(components, forward_func, resolved, resolve_ablation(ablation), output_fn,
                    int(seed), n_masks, perturbations_per_eval, _positive_int("max_rows", max_rows),
                    chunk_rows)

@@ -205,6 +205,14 @@ def test_hooks_removed_and_parameters_unchanged():
     assert_unchanged(model, before)
 
 
+def test_training_mode_warns():
+    model, components, x, y = _additive(dtype=torch.float32)
+    model.train()
+    with pytest.warns(UserWarning, match="training mode"):
+        ComponentAblationRegression(model, components).attribute(x, target=y, n_masks=60,
+                                                                 ablation_fraction=0.2)
+
+
 def test_outputs_tuple_inputs_and_additional_args():
     class TwoInputs(torch.nn.Module):
         def __init__(self):

@@ -47,6 +47,7 @@ from .collection import (
 )
 from .components import ComponentSet
 from .engine import TensorOrTuple, as_tuple
+from .fingerprint import model_fingerprint
 from .outputs import OutputFunction
 from .sampling import MaskSampler
 from .solvers import FitResult, LeastSquares, Solver, StreamingSolver, resolve_solver
@@ -198,10 +199,11 @@ class ComponentAblationRegression(PerturbationAttribution):
         resolved = self._prepare(n_masks, ablation_fraction, sampler, output, target is not None,
                                  seed, perturbations_per_eval, max_rows, solver,
                                  validation_fraction)
-        common = dict(n_masks=n_masks, ablation_fraction=ablation_fraction, sampler=sampler,
-                      ablation=self.ablation, output=output, seed=seed,
-                      perturbations_per_eval=perturbations_per_eval, max_rows=max_rows,
-                      show_progress=show_progress)
+        common: Dict[str, Any] = dict(
+            n_masks=n_masks, ablation_fraction=ablation_fraction, sampler=sampler,
+            ablation=self.ablation, output=output, seed=seed,
+            perturbations_per_eval=perturbations_per_eval, max_rows=max_rows,
+            show_progress=show_progress)
         if isinstance(resolved, StreamingSolver):
             store = collect(self.forward_func, self.components, data, InMemoryStore(), **common)
             result = self.fit(store, solver=resolved, validation_fraction=validation_fraction)
@@ -241,14 +243,19 @@ class ComponentAblationRegression(PerturbationAttribution):
         settings: Dict[str, Any] = {}
         if isinstance(source, (str, MaskOutputStore)):
             store = MemmapStore(source, read_only=True) if isinstance(source, str) else source
-            fit, n_train, n_val = self._fit_store(store, resolved, validation_fraction, rows)
             meta = store.metadata
-            settings = {k: meta.get(k) for k in ("seed", "sampler", "ablation", "output",
-                                                 "model_fingerprint", "components_fingerprint")}
             if meta.get("components_fingerprint") != self.components.fingerprint:
                 raise ValueError(
                     "the store was made for other components: components_fingerprint: given"
                     f" {self.components.fingerprint!r}, stored {meta.get('components_fingerprint')!r}")
+            if meta.get("model_fingerprint") != model_fingerprint(self.components.model):
+                warnings.warn(
+                    "the store was collected from a model with other parameter values (model"
+                    " fingerprints differ); the fit describes the stored model", UserWarning,
+                    stacklevel=2)
+            fit, n_train, n_val = self._fit_store(store, resolved, validation_fraction, rows)
+            settings = {k: meta.get(k) for k in ("seed", "sampler", "ablation", "output",
+                                                 "model_fingerprint", "components_fingerprint")}
         else:
             if isinstance(source, SufficientStatistics):
                 source = CollectedStatistics(source, None)

@@ -43,12 +43,12 @@ from torch import Tensor
 from .ablation import AblationStrategy, resolve_ablation
 from .components import ComponentSet
 from .engine import as_tuple, evaluate_masks, progress
-from .fingerprint import model_fingerprint, tensor_fingerprint
+from .fingerprint import DataScan, check_reiterable, model_fingerprint, scan_data
 from .gates import ComponentGates
 from .outputs import OutputFunction, resolve_output
 from .sampling import BLOCK_ROWS, MaskSampler, resolve_sampler
 from .solvers.statistics import SufficientStatistics
-from .stores.base import FORMAT_VERSION, MaskOutputStore, RowSelection
+from .stores.base import FORMAT_VERSION, MaskOutputStore, RowSelection, select_rows
 from .stores.memmap import MemmapStore
 
 __all__ = ["collect", "collect_statistics", "CollectedStatistics", "CollectionSettings",
@@ -118,53 +118,6 @@ def _slice_target(target: Any, rows: slice, n: int) -> Any:
     return t[rows]
 
 
-def _check_data(data: Any) -> None:
-    if iter(data) is data:
-        raise TypeError(
-            "data must be re-iterable (a DataLoader or a list of batches): collection passes"
-            " over it once per chunk of mask rows; got a one-shot iterator"
-            f" ({type(data).__name__})"
-        )
-    sampler = getattr(data, "sampler", None)
-    if sampler is not None and isinstance(sampler, torch.utils.data.RandomSampler):
-        raise ValueError(
-            "the DataLoader shuffles (shuffle=True); collection passes over the data several"
-            " times and needs the same order every time: use shuffle=False"
-        )
-
-
-@dataclass
-class _DataScan:
-    batch_sizes: List[int]
-    fingerprints: Optional[List[str]]
-    has_target: bool
-
-    @property
-    def n_examples(self) -> int:
-        return int(sum(self.batch_sizes))
-
-    @property
-    def data_fingerprint(self) -> Optional[str]:
-        if self.fingerprints is None:
-            return None
-        return tensor_fingerprint([self.batch_sizes, self.fingerprints])
-
-
-def _scan(data: Iterable[Any], batch_fn: Optional[BatchFn], fingerprints: bool) -> _DataScan:
-    sizes: List[int] = []
-    prints: List[str] = []
-    has_target = True
-    for batch in data:
-        inputs, target, extra = split_batch(batch, batch_fn)
-        has_target = has_target and target is not None
-        sizes.append(int(inputs[0].shape[0]))
-        if fingerprints:
-            prints.append(tensor_fingerprint([inputs, target, extra]))
-    if not sizes or sum(sizes) == 0:
-        raise ValueError("data yielded no examples")
-    return _DataScan(sizes, prints if fingerprints else None, has_target)
-
-
 # --------------------------------------------------------------------------- settings
 @dataclass
 class CollectionSettings:
@@ -200,7 +153,7 @@ class CollectionSettings:
                 float(ablation_fraction) != float(sampler.ablation_fraction):
             ablation_fraction = None  # the instance's own fraction wins over the default
         resolved = resolve_sampler(sampler, ablation_fraction)
-        resolved._validated_fraction()
+        resolved.sample(components.n_components, 0, 0, 0)  # validates alpha (and N) up front
         output_fn = resolve_output(output, "target" if has_target else None)
         if not has_target and output_fn.needs_target:
             raise ValueError(
@@ -230,7 +183,7 @@ class CollectionSettings:
         size = min(8192, max(BLOCK_ROWS, _CHUNK_ELEMENTS // max(1, n_examples)))
         return max(BLOCK_ROWS, size // BLOCK_ROWS * BLOCK_ROWS)
 
-    def metadata(self, scan: _DataScan) -> Dict[str, Any]:
+    def metadata(self, scan: DataScan) -> Dict[str, Any]:
         """Store metadata: identity fields and descriptive extras."""
         from . import __version__
 
@@ -353,25 +306,8 @@ def _check_finite(outputs: Tensor, rows: np.ndarray, first_example: int) -> None
     )
 
 
-def _row_index(rows: RowSelection, n_masks: int) -> np.ndarray:
-    if rows is None:
-        return np.arange(n_masks, dtype=np.int64)
-    if isinstance(rows, tuple) and len(rows) == 2:
-        start, stop = int(rows[0]), int(rows[1])
-        if not 0 <= start <= stop <= n_masks:
-            raise ValueError(f"rows=({start}, {stop}) must satisfy 0 <= start <= stop <="
-                             f" n_masks={n_masks}")
-        return np.arange(start, stop, dtype=np.int64)
-    if isinstance(rows, slice):
-        return np.arange(n_masks, dtype=np.int64)[rows]
-    index = np.unique(np.asarray(torch.as_tensor(rows).cpu().numpy(), dtype=np.int64).reshape(-1))
-    if index.size and (index[0] < 0 or index[-1] >= n_masks):
-        raise ValueError(f"rows must lie in [0, {n_masks}), got {index[0]} .. {index[-1]}")
-    return index
-
-
 def _run(settings: CollectionSettings, data: Iterable[Any], batch_fn: Optional[BatchFn],
-         scan: _DataScan, rows: np.ndarray, sink: Any, show_progress: bool,
+         scan: DataScan, rows: np.ndarray, sink: Any, show_progress: bool,
          verify_passes: bool) -> None:
     N = settings.components.n_components
     n = scan.n_examples
@@ -397,7 +333,7 @@ def _run(settings: CollectionSettings, data: Iterable[Any], batch_fn: Optional[B
                 for b, batch in enumerate(data):
                     inputs, target, extra = split_batch(batch, batch_fn)
                     size = int(inputs[0].shape[0])
-                    _verify(scan, b, size, inputs, target, extra, verify_passes)
+                    scan.verify(b, size, (inputs, target, extra), verify_passes)
                     stop = start + size
                     todo = (done >= start) & (done < stop)
                     if todo.any():
@@ -419,22 +355,6 @@ def _run(settings: CollectionSettings, data: Iterable[Any], batch_fn: Optional[B
                 sink.end_chunk(chunk_rows, masks)
     finally:
         bar.close()
-
-
-def _verify(scan: _DataScan, b: int, size: int, inputs: Tuple[Tensor, ...], target: Any,
-            extra: Tuple[Any, ...], verify: bool) -> None:
-    if b >= len(scan.batch_sizes) or size != scan.batch_sizes[b]:
-        raise ValueError(
-            f"batch {b} has {size} examples on this pass but the data held"
-            f" {scan.batch_sizes[b] if b < len(scan.batch_sizes) else 'no such batch'} when it"
-            " was first read; the data must yield the same batches on every pass"
-        )
-    if verify and scan.fingerprints is not None and \
-            tensor_fingerprint([inputs, target, extra]) != scan.fingerprints[b]:
-        raise ValueError(
-            f"batch {b} holds different data on this pass than when it was first read"
-            " (shuffling or random augmentation?); COAR needs the same examples on every pass"
-        )
 
 
 # --------------------------------------------------------------------------- public API
@@ -460,8 +380,8 @@ def collect(forward_func: Callable[..., Any], components: ComponentSet, data: It
     """
     from .stores.memory import InMemoryStore
 
-    _check_data(data)
-    scan = _scan(data, batch_fn, fingerprints=True)
+    check_reiterable(data)
+    scan = scan_data((split_batch(b, batch_fn) for b in data), fingerprints=True)
     settings = CollectionSettings.build(
         forward_func, components, n_masks, ablation_fraction, sampler, ablation, output,
         has_target=scan.has_target, seed=seed, perturbations_per_eval=perturbations_per_eval,
@@ -471,7 +391,7 @@ def collect(forward_func: Callable[..., Any], components: ComponentSet, data: It
     elif not isinstance(store, MaskOutputStore):
         store = MemmapStore(store)
     store.open(settings.metadata(scan))
-    _run(settings, data, batch_fn, scan, _row_index(rows, settings.n_masks), _StoreSink(store),
+    _run(settings, data, batch_fn, scan, select_rows(rows, settings.n_masks), _StoreSink(store),
          show_progress, verify_passes=not isinstance(data, (list, tuple)))
     return store
 
@@ -510,9 +430,9 @@ def collect_statistics(forward_func: Callable[..., Any], components: ComponentSe
     Rows ``n_masks - validation_split(n_masks, validation_fraction)`` and above go into the
     validation statistics. Statistics live on the model's device in ``dtype`` (float64).
     """
-    _check_data(data)
+    check_reiterable(data)
     static = isinstance(data, (list, tuple))
-    scan = _scan(data, batch_fn, fingerprints=not static)
+    scan = scan_data((split_batch(b, batch_fn) for b in data), fingerprints=not static)
     settings = CollectionSettings.build(
         forward_func, components, n_masks, ablation_fraction, sampler, ablation, output,
         has_target=scan.has_target, seed=seed, perturbations_per_eval=perturbations_per_eval,
@@ -523,7 +443,7 @@ def collect_statistics(forward_func: Callable[..., Any], components: ComponentSe
     train = SufficientStatistics(N, n, dtype=dtype, device=device)
     validation = SufficientStatistics(N, n, dtype=dtype, device=device) if n_val else None
     sink = _StatisticsSink(train, validation, settings.n_masks - n_val, n)
-    _run(settings, data, batch_fn, scan, _row_index(rows, settings.n_masks), sink, show_progress,
+    _run(settings, data, batch_fn, scan, select_rows(rows, settings.n_masks), sink, show_progress,
          verify_passes=not static)
     description = {"n_masks": settings.n_masks, "n_validation": n_val, "seed": settings.seed,
                    "sampler": settings.sampler.describe(), "ablation": settings.ablation.describe(),

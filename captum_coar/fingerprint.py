@@ -10,22 +10,28 @@ architecture names. :func:`tensor_fingerprint` hashes any nested structure of te
 to check that a data loader yields the same batches on every pass and across resumed runs.
 Hashes are BLAKE2b hex strings (16 characters); they are deterministic across processes and
 machines for the same bytes. Tensors on an accelerator are copied to the CPU to be hashed.
+
+:func:`scan_data` reads a stream of ``(inputs, target, additional_forward_args)`` batches once
+and returns a :class:`DataScan` (batch sizes, per-batch fingerprints, a fingerprint of the
+whole stream); :meth:`DataScan.verify` checks a later pass against it, and
+:func:`check_reiterable` refuses one-shot iterators and shuffling ``DataLoader`` objects.
 """
 
 from __future__ import annotations
 
 import hashlib
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Iterable, List, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
 
-__all__ = ["model_fingerprint", "tensor_fingerprint"]
+__all__ = ["model_fingerprint", "tensor_fingerprint", "DataScan", "scan_data", "check_reiterable"]
 
 _DIGEST_SIZE = 8
 
 
-def _update_with_tensor(h: "hashlib._Hash", tensor: Tensor) -> None:
+def _update_with_tensor(h: Any, tensor: Tensor) -> None:
     t = tensor.detach()
     h.update(f"{t.dtype}|{tuple(t.shape)}|".encode())
     if t.numel() == 0:
@@ -36,7 +42,7 @@ def _update_with_tensor(h: "hashlib._Hash", tensor: Tensor) -> None:
     h.update(t.view(torch.uint8).numpy().tobytes())
 
 
-def _update(h: "hashlib._Hash", value: Any) -> None:
+def _update(h: Any, value: Any) -> None:
     if isinstance(value, Tensor):
         _update_with_tensor(h, value)
     elif isinstance(value, (tuple, list)):
@@ -81,3 +87,69 @@ def model_fingerprint(model: nn.Module) -> str:
         else:  # extra state objects
             h.update(repr(value).encode())
     return h.hexdigest()
+
+
+def check_reiterable(data: Any) -> None:
+    """Refuse one-shot iterators and shuffling DataLoaders (collection passes several times)."""
+    if iter(data) is data:
+        raise TypeError(
+            "data must be re-iterable (a DataLoader or a list of batches): collection passes"
+            " over it once per chunk of mask rows; got a one-shot iterator"
+            f" ({type(data).__name__})"
+        )
+    if isinstance(getattr(data, "sampler", None), torch.utils.data.RandomSampler):
+        raise ValueError(
+            "the DataLoader shuffles (shuffle=True); collection passes over the data several"
+            " times and needs the same order every time: use shuffle=False"
+        )
+
+
+@dataclass
+class DataScan:
+    """What one pass over the data saw: batch sizes, fingerprints, whether targets exist."""
+
+    batch_sizes: List[int]
+    fingerprints: Optional[List[str]]
+    has_target: bool
+
+    @property
+    def n_examples(self) -> int:
+        return int(sum(self.batch_sizes))
+
+    @property
+    def data_fingerprint(self) -> Optional[str]:
+        """Hash of the whole stream (None when batches were not fingerprinted)."""
+        if self.fingerprints is None:
+            return None
+        return tensor_fingerprint([self.batch_sizes, self.fingerprints])
+
+    def verify(self, index: int, size: int, batch: Tuple[Any, ...], fingerprint: bool) -> None:
+        """Check batch ``index`` of a later pass (its size; its bytes when ``fingerprint``)."""
+        if index >= len(self.batch_sizes) or size != self.batch_sizes[index]:
+            seen = self.batch_sizes[index] if index < len(self.batch_sizes) else "no such batch"
+            raise ValueError(
+                f"batch {index} has {size} examples on this pass but the data held {seen} when"
+                " it was first read; the data must yield the same batches on every pass"
+            )
+        if fingerprint and self.fingerprints is not None and \
+                tensor_fingerprint(list(batch)) != self.fingerprints[index]:
+            raise ValueError(
+                f"batch {index} holds different data on this pass than when it was first read"
+                " (shuffling or random augmentation?); COAR needs the same examples on every pass"
+            )
+
+
+def scan_data(batches: Iterable[Tuple[Tuple[Tensor, ...], Any, Tuple[Any, ...]]],
+              fingerprints: bool) -> DataScan:
+    """One pass over ``(inputs, target, additional_forward_args)`` batches."""
+    sizes: List[int] = []
+    prints: List[str] = []
+    has_target = True
+    for inputs, target, extra in batches:
+        has_target = has_target and target is not None
+        sizes.append(int(inputs[0].shape[0]))
+        if fingerprints:
+            prints.append(tensor_fingerprint([inputs, target, extra]))
+    if not sizes or sum(sizes) == 0:
+        raise ValueError("data yielded no examples")
+    return DataScan(sizes, prints if fingerprints else None, has_target)

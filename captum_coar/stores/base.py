@@ -39,7 +39,7 @@ from torch import Tensor
 from ..solvers.statistics import SufficientStatistics
 
 __all__ = ["MaskOutputStore", "IDENTITY_FIELDS", "FORMAT_VERSION", "pack_masks", "unpack_masks",
-           "RowSelection", "normalise_metadata"]
+           "RowSelection", "normalise_metadata", "select_rows"]
 
 FORMAT_VERSION = 1
 
@@ -59,6 +59,25 @@ IDENTITY_FIELDS = (
 )
 
 RowSelection = Union[None, slice, Tuple[int, int], Sequence[int], np.ndarray, Tensor]
+
+
+def select_rows(rows: RowSelection, n_masks: int) -> np.ndarray:
+    """Sorted unique row indices from None (all), ``(start, stop)``, a slice or indices."""
+    if rows is None:
+        return np.arange(n_masks, dtype=np.int64)
+    if isinstance(rows, slice):
+        return np.arange(n_masks, dtype=np.int64)[rows]
+    if isinstance(rows, tuple) and len(rows) == 2 and all(isinstance(v, (int, np.integer))
+                                                          for v in rows):
+        start, stop = int(rows[0]), int(rows[1])
+        if not 0 <= start <= stop <= n_masks:
+            raise ValueError(f"rows=({start}, {stop}) must satisfy 0 <= start <= stop <="
+                             f" n_masks={n_masks}")
+        return np.arange(start, stop, dtype=np.int64)
+    index = np.unique(np.asarray(torch.as_tensor(rows).cpu().numpy(), dtype=np.int64).reshape(-1))
+    if index.size and (index[0] < 0 or index[-1] >= n_masks):
+        raise ValueError(f"rows must lie in [0, {n_masks}), got {index[0]} .. {index[-1]}")
+    return index
 
 
 def pack_masks(masks: Tensor) -> np.ndarray:
@@ -173,22 +192,8 @@ class MaskOutputStore(ABC):
 
     # ------------------------------------------------------------------ row bookkeeping
     def rows(self, rows: RowSelection = None) -> np.ndarray:
-        """Row indices (int64 array) of a selection: None (all), slice, (start, stop), list."""
-        m = self.n_masks
-        if rows is None:
-            return np.arange(m, dtype=np.int64)
-        if isinstance(rows, slice):
-            return np.arange(m, dtype=np.int64)[rows]
-        if isinstance(rows, tuple) and len(rows) == 2 and all(isinstance(v, (int, np.integer))
-                                                              for v in rows):
-            start, stop = int(rows[0]), int(rows[1])
-            if not 0 <= start <= stop <= m:
-                raise ValueError(f"rows=({start}, {stop}) must satisfy 0 <= start <= stop <= {m}")
-            return np.arange(start, stop, dtype=np.int64)
-        index = np.asarray(torch.as_tensor(rows).cpu().numpy(), dtype=np.int64).reshape(-1)
-        if index.size and (index.min() < 0 or index.max() >= m):
-            raise ValueError(f"row indices must lie in [0, {m}), got {index.min()} .. {index.max()}")
-        return index
+        """Row indices (sorted int64 array) of a selection (see :func:`select_rows`)."""
+        return select_rows(rows, self.n_masks)
 
     def progress(self, rows: RowSelection = None) -> np.ndarray:
         """Examples written per row (int64 copy)."""

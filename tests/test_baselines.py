@@ -300,6 +300,23 @@ def test_gradient_x_parameter_equals_parameter_gradients(convnet, attention):
     assert_close(ours, direct_gradient_x_parameter(model, heads, x, target, "logit"))
 
 
+def test_gradient_x_parameter_on_gpt2_conv1d_layouts():
+    pytest.importorskip("transformers")
+    from toy_models import tiny_gpt2
+
+    from captum_coar.outputs import SequenceMargin
+
+    model = tiny_gpt2(n_embd=16)
+    components = attention_heads(model) + linear_neurons(model, ["transformer.h.1.mlp.c_fc"])
+    ids = torch.randint(0, 50, (2, 8))
+    ours = ComponentGradientXParameter(model, components).attribute(ids, target=ids,
+                                                                    output=SequenceMargin())
+    direct = direct_gradient_x_parameter(model, components, ids, ids, SequenceMargin())
+    assert_close(ours, direct)
+    loo = ComponentAblation(model, components).attribute(ids, target=ids, output=SequenceMargin())
+    assert loo.shape == ours.shape and torch.isfinite(loo).all()
+
+
 def test_gradient_x_parameter_rejects_components_without_weights(convnet):
     model, _, x, target = convnet
     channels = ComponentSet(model, [ComponentGroup("bn1", "channel", 8, unit_axis=1)])
@@ -383,6 +400,8 @@ def test_validation_messages(convnet):
         ComponentInternalInfluence(model, components).attribute(x, target=target, method="simpson")
     with pytest.raises(ValueError, match="baseline 0 has shape"):
         ComponentConductance(model, components).attribute(x, baselines=torch.zeros(2, 1, 4, 4))
+    with pytest.raises(TypeError, match="floating point"):
+        ComponentConductance(model, components).attribute(x.long(), target=target)
     with pytest.raises(TypeError, match="ComponentSet"):
         ComponentAblation(model, components.groups).attribute(x, target=target)
     with pytest.raises(ValueError, match="ablation='median'"):

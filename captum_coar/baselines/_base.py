@@ -30,7 +30,7 @@ from ..engine import as_tuple
 from ..gates import ComponentGates
 from ..outputs import OutputFunction, resolve_output
 
-__all__ = ["ComponentMethod", "check_positive_int", "check_optional_positive_int", "format_inputs", "format_baselines",
+__all__ = ["ComponentMethod", "require_float_inputs", "check_positive_int", "check_optional_positive_int", "format_inputs", "format_baselines",
            "OutputSpec", "slice_target", "format_result", "Attributions",
            "AttributionsWithDelta"]
 
@@ -73,6 +73,18 @@ def format_inputs(inputs: Any, additional_forward_args: Any) -> Tuple[Tuple[Tens
     if n_rows < 1:
         raise ValueError("inputs hold no examples (batch size 0)")
     return inputs_t, as_tuple(additional_forward_args), n_rows
+
+
+def require_float_inputs(method: str, inputs: Tuple[Tensor, ...]) -> None:
+    """Path methods interpolate inputs, which integer inputs (token ids) do not allow."""
+    for position, x in enumerate(inputs):
+        if not x.is_floating_point():
+            raise TypeError(
+                f"{method} integrates along the path from baselines to inputs, so inputs must be"
+                f" floating point; input {position} is {x.dtype}. For token ids, attribute from"
+                " the embeddings: forward_func=lambda e: model(inputs_embeds=e).logits with"
+                " inputs = the embedded tokens"
+            )
 
 
 def format_baselines(inputs: Tuple[Tensor, ...], baselines: Any) -> Tuple[Tensor, ...]:

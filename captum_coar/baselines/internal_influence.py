@@ -39,6 +39,7 @@ from ._base import (
     format_baselines,
     format_inputs,
     format_result,
+    require_float_inputs,
 )
 from ._layer_gradients import SiteRecorder, per_component, point_chunks, site_gradients
 from .conductance import scaled_path
@@ -85,6 +86,7 @@ class ComponentInternalInfluence(ComponentMethod, GradientAttribution):
         """
         output_fn = self._start(output, target)
         inputs_t, extra, n_examples = format_inputs(inputs, additional_forward_args)
+        require_float_inputs("ComponentInternalInfluence", inputs_t)
         n_steps = check_positive_int("n_steps", n_steps)
         check_optional_positive_int("internal_batch_size", internal_batch_size)
         baselines_t = format_baselines(inputs_t, baselines)

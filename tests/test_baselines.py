@@ -239,6 +239,23 @@ def test_additive_model_every_ablation_method_gives_the_true_effects(additive):
                                    msg=lambda m, name=name: f"{name}: {m}")
 
 
+def test_additive_model_with_fitted_ablations(additive):
+    from captum_coar.ablation import MeanAblation, ResampleAblation
+
+    model, components, x, target = additive
+    reference = torch.randn(7, 6)
+    hidden_mean = model.hidden(reference).mean(dim=0).detach()
+    mean_effects = (model.readout.weight[target] * (model.hidden(x) - hidden_mean)).detach()
+    for strategy, truth in [(MeanAblation(reference), mean_effects),
+                            (ResampleAblation(reference, seed=1), None)]:
+        results = [cls(model, components, strategy).attribute(x, target=target, output="logit")
+                   for cls in (ComponentAblation, ComponentAttributionPatching,
+                               ComponentIntegratedGradients)]
+        truth = results[0] if truth is None else truth
+        for attr in results:
+            torch.testing.assert_close(attr, truth, atol=2e-6, rtol=1e-5)
+
+
 # ----------------------------------------------------------------------------- gate IG
 @pytest.mark.parametrize("output", ["logit", "log_prob"])
 def test_gate_integrated_gradients_completeness(attention, output):

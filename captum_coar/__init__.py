@@ -1,32 +1,63 @@
 """captum_coar: component attribution for PyTorch models, as a Captum plugin.
 
-Public names in pipeline order: declare components, choose an ablation, run gated forwards.
+Public names in pipeline order: declare components, choose an ablation and an output, run
+gated forwards, attribute (COAR and baselines), evaluate, plot, edit. Plotting functions
+import matplotlib only when called.
 """
 
-from .ablation import (
-                         AblationStrategy,
-                         ConstantAblation,
-                         MeanAblation,
-                         ResampleAblation,
-                         WeightAblation,
-                         ZeroAblation,
-                         resolve_ablation,
-)
-from .components import ComponentGroup, ComponentSet, attention_heads, conv_filters, linear_neurons
-from .edits import WeightEdit, ablate_persistently, zero_components
-from .engine import evaluate_masks
+from .components import (ComponentGroup, ComponentSet, attention_heads, conv_filters,
+                         linear_neurons)
+from .ablation import (AblationStrategy, ConstantAblation, MeanAblation, ResampleAblation,
+                       WeightAblation, ZeroAblation, resolve_ablation)
 from .gates import ComponentGates, ablated, record_activations
-from .outputs import Logit, LogProb, Loss, Margin, OutputFunction, SequenceMargin, resolve_output
+from .outputs import (Logit, LogProb, Loss, Margin, OutputFunction, SequenceMargin,
+                      resolve_output)
+from .engine import evaluate_masks
+from .sampling import BernoulliSampler, FixedFractionSampler, MaskSampler, resolve_sampler
+from .solvers import (ConvergenceWarning, FitResult, Lasso, LeastSquares, MinibatchRidge,
+                      Ridge, SingularMatrixWarning, Solver, StreamingSolver,
+                      SufficientStatistics, resolve_solver)
+from .stores import InMemoryStore, MaskOutputStore, MemmapStore
+from .fingerprint import model_fingerprint
+from .collection import CollectedStatistics, collect, collect_statistics, tensor_batches
+from .coar import COARResult, ComponentAblationRegression
+from .baselines import (ComponentAblation, ComponentAttributionPatching,
+                        ComponentConductance, ComponentGradientXParameter,
+                        ComponentIntegratedGradients, ComponentInternalInfluence)
+from .interop import GatedForward, ablation_perturbation
+from .evaluation import (EVALUATION_SEED, CounterfactualCorrelationResult, TopKAblationCurve,
+                         counterfactual_correlation, topk_ablation_curve)
+from .visualization import (plot_component_attributions, plot_correlation_bars,
+                            plot_counterfactual_scatter, plot_topk_curves)
+from .edits import WeightEdit, ablate_persistently, zero_components
 
 __version__ = "0.1.0"
 
 __all__ = [
+    # components
     "ComponentGroup", "ComponentSet", "conv_filters", "linear_neurons", "attention_heads",
+    # ablation and gates
     "AblationStrategy", "ZeroAblation", "WeightAblation", "ConstantAblation", "MeanAblation",
-    "ResampleAblation", "resolve_ablation",
-    "ComponentGates", "ablated", "record_activations",
+    "ResampleAblation", "resolve_ablation", "ComponentGates", "ablated", "record_activations",
+    # outputs and the batched engine
     "OutputFunction", "Margin", "Logit", "LogProb", "Loss", "SequenceMargin", "resolve_output",
     "evaluate_masks",
+    # COAR: sampling, collection, stores, solvers
+    "MaskSampler", "BernoulliSampler", "FixedFractionSampler", "resolve_sampler",
+    "MaskOutputStore", "InMemoryStore", "MemmapStore", "model_fingerprint",
+    "collect", "collect_statistics", "CollectedStatistics", "tensor_batches",
+    "SufficientStatistics", "FitResult", "Solver", "StreamingSolver", "LeastSquares", "Ridge",
+    "Lasso", "MinibatchRidge", "resolve_solver", "SingularMatrixWarning", "ConvergenceWarning",
+    "ComponentAblationRegression", "COARResult",
+    # baselines and Captum interop
+    "ComponentAblation", "ComponentAttributionPatching", "ComponentIntegratedGradients",
+    "ComponentGradientXParameter", "ComponentConductance", "ComponentInternalInfluence",
+    "GatedForward", "ablation_perturbation",
+    # evaluation and plots
+    "counterfactual_correlation", "CounterfactualCorrelationResult", "topk_ablation_curve",
+    "TopKAblationCurve", "EVALUATION_SEED", "plot_counterfactual_scatter",
+    "plot_correlation_bars", "plot_component_attributions", "plot_topk_curves",
+    # editing
     "WeightEdit", "zero_components", "ablate_persistently",
     "__version__",
 ]

@@ -89,7 +89,8 @@ class MinibatchRidge(StreamingSolver):
     lr:
         Peak Adam learning rate on the standardised problem (decays to 0, cosine).
     batch_size:
-        Rows per minibatch; None uses each chunk as one minibatch.
+        Rows per minibatch (default 256, so a store's large chunks still give many Adam
+        steps per epoch); None uses each chunk as one minibatch.
     betas, eps:
         Adam parameters.
     dtype:
@@ -103,7 +104,7 @@ class MinibatchRidge(StreamingSolver):
         alpha: float = 0.0,
         epochs: int = 20,
         lr: float = 0.05,
-        batch_size: Optional[int] = None,
+        batch_size: Optional[int] = 256,
         betas: Tuple[float, float] = (0.9, 0.999),
         eps: float = 1e-8,
         dtype: torch.dtype = torch.float64,

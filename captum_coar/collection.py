@@ -343,7 +343,7 @@ def _run(settings: CollectionSettings, data: Iterable[Any], batch_fn: Optional[B
                             target=target, additional_forward_args=extra or None,
                             output=settings.output, ablation=settings.ablation,
                             perturbations_per_eval=settings.perturbations_per_eval,
-                            max_rows=settings.max_rows, hooks=hooks)
+                            max_rows=settings.max_rows, hooks=hooks, example_offset=start)
                         _check_finite(outputs, chunk_rows[todo], start)
                         sink.write(chunk_rows[todo], slice(start, stop), outputs)
                         done[todo] = stop

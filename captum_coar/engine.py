@@ -109,11 +109,17 @@ def gated_outputs(
     gates: Tensor,
     target: Any,
     output_fn: OutputFunction,
+    example_offset: int = 0,
 ) -> Tensor:
-    """Outputs ``(p, b)`` of ``b`` examples under each of ``p`` gate rows, in ONE forward pass."""
+    """Outputs ``(p, b)`` of ``b`` examples under each of ``p`` gate rows, in ONE forward pass.
+
+    ``example_offset`` is the index of the first example within the caller's whole batch, so
+    strategies that pair examples with reference rows (resample) see global indices.
+    """
     n_examples, n_gate_rows = inputs[0].shape[0], gates.shape[0]
     hooks.values = gates.repeat_interleave(n_examples, dim=0) if n_examples > 1 else gates
-    hooks.example_index = torch.arange(n_examples, device=gates.device).repeat(n_gate_rows)
+    hooks.example_index = (torch.arange(n_examples, device=gates.device) + example_offset
+                           ).repeat(n_gate_rows)
     try:
         model_output = forward_func(*repeat_rows(inputs, n_gate_rows, n_examples),
                                     *repeat_rows(extra, n_gate_rows, n_examples))
@@ -147,6 +153,7 @@ def evaluate_masks(
     max_rows: int = 4096,
     show_progress: bool = False,
     hooks: Optional[ComponentGates] = None,
+    example_offset: int = 0,
 ) -> Tensor:
     """Outputs ``(k, b)`` for ``k`` gate rows ``masks`` and the ``b`` examples of ``inputs``.
 
@@ -158,6 +165,8 @@ def evaluate_masks(
             target, logit without.
         perturbations_per_eval: gate rows per forward pass; default ``max_rows // b``.
         hooks: an already-entered :class:`ComponentGates` to reuse (for loops over batches).
+        example_offset: index of the first example of ``inputs`` in the whole data set (so
+            resample ablation pairs examples with the same reference rows in every batching).
 
     Runs under ``torch.no_grad()``. The result stays on the device of the model's output.
     """
@@ -189,7 +198,8 @@ def evaluate_masks(
                 chunk_target = _slice_target(target, examples, n_examples)
                 for rows in _chunks(n_masks, per_pass):
                     values = gated_outputs(forward_func, context, batch, extra, gates_all[rows],
-                                           chunk_target, output_fn)
+                                           chunk_target, output_fn,
+                                           example_offset=example_offset + examples.start)
                     if results.device != values.device or results.dtype != values.dtype:
                         results = results.to(device=values.device, dtype=values.dtype)
                     results[rows, examples] = values

@@ -231,3 +231,19 @@ def test_model_in_training_mode_is_not_required():
     out = evaluate_masks(model, components, torch.randn(2, 1, 8, 8), torch.ones(2, 24, dtype=torch.bool),
                          output=lambda o, t: o[:, 0])
     assert out.shape == (2, 2)
+
+
+def test_resample_pairing_does_not_depend_on_example_chunking():
+    model = AttentionClassifier().eval()
+    components = linear_neurons(model, ["embed", "mlp.0"])
+    strategy = ResampleAblation(torch.randn(9, 7, 3), seed=1)
+    x = torch.randn(6, 7, 3)
+    masks = torch.rand(4, components.n_components) > 0.5
+    kwargs = dict(output=lambda o, t: o[:, 0], ablation=strategy)
+    whole = evaluate_masks(model, components, x, masks, **kwargs)
+    chunked = evaluate_masks(model, components, x, masks, max_rows=2, **kwargs)
+    torch.testing.assert_close(whole, chunked, atol=1e-5, rtol=1e-5)
+    halves = torch.cat([evaluate_masks(model, components, x[:3], masks, **kwargs),
+                        evaluate_masks(model, components, x[3:], masks, example_offset=3, **kwargs)],
+                       dim=1)
+    torch.testing.assert_close(whole, halves, atol=1e-5, rtol=1e-5)

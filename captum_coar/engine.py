@@ -12,12 +12,14 @@ the hooks of :mod:`captum_coar.gates`. Results do not depend on ``p`` beyond flo
 the model's own batched arithmetic.
 
 Helpers shared by the attribution classes live here as well: tuple handling of ``inputs`` and
-``additional_forward_args`` (Captum's conventions), slicing and repeating rows, and the
-expansion of ``target`` to repeated rows.
+``additional_forward_args`` (Captum's conventions), slicing rows (and ``target``) in
+consecutive batches, repeating rows and expanding ``target`` to repeated rows, and setting the
+per-row gates of entered hooks for one forward pass (:func:`gates_applied`).
 """
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from typing import Any, Callable, Iterator, Optional, Tuple, Union
 
 import torch
@@ -28,8 +30,9 @@ from .components import ComponentSet
 from .gates import ComponentGates
 from .outputs import OutputFunction, resolve_output
 
-__all__ = ["evaluate_masks", "gated_outputs", "as_tuple", "slice_rows", "repeat_rows",
-           "expand_target", "rows_per_pass", "progress"]
+__all__ = ["evaluate_masks", "gated_outputs", "as_tuple", "input_tuple", "slice_rows",
+           "slice_target", "example_batches", "repeat_rows", "expand_target", "rows_per_pass",
+           "progress", "gates_applied", "checked_outputs"]
 
 TensorOrTuple = Union[Tensor, Tuple[Tensor, ...]]
 
@@ -57,16 +60,55 @@ def repeat_rows(values: Tuple[Any, ...], repeats: int, n_rows: int) -> Tuple[Any
                  for v in values)
 
 
-def expand_target(target: Any, n_rows: int, repeats: int) -> Any:
-    """Repeat a per-example target for ``repeats`` blocks of ``n_rows`` rows."""
-    if target is None or isinstance(target, int) or repeats == 1:
-        return target
+def input_tuple(inputs: Any) -> Tuple[Tensor, ...]:
+    """``inputs`` as a tuple of tensors with a batch dim; ``TypeError`` for anything else."""
+    inputs_t = as_tuple(inputs)
+    if not inputs_t or not all(isinstance(x, Tensor) and x.dim() > 0 for x in inputs_t):
+        raise TypeError(
+            "inputs must be a tensor or a tuple of tensors with the batch on dim 0, got"
+            f" {type(inputs).__name__}"
+        )
+    return inputs_t
+
+
+def _per_row_target(target: Any, n_rows: int) -> Optional[Tensor]:
+    """``target`` as a tensor with one entry per row, or None when all rows share it."""
+    if target is None or isinstance(target, int):
+        return None
     t = torch.as_tensor(target)
     if t.dim() == 0:
-        return target
+        return None
     if t.shape[0] != n_rows:
         raise ValueError(f"target has {t.shape[0]} entries but inputs have {n_rows} rows")
-    return t.repeat(repeats, *([1] * (t.dim() - 1)))
+    return t
+
+
+def slice_target(target: Any, rows: slice, n_rows: int) -> Any:
+    """The rows of a per-example target (an int or scalar target is shared by all rows)."""
+    t = _per_row_target(target, n_rows)
+    return target if t is None else t[rows]
+
+
+def expand_target(target: Any, n_rows: int, repeats: int) -> Any:
+    """Repeat a per-example target for ``repeats`` blocks of ``n_rows`` rows."""
+    if repeats == 1:
+        return target
+    t = _per_row_target(target, n_rows)
+    return target if t is None else t.repeat(repeats, *([1] * (t.dim() - 1)))
+
+
+def _chunks(total: int, size: int) -> Iterator[slice]:
+    for start in range(0, total, size):
+        yield slice(start, min(start + size, total))
+
+
+def example_batches(inputs: Tuple[Tensor, ...], additional_forward_args: Any, target: Any,
+                    batch_size: int) -> Iterator[Tuple[slice, Tuple[Tensor, ...], Tuple[Any, ...], Any]]:
+    """``(rows, inputs, additional_forward_args, target)`` for consecutive ``batch_size`` rows."""
+    n_rows = inputs[0].shape[0]
+    for rows in _chunks(n_rows, batch_size):
+        batch, extra = slice_rows(inputs, additional_forward_args, rows, n_rows)
+        yield rows, batch, extra, slice_target(target, rows, n_rows)
 
 
 def _has_rows(value: Any, n_rows: int) -> bool:
@@ -101,6 +143,31 @@ def progress(total: int, enabled: bool, desc: str) -> Any:
     return _Silent()
 
 
+@contextmanager
+def gates_applied(hooks: Optional[ComponentGates], values: Optional[Tensor],
+                  example_index: Optional[Tensor]) -> Iterator[None]:
+    """Set per-row gate ``values`` (and example indices) on entered ``hooks`` for one forward
+    pass; the hooks pass activations through again afterwards. ``hooks=None`` does nothing."""
+    if hooks is None:
+        yield
+        return
+    hooks.values, hooks.example_index = values, example_index
+    try:
+        yield
+    finally:
+        hooks.values, hooks.example_index = None, None
+
+
+def checked_outputs(values: Tensor, n_rows: int, output_fn: OutputFunction) -> Tensor:
+    """``values`` when it holds one output per row; ``ValueError`` naming the shape otherwise."""
+    if values.shape != (n_rows,):
+        raise ValueError(
+            f"the output function {output_fn.name!r} returned shape {tuple(values.shape)}; expected"
+            f" one value per row, ({n_rows},)"
+        )
+    return values
+
+
 def gated_outputs(
     forward_func: Callable[..., Any],
     hooks: ComponentGates,
@@ -113,31 +180,24 @@ def gated_outputs(
 ) -> Tensor:
     """Outputs ``(p, b)`` of ``b`` examples under each of ``p`` gate rows, in ONE forward pass.
 
-    ``example_offset`` is the index of the first example within the caller's whole batch, so
-    strategies that pair examples with reference rows (resample) see global indices.
+    ``gates`` is ``(p, n_components)``, one gate row for every example, or
+    ``(p, b, n_components)``, a gate row of its own for each example. ``example_offset`` is the
+    index of the first example within the caller's whole batch, so strategies that pair
+    examples with reference rows (resample) see global indices.
     """
     n_examples, n_gate_rows = inputs[0].shape[0], gates.shape[0]
-    hooks.values = gates.repeat_interleave(n_examples, dim=0) if n_examples > 1 else gates
-    hooks.example_index = (torch.arange(n_examples, device=gates.device) + example_offset
-                           ).repeat(n_gate_rows)
-    try:
+    if gates.dim() == 3:
+        row_gates = gates.reshape(n_gate_rows * n_examples, -1)
+    else:
+        row_gates = gates.repeat_interleave(n_examples, dim=0) if n_examples > 1 else gates
+    example_index = (torch.arange(n_examples, device=gates.device) + example_offset
+                     ).repeat(n_gate_rows)
+    with gates_applied(hooks, row_gates, example_index):
         model_output = forward_func(*repeat_rows(inputs, n_gate_rows, n_examples),
                                     *repeat_rows(extra, n_gate_rows, n_examples))
         values = output_fn(model_output, expand_target(target, n_examples, n_gate_rows))
-    finally:
-        hooks.values = None
-        hooks.example_index = None
-    if values.shape != (n_gate_rows * n_examples,):
-        raise ValueError(
-            f"the output function returned shape {tuple(values.shape)}; expected one value per"
-            f" row, ({n_gate_rows * n_examples},)"
-        )
-    return values.reshape(n_gate_rows, n_examples)
-
-
-def _chunks(total: int, size: int) -> Iterator[slice]:
-    for start in range(0, total, size):
-        yield slice(start, min(start + size, total))
+    return checked_outputs(values, n_gate_rows * n_examples, output_fn).reshape(n_gate_rows,
+                                                                               n_examples)
 
 
 def evaluate_masks(
@@ -170,9 +230,7 @@ def evaluate_masks(
 
     Runs under ``torch.no_grad()``. The result stays on the device of the model's output.
     """
-    inputs_t = as_tuple(inputs)
-    if not inputs_t or not isinstance(inputs_t[0], Tensor):
-        raise TypeError("inputs must be a tensor or a tuple of tensors with the batch on dim 0")
+    inputs_t = input_tuple(inputs)
     masks = torch.as_tensor(masks)
     if masks.dim() != 2 or masks.shape[1] != components.n_components:
         raise ValueError(
@@ -193,9 +251,8 @@ def evaluate_masks(
         if owns_context:
             context.__enter__()
         with torch.no_grad():
-            for examples in _chunks(n_examples, example_chunk):
-                batch, extra = slice_rows(inputs_t, additional_forward_args, examples, n_examples)
-                chunk_target = _slice_target(target, examples, n_examples)
+            for examples, batch, extra, chunk_target in example_batches(
+                    inputs_t, additional_forward_args, target, example_chunk):
                 for rows in _chunks(n_masks, per_pass):
                     values = gated_outputs(forward_func, context, batch, extra, gates_all[rows],
                                            chunk_target, output_fn,
@@ -210,13 +267,3 @@ def evaluate_masks(
         bar.close()
     return results
 
-
-def _slice_target(target: Any, rows: slice, n_rows: int) -> Any:
-    if target is None or isinstance(target, int):
-        return target
-    t = torch.as_tensor(target)
-    if t.dim() == 0:
-        return target
-    if t.shape[0] != n_rows:
-        raise ValueError(f"target has {t.shape[0]} entries but inputs have {n_rows} rows")
-    return t[rows]

@@ -6,13 +6,15 @@ Every baseline is built as ``Method(forward_func, components, ablation="weights"
 forward function (the model, or any function of ``(*inputs, *additional_forward_args)``),
 the :class:`~captum_coar.components.ComponentSet` and the ablation strategy, exactly as
 COAR takes them, so that the same three objects serve every method. The constructor only
-stores them (scikit-learn lifecycle); :meth:`ComponentMethod._start` validates them when
+stores them (scikit-learn lifecycle: :class:`ComponentGradientMethod` is that constructor on
+Captum's ``GradientAttribution``); :meth:`ComponentMethod._start` validates them when
 an ``attribute`` call starts and resolves the ablation strategy once (``strategy_``), so a
 fitted strategy (mean, resample) is fitted on the first call and reused.
 
 Helpers here turn Captum-style arguments into what the methods need: ``inputs`` and
 ``additional_forward_args`` as tuples with the batch on dim 0, ``baselines`` as one tensor
-per input, positive integers checked with messages that say what was given. Results follow
+per input, positive integers checked with messages that say what was given (the row and
+target slicing itself is :mod:`captum_coar.engine`'s). Results follow
 Captum's tuple-in, tuple-out convention (as COAR does): a tensor ``(batch, n_components)``
 for a tensor input, the 1-tuple holding it for a tuple of inputs.
 """
@@ -22,16 +24,18 @@ from __future__ import annotations
 from typing import Any, Callable, Optional, Tuple, Union
 
 import torch
+from captum.attr import GradientAttribution
 from torch import Tensor
 
 from ..ablation import AblationStrategy, resolve_ablation
 from ..components import ComponentSet
-from ..engine import as_tuple
+from ..engine import as_tuple, input_tuple, slice_target
 from ..gates import ComponentGates
 from ..outputs import OutputFunction, resolve_output
 
-__all__ = ["ComponentMethod", "require_float_inputs", "check_positive_int", "check_optional_positive_int", "format_inputs", "format_baselines",
-           "OutputSpec", "slice_target", "format_result", "Attributions",
+__all__ = ["ComponentMethod", "ComponentGradientMethod", "require_float_inputs",
+           "check_positive_int", "check_optional_positive_int", "format_inputs",
+           "format_baselines", "OutputSpec", "slice_target", "format_result", "Attributions",
            "AttributionsWithDelta"]
 
 OutputSpec = Union[None, str, OutputFunction, Callable[..., Tensor]]
@@ -60,12 +64,7 @@ def check_optional_positive_int(name: str, value: Any) -> Optional[int]:
 def format_inputs(inputs: Any, additional_forward_args: Any) -> Tuple[Tuple[Tensor, ...],
                                                                       Tuple[Any, ...], int]:
     """``(inputs tuple, extra args tuple, batch size)`` after checking the batch dims agree."""
-    inputs_t = as_tuple(inputs)
-    if not inputs_t or not all(isinstance(x, Tensor) and x.dim() > 0 for x in inputs_t):
-        raise TypeError(
-            "inputs must be a tensor or a tuple of tensors with the batch on dim 0, got"
-            f" {type(inputs).__name__}"
-        )
+    inputs_t = input_tuple(inputs)
     n_rows = inputs_t[0].shape[0]
     sizes = [x.shape[0] for x in inputs_t]
     if any(s != n_rows for s in sizes):
@@ -117,18 +116,6 @@ def format_baselines(inputs: Tuple[Tensor, ...], baselines: Any) -> Tuple[Tensor
     return tuple(formatted)
 
 
-def slice_target(target: Any, rows: slice, n_rows: int) -> Any:
-    """The rows of a per-example target (an int or scalar target is shared by all rows)."""
-    if target is None or isinstance(target, int):
-        return target
-    t = torch.as_tensor(target)
-    if t.dim() == 0:
-        return target
-    if t.shape[0] != n_rows:
-        raise ValueError(f"target has {t.shape[0]} entries but inputs have {n_rows} rows")
-    return t[rows]
-
-
 def format_result(attributions: Tensor, inputs: Any, delta: Optional[Tensor] = None) -> Any:
     """Captum's convention: a 1-tuple of attributions when ``inputs`` was a tuple, and
     ``(attributions, delta)`` when a convergence delta is returned."""
@@ -170,3 +157,12 @@ class ComponentMethod:
     @property
     def n_components(self) -> int:
         return self.components.n_components
+
+
+class ComponentGradientMethod(ComponentMethod, GradientAttribution):
+    """A gradient method built as ``Method(forward_func, components, ablation="weights")``."""
+
+    def __init__(self, forward_func: Callable[..., Any], components: ComponentSet,
+                 ablation: Union[str, AblationStrategy] = "weights") -> None:
+        GradientAttribution.__init__(self, forward_func)
+        self._init_components(components, ablation)

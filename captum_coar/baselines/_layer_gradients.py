@@ -15,7 +15,9 @@ layer methods rely on the same fact). :func:`gate_gradients` does the same for p
 values. :func:`per_component` sums an activation-shaped tensor within each component (over
 positions for a filter, over the head's features and positions for a head), giving
 ``(rows, n_units)``. :func:`point_chunks` splits path points into passes the way Captum's
-``internal_batch_size`` does.
+``internal_batch_size`` does, and :func:`path_site_gradients` runs :func:`site_gradients` on
+the inputs scaled along the path from baselines (:func:`scaled_path`), one pass per chunk of
+points (conductance and internal influence).
 
 Both gradient helpers enable gradients themselves, so they work under ``torch.no_grad()``
 (Captum's ``NoiseTunnel`` calls attribution methods inside one).
@@ -29,12 +31,12 @@ import torch
 from torch import Tensor, nn
 
 from ..components import ComponentGroup, ComponentSet
-from ..engine import expand_target, repeat_rows
+from ..engine import checked_outputs, expand_target, gates_applied, repeat_rows
 from ..gates import ComponentGates
 from ..outputs import OutputFunction
 
 __all__ = ["SiteRecorder", "site_gradients", "gate_gradients", "per_component", "point_chunks",
-           "forward_values"]
+           "scaled_path", "path_site_gradients", "forward_values"]
 
 
 class SiteRecorder(ComponentGates):
@@ -76,15 +78,6 @@ class SiteRecorder(ComponentGates):
         return [self.recorded[k] for k in keys]
 
 
-def _checked_values(values: Tensor, n_rows: int, output_fn: OutputFunction) -> Tensor:
-    if values.shape != (n_rows,):
-        raise ValueError(
-            f"the output function {output_fn.name!r} returned shape {tuple(values.shape)}; expected"
-            f" one value per row, ({n_rows},)"
-        )
-    return values
-
-
 def site_gradients(
     forward_func: Callable[..., Any],
     recorder: SiteRecorder,
@@ -98,7 +91,7 @@ def site_gradients(
     recorder.reset()
     try:
         with torch.enable_grad():
-            values = _checked_values(output_fn(forward_func(*inputs, *extra), target), n_rows,
+            values = checked_outputs(output_fn(forward_func(*inputs, *extra), target), n_rows,
                                      output_fn)
             activations = recorder.collect()
             grads: Sequence[Optional[Tensor]] = [None] * len(activations)
@@ -124,14 +117,9 @@ def gate_gradients(
     n_rows = inputs[0].shape[0]
     with torch.enable_grad():
         gates = gates.detach().requires_grad_()
-        hooks.values = gates
-        hooks.example_index = example_index
-        try:
-            values = _checked_values(output_fn(forward_func(*inputs, *extra), target), n_rows,
+        with gates_applied(hooks, gates, example_index):
+            values = checked_outputs(output_fn(forward_func(*inputs, *extra), target), n_rows,
                                      output_fn)
-        finally:
-            hooks.values = None
-            hooks.example_index = None
         if values.requires_grad:
             (grad,) = torch.autograd.grad(values.sum(), gates, allow_unused=True)
         else:
@@ -146,15 +134,9 @@ def forward_values(forward_func: Callable[..., Any], hooks: Optional[ComponentGa
                    output_fn: OutputFunction) -> Tensor:
     """Outputs ``(rows,)`` without gradients, with per-row ``gates`` when hooks are given."""
     n_rows = inputs[0].shape[0]
-    with torch.no_grad():
-        if hooks is not None:
-            hooks.values, hooks.example_index = gates, example_index
-        try:
-            values = output_fn(forward_func(*inputs, *extra), target)
-        finally:
-            if hooks is not None:
-                hooks.values, hooks.example_index = None, None
-    return _checked_values(values, n_rows, output_fn)
+    with torch.no_grad(), gates_applied(hooks, gates, example_index):
+        values = output_fn(forward_func(*inputs, *extra), target)
+    return checked_outputs(values, n_rows, output_fn)
 
 
 def per_component(group: ComponentGroup, tensor: Tensor) -> Tensor:
@@ -180,7 +162,34 @@ def point_chunks(n_points: int, n_examples: int, internal_batch_size: Optional[i
         yield range(start, min(start + per_pass, n_points))
 
 
-def repeat_for_points(extra: Tuple[Any, ...], target: Any, n_examples: int,
-                      n_points: int) -> Tuple[Tuple[Any, ...], Any]:
-    """Additional forward args and target repeated for ``n_points`` blocks of examples."""
-    return repeat_rows(extra, n_points, n_examples), expand_target(target, n_examples, n_points)
+def scaled_path(inputs: Tuple[Tensor, ...], baselines: Tuple[Tensor, ...],
+                alphas: List[float]) -> Tuple[Tensor, ...]:
+    """Inputs at ``alphas`` on the path from baselines, stacked point-major (Captum's layout)."""
+    return tuple(torch.cat([base + alpha * (x - base) for alpha in alphas], dim=0)
+                 for x, base in zip(inputs, baselines))
+
+
+def path_site_gradients(
+    forward_func: Callable[..., Any],
+    recorder: SiteRecorder,
+    inputs: Tuple[Tensor, ...],
+    baselines: Tuple[Tensor, ...],
+    extra: Tuple[Any, ...],
+    target: Any,
+    output_fn: OutputFunction,
+    alphas: Sequence[float],
+    internal_batch_size: Optional[int],
+) -> Iterator[Tuple[range, List[Tensor], List[Tensor]]]:
+    """``(points, activations, gradients)`` per chunk of path points (:func:`point_chunks`).
+
+    Each chunk is one :func:`site_gradients` pass over the inputs at ``alphas[k]`` for ``k`` in
+    ``points``, rows point-major (row ``i * b + j`` is example ``j`` at the chunk's point ``i``).
+    """
+    n_examples = inputs[0].shape[0]
+    for points in point_chunks(len(alphas), n_examples, internal_batch_size):
+        scaled = scaled_path(inputs, baselines, [alphas[k] for k in points])
+        scaled = tuple(s.requires_grad_() if s.is_floating_point() else s for s in scaled)
+        _, acts, grads = site_gradients(
+            forward_func, recorder, scaled, repeat_rows(extra, len(points), n_examples),
+            expand_target(target, n_examples, len(points)), output_fn)
+        yield points, acts, grads

@@ -17,31 +17,27 @@ are shared with COAR. ``internal_batch_size`` bounds the examples per pass.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Optional, Tuple, Union
+from typing import Any, Optional, Tuple, Union
 
 import torch
-from captum.attr import GradientAttribution
 from captum.log import log_usage
 from torch import Tensor
 
-from ..ablation import AblationStrategy
-from ..components import ComponentSet
-from ..engine import slice_rows
+from ..engine import example_batches
 from ._base import (
     Attributions,
-    ComponentMethod,
+    ComponentGradientMethod,
     OutputSpec,
     check_optional_positive_int,
     format_inputs,
     format_result,
-    slice_target,
 )
 from ._layer_gradients import gate_gradients
 
 __all__ = ["ComponentAttributionPatching"]
 
 
-class ComponentAttributionPatching(ComponentMethod, GradientAttribution):
+class ComponentAttributionPatching(ComponentGradientMethod):
     """Gradient of the output with respect to every component's gate, at gate 1.
 
     Args:
@@ -49,11 +45,6 @@ class ComponentAttributionPatching(ComponentMethod, GradientAttribution):
         components: the components.
         ablation: the ablation strategy that defines the replacement ``r``.
     """
-
-    def __init__(self, forward_func: Callable[..., Any], components: ComponentSet,
-                 ablation: Union[str, AblationStrategy] = "weights") -> None:
-        GradientAttribution.__init__(self, forward_func)
-        self._init_components(components, ablation)
 
     @property
     def multiplies_by_inputs(self) -> bool:
@@ -76,13 +67,11 @@ class ComponentAttributionPatching(ComponentMethod, GradientAttribution):
         device = next(self.components.model.parameters()).device
         parts = []
         with self._gates() as hooks:
-            for start in range(0, n_examples, per_pass):
-                rows = slice(start, min(start + per_pass, n_examples))
-                batch, batch_extra = slice_rows(inputs_t, extra, rows, n_examples)
-                n_rows = batch[0].shape[0]
-                gates = torch.ones(n_rows, self.n_components, device=device)
+            for rows, batch, batch_extra, batch_target in example_batches(inputs_t, extra, target,
+                                                                          per_pass):
+                gates = torch.ones(rows.stop - rows.start, self.n_components, device=device)
                 _, grad = gate_gradients(self.forward_func, hooks, batch, batch_extra, gates,
-                                         torch.arange(start, start + n_rows, device=device),
-                                         slice_target(target, rows, n_examples), output_fn)
+                                         torch.arange(rows.start, rows.stop, device=device),
+                                         batch_target, output_fn)
                 parts.append(grad)
         return format_result(torch.cat(parts), inputs)

@@ -30,20 +30,17 @@ uniform signature and not used: conductance follows the input path, not the abla
 
 from __future__ import annotations
 
-from typing import Any, Callable, List, Optional, Tuple, Union
+from typing import Any, List, Optional, Tuple, Union
 
 import torch
-from captum.attr import GradientAttribution
 from captum.log import log_usage
 from torch import Tensor
 
 from .._compat import integration_points
-from ..ablation import AblationStrategy
-from ..components import ComponentSet
 from ..engine import expand_target, repeat_rows
 from ._base import (
     AttributionsWithDelta,
-    ComponentMethod,
+    ComponentGradientMethod,
     OutputSpec,
     check_optional_positive_int,
     check_positive_int,
@@ -55,22 +52,15 @@ from ._base import (
 from ._layer_gradients import (
     SiteRecorder,
     forward_values,
+    path_site_gradients,
     per_component,
-    point_chunks,
-    site_gradients,
+    scaled_path,
 )
 
 __all__ = ["ComponentConductance", "scaled_path"]
 
 
-def scaled_path(inputs: Tuple[Tensor, ...], baselines: Tuple[Tensor, ...],
-                alphas: List[float]) -> Tuple[Tensor, ...]:
-    """Inputs at ``alphas`` on the path from baselines, stacked point-major (Captum's layout)."""
-    return tuple(torch.cat([base + alpha * (x - base) for alpha in alphas], dim=0)
-                 for x, base in zip(inputs, baselines))
-
-
-class ComponentConductance(ComponentMethod, GradientAttribution):
+class ComponentConductance(ComponentGradientMethod):
     """Layer conductance summed per component, all layers in one pass.
 
     Args:
@@ -78,11 +68,6 @@ class ComponentConductance(ComponentMethod, GradientAttribution):
         components: the components (any mix of filters, neurons and heads).
         ablation: kept for a signature shared with every method; not used here.
     """
-
-    def __init__(self, forward_func: Callable[..., Any], components: ComponentSet,
-                 ablation: Union[str, AblationStrategy] = "weights") -> None:
-        GradientAttribution.__init__(self, forward_func)
-        self._init_components(components, ablation)
 
     def has_convergence_delta(self) -> bool:
         return True
@@ -126,13 +111,9 @@ class ComponentConductance(ComponentMethod, GradientAttribution):
         totals = [torch.zeros(n_examples, g.n_units, device=device) for g in groups]
         previous: Optional[Tuple[List[Tensor], List[Tensor]]] = None
         with SiteRecorder(self.components) as recorder:
-            for points in point_chunks(n_steps + 1, n_examples, internal_batch_size):
-                scaled = scaled_path(inputs_t, baselines_t, [alphas[k] for k in points])
-                scaled = tuple(s.requires_grad_() if s.is_floating_point() else s for s in scaled)
-                _, acts, grads = site_gradients(
-                    self.forward_func, recorder, scaled,
-                    repeat_rows(extra, len(points), n_examples),
-                    expand_target(target, n_examples, len(points)), output_fn)
+            for _, acts, grads in path_site_gradients(self.forward_func, recorder, inputs_t,
+                                                      baselines_t, extra, target, output_fn,
+                                                      alphas, internal_batch_size):
                 if previous is not None:
                     acts = [torch.cat([p, a]) for p, a in zip(previous[0], acts)]
                     grads = [torch.cat([p, g]) for p, g in zip(previous[1], grads)]

@@ -21,24 +21,22 @@ convention are COAR's; the ablation argument is stored for a uniform signature, 
 
 from __future__ import annotations
 
-from typing import Any, Callable, Optional, Tuple, Union
+from typing import Any, Optional, Tuple, Union
 
 import torch
-from captum.attr import GradientAttribution
 from captum.log import log_usage
 from torch import Tensor, nn
 
-from ..ablation import AblationStrategy, along_axis
-from ..components import ComponentGroup, ComponentSet, is_hf_conv1d
-from ..engine import slice_rows
+from ..ablation import along_axis
+from ..components import ComponentGroup, is_hf_conv1d
+from ..engine import example_batches
 from ._base import (
     Attributions,
-    ComponentMethod,
+    ComponentGradientMethod,
     OutputSpec,
     check_optional_positive_int,
     format_inputs,
     format_result,
-    slice_target,
 )
 from ._layer_gradients import SiteRecorder, per_component, site_gradients
 
@@ -59,7 +57,7 @@ def _check_weight_component(group: ComponentGroup, module: nn.Module) -> None:
         )
 
 
-class ComponentGradientXParameter(ComponentMethod, GradientAttribution):
+class ComponentGradientXParameter(ComponentGradientMethod):
     """Gradient of the output with respect to each component's weights, times the weights.
 
     Args:
@@ -67,11 +65,6 @@ class ComponentGradientXParameter(ComponentMethod, GradientAttribution):
         components: filters, neurons or heads (weight-based components).
         ablation: kept for a signature shared with every method; not used here.
     """
-
-    def __init__(self, forward_func: Callable[..., Any], components: ComponentSet,
-                 ablation: Union[str, AblationStrategy] = "weights") -> None:
-        GradientAttribution.__init__(self, forward_func)
-        self._init_components(components, ablation)
 
     @property
     def multiplies_by_inputs(self) -> bool:
@@ -97,11 +90,10 @@ class ComponentGradientXParameter(ComponentMethod, GradientAttribution):
         per_pass = per_pass or n_examples
         parts = []
         with SiteRecorder(self.components) as recorder:
-            for start in range(0, n_examples, per_pass):
-                rows = slice(start, min(start + per_pass, n_examples))
-                batch, batch_extra = slice_rows(inputs_t, extra, rows, n_examples)
+            for _, batch, batch_extra, batch_target in example_batches(inputs_t, extra, target,
+                                                                       per_pass):
                 _, acts, grads = site_gradients(self.forward_func, recorder, batch, batch_extra,
-                                                slice_target(target, rows, n_examples), output_fn)
+                                                batch_target, output_fn)
                 columns = []
                 for group, module, act, grad in zip(groups, modules, acts, grads):
                     bias = getattr(module, "bias", None)

@@ -19,20 +19,17 @@ with COAR.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Optional, Tuple, Union
+from typing import Any, Optional, Tuple, Union
 
 import torch
-from captum.attr import GradientAttribution
 from captum.log import log_usage
 from torch import Tensor
 
 from .._compat import integration_points
-from ..ablation import AblationStrategy
-from ..components import ComponentSet
 from ..engine import expand_target, repeat_rows
 from ._base import (
     AttributionsWithDelta,
-    ComponentMethod,
+    ComponentGradientMethod,
     OutputSpec,
     check_optional_positive_int,
     check_positive_int,
@@ -44,7 +41,7 @@ from ._layer_gradients import forward_values, gate_gradients, point_chunks
 __all__ = ["ComponentIntegratedGradients"]
 
 
-class ComponentIntegratedGradients(ComponentMethod, GradientAttribution):
+class ComponentIntegratedGradients(ComponentGradientMethod):
     """Integrated gradients over the component gates, from ``baselines`` (ablated) to 1 (kept).
 
     Args:
@@ -52,11 +49,6 @@ class ComponentIntegratedGradients(ComponentMethod, GradientAttribution):
         components: the components.
         ablation: the ablation strategy that defines gate 0.
     """
-
-    def __init__(self, forward_func: Callable[..., Any], components: ComponentSet,
-                 ablation: Union[str, AblationStrategy] = "weights") -> None:
-        GradientAttribution.__init__(self, forward_func)
-        self._init_components(components, ablation)
 
     def has_convergence_delta(self) -> bool:
         return True

@@ -19,20 +19,16 @@ completeness property. The ablation strategy is stored for a uniform signature, 
 
 from __future__ import annotations
 
-from typing import Any, Callable, Optional, Tuple, Union
+from typing import Any, Optional, Tuple, Union
 
 import torch
-from captum.attr import GradientAttribution
 from captum.log import log_usage
 from torch import Tensor
 
 from .._compat import integration_points
-from ..ablation import AblationStrategy
-from ..components import ComponentSet
-from ..engine import expand_target, repeat_rows
 from ._base import (
     Attributions,
-    ComponentMethod,
+    ComponentGradientMethod,
     OutputSpec,
     check_optional_positive_int,
     check_positive_int,
@@ -41,13 +37,12 @@ from ._base import (
     format_result,
     require_float_inputs,
 )
-from ._layer_gradients import SiteRecorder, per_component, point_chunks, site_gradients
-from .conductance import scaled_path
+from ._layer_gradients import SiteRecorder, path_site_gradients, per_component
 
 __all__ = ["ComponentInternalInfluence"]
 
 
-class ComponentInternalInfluence(ComponentMethod, GradientAttribution):
+class ComponentInternalInfluence(ComponentGradientMethod):
     """Internal influence summed per component, all layers in one pass.
 
     Args:
@@ -55,11 +50,6 @@ class ComponentInternalInfluence(ComponentMethod, GradientAttribution):
         components: the components (any mix of filters, neurons and heads).
         ablation: kept for a signature shared with every method; not used here.
     """
-
-    def __init__(self, forward_func: Callable[..., Any], components: ComponentSet,
-                 ablation: Union[str, AblationStrategy] = "weights") -> None:
-        GradientAttribution.__init__(self, forward_func)
-        self._init_components(components, ablation)
 
     def has_convergence_delta(self) -> bool:
         return False
@@ -95,13 +85,9 @@ class ComponentInternalInfluence(ComponentMethod, GradientAttribution):
         device = inputs_t[0].device
         totals = [torch.zeros(n_examples, g.n_units, device=device) for g in groups]
         with SiteRecorder(self.components) as recorder:
-            for points in point_chunks(n_steps, n_examples, internal_batch_size):
-                scaled = scaled_path(inputs_t, baselines_t, [alphas[k] for k in points])
-                scaled = tuple(s.requires_grad_() if s.is_floating_point() else s for s in scaled)
-                _, _, grads = site_gradients(
-                    self.forward_func, recorder, scaled,
-                    repeat_rows(extra, len(points), n_examples),
-                    expand_target(target, n_examples, len(points)), output_fn)
+            for points, _, grads in path_site_gradients(self.forward_func, recorder, inputs_t,
+                                                        baselines_t, extra, target, output_fn,
+                                                        alphas, internal_batch_size):
                 weights = torch.tensor([step_sizes[k] for k in points], device=device)
                 for position, (group, grad) in enumerate(zip(groups, grads)):
                     summed = per_component(group, grad).reshape(len(points), n_examples, -1)

@@ -20,6 +20,8 @@ Implementations
   attribution of each example for ``k`` on a grid; returns a :class:`TopKAblationCurve` with
   the outputs and their area under the curve.
 
+The two result classes live in :mod:`captum_coar.evaluation_results` (re-exported here).
+
 The prediction for a keep mask ``m`` is ``intercept + attributions . m`` when an intercept is
 known, else ``unablated output - attributions . (1 - m)``; the two differ by a constant per
 example, which correlation ignores. All forwards run through :mod:`captum_coar.engine`.
@@ -27,9 +29,7 @@ example, which correlation ignores. All forwards run through :mod:`captum_coar.e
 
 from __future__ import annotations
 
-import math
 import warnings
-from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
@@ -37,7 +37,8 @@ from torch import Tensor
 
 from .ablation import AblationStrategy
 from .components import ComponentSet
-from .engine import as_tuple, evaluate_masks, expand_target, progress, repeat_rows, rows_per_pass
+from .engine import as_tuple, evaluate_masks, gated_outputs, input_tuple, progress, rows_per_pass
+from .evaluation_results import CounterfactualCorrelationResult, TopKAblationCurve
 from .gates import ComponentGates
 from .outputs import OutputFunction, resolve_output
 from .sampling import MaskSampler, resolve_sampler
@@ -136,10 +137,7 @@ def _methods(attributions: Attributions, n_examples: int, n_components: int
 
 
 def _n_examples(inputs: Any) -> int:
-    first = as_tuple(inputs)
-    if not first or not isinstance(first[0], Tensor):
-        raise TypeError("inputs must be a tensor or a tuple of tensors with the batch on dim 0")
-    return int(first[0].shape[0])
+    return int(input_tuple(inputs)[0].shape[0])
 
 
 def _fractions(ablation_fractions: Union[float, Sequence[float]]) -> Tuple[float, ...]:
@@ -151,98 +149,6 @@ def _fractions(ablation_fractions: Union[float, Sequence[float]]) -> Tuple[float
 
 
 # ---------------------------------------------------------------------- counterfactual correlation
-@dataclass
-class CounterfactualCorrelationResult:
-    """Correlations between actual and predicted outputs under held-out ablations.
-
-    Attributes:
-        alphas: test ablation fractions.
-        methods: method names, in the order given.
-        values: ``(n_alphas, n_methods, batch)`` per-example correlations (NaN where undefined).
-        actual: ``(n_alphas, n_masks, batch)`` outputs under ablation.
-        predicted: ``(n_alphas, n_methods, n_masks, batch)`` outputs the attributions predict.
-        unablated: ``(batch,)`` outputs with nothing ablated.
-        seed, n_masks, correlation, sampler: how the masks were drawn and scored.
-        masks: ``(n_alphas, n_masks, n_components)`` keep masks, when kept.
-    """
-
-    alphas: Tuple[float, ...]
-    methods: Tuple[str, ...]
-    values: Tensor
-    actual: Tensor
-    predicted: Tensor
-    unablated: Tensor
-    seed: int
-    n_masks: int
-    correlation: str = "pearson"
-    sampler: Dict[str, Any] = field(default_factory=dict)
-    masks: Optional[Tensor] = None
-
-    def _index(self, method: Optional[str], alpha: Optional[float]) -> Tuple[int, int]:
-        m = 0 if method is None else self.methods.index(method) if method in self.methods else -1
-        if m < 0:
-            raise KeyError(f"unknown method {method!r}; methods are {list(self.methods)}")
-        if alpha is None:
-            return 0, m
-        matches = [i for i, a in enumerate(self.alphas) if math.isclose(a, float(alpha))]
-        if not matches:
-            raise KeyError(f"no test ablation fraction {alpha!r}; fractions are {list(self.alphas)}")
-        return matches[0], m
-
-    def per_example(self, method: Optional[str] = None, alpha: Optional[float] = None) -> Tensor:
-        """Per-example correlations ``(batch,)`` of one method at one fraction."""
-        a, m = self._index(method, alpha)
-        return self.values[a, m]
-
-    def mean(self) -> Tensor:
-        """Mean correlation over examples, ``(n_alphas, n_methods)`` (NaNs ignored)."""
-        return self.values.nanmean(dim=-1)
-
-    def std_error(self) -> Tensor:
-        """Standard error of :meth:`mean`, ``(n_alphas, n_methods)``."""
-        finite = torch.isfinite(self.values)
-        n = finite.sum(-1).clamp(min=1)
-        centred = torch.where(finite, self.values - self.mean()[..., None], torch.zeros_like(self.values))
-        var = centred.square().sum(-1) / (n - 1).clamp(min=1)
-        return (var / n).sqrt()
-
-    def means(self) -> Dict[float, Dict[str, float]]:
-        """``{alpha: {method: mean correlation}}``."""
-        mean = self.mean()
-        return {a: {m: float(mean[i, j]) for j, m in enumerate(self.methods)}
-                for i, a in enumerate(self.alphas)}
-
-    def to_dict(self) -> Dict[str, Any]:
-        """A JSON-serialisable summary (means, per-example values, mask provenance)."""
-        return {"alphas": list(self.alphas), "methods": list(self.methods), "seed": self.seed,
-                "n_masks": self.n_masks, "correlation": self.correlation, "sampler": self.sampler,
-                "mean": self.mean().tolist(), "per_example": self.values.tolist()}
-
-    def to_table(self, run_times: Optional[Mapping[str, float]] = None, digits: int = 3) -> str:
-        """Markdown table: one row per method, mean correlation per test fraction.
-
-        ``run_times`` (seconds per method) adds a column, e.g. the attribution times.
-        """
-        mean, err = self.mean(), self.std_error()
-        head = ["method"] + [f"alpha={a:g}" for a in self.alphas]
-        if run_times is not None:
-            head.append("time (s)")
-        lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-        for j, name in enumerate(self.methods):
-            cells = [name] + [f"{float(mean[i, j]):.{digits}f} ± {float(err[i, j]):.{digits}f}"
-                              for i in range(len(self.alphas))]
-            if run_times is not None:
-                t = run_times.get(name)
-                cells.append("" if t is None else f"{t:.3g}")
-            lines.append("| " + " | ".join(cells) + " |")
-        note = (f"{self.correlation.capitalize()} correlation over {self.n_masks} held-out masks per"
-                f" fraction (seed {self.seed}), mean ± s.e. over {self.values.shape[-1]} examples.")
-        return "\n".join(lines + ["", note])
-
-    def __str__(self) -> str:
-        return self.to_table()
-
-
 def counterfactual_correlation(
     forward_func: Optional[Callable[..., Any]],
     components: ComponentSet,
@@ -339,61 +245,6 @@ def counterfactual_correlation(
 
 
 # ---------------------------------------------------------------------- top-k ablation curves
-@dataclass
-class TopKAblationCurve:
-    """Outputs after ablating each example's top-k components, for ``k`` on a grid.
-
-    Attributes:
-        ks: ``(n_k,)`` numbers of components ablated (0 = nothing ablated).
-        methods: method names.
-        outputs: ``(n_methods, n_k, batch)`` outputs.
-        n_components: total number of components.
-        largest: True when the highest attributions were ablated first.
-    """
-
-    ks: Tensor
-    methods: Tuple[str, ...]
-    outputs: Tensor
-    n_components: int
-    largest: bool = True
-
-    @property
-    def fractions(self) -> Tensor:
-        """``ks`` as fractions of all components."""
-        return self.ks.double() / self.n_components
-
-    def auc(self) -> Tensor:
-        """Normalised area under each curve, ``(n_methods, batch)``.
-
-        Trapezoid rule over the fraction of components ablated, divided by the range of
-        fractions: the average output along the curve, in output units. With ``largest=True``
-        a lower value means the method found the components that hold the output up.
-        """
-        x = self.fractions
-        if x.numel() < 2:
-            return self.outputs[:, 0].double()
-        area = torch.trapezoid(self.outputs.double(), x, dim=1)
-        return area / (x[-1] - x[0])
-
-    def mean_auc(self) -> Dict[str, float]:
-        """``{method: mean AUC over examples}``."""
-        auc = self.auc().mean(-1)
-        return {m: float(auc[i]) for i, m in enumerate(self.methods)}
-
-    def to_table(self, digits: int = 3) -> str:
-        """Markdown table of the mean output at each k and the mean AUC, per method."""
-        mean = self.outputs.double().mean(-1)
-        head = ["method"] + [f"k={int(k)}" for k in self.ks] + ["AUC"]
-        lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-        for i, (name, auc) in enumerate(self.mean_auc().items()):
-            cells = [name] + [f"{float(v):.{digits}f}" for v in mean[i]] + [f"{auc:.{digits}f}"]
-            lines.append("| " + " | ".join(cells) + " |")
-        return "\n".join(lines)
-
-    def __str__(self) -> str:
-        return self.to_table()
-
-
 def _default_ks(n_components: int, max_fraction: float, n_steps: int) -> Tensor:
     top = max(1, int(round(max_fraction * n_components)))
     return torch.unique(torch.linspace(0, top, max(2, n_steps)).round().long())
@@ -445,9 +296,9 @@ def topk_ablation_curve(
             for start in range(0, len(pairs), per_pass):
                 block = pairs[start:start + per_pass]
                 gates = torch.stack([(ranks[m] >= k).float() for m, k in block])  # (p, b, N)
-                results.append(_per_row_outputs(forward_func, hooks, inputs_t,
-                                                as_tuple(additional_forward_args), gates, target,
-                                                output_fn, n_examples))
+                results.append(gated_outputs(forward_func, hooks, inputs_t,
+                                             as_tuple(additional_forward_args), gates, target,
+                                             output_fn))
                 bar.update(len(block) * n_examples)
     finally:
         bar.close()
@@ -455,18 +306,3 @@ def topk_ablation_curve(
     return TopKAblationCurve(ks=k_grid, methods=tuple(methods), outputs=outputs,
                              n_components=n_comp, largest=largest)
 
-
-def _per_row_outputs(forward_func: Callable[..., Any], hooks: ComponentGates,
-                     inputs: Tuple[Tensor, ...], extra: Tuple[Any, ...], gates: Tensor, target: Any,
-                     output_fn: OutputFunction, n_examples: int) -> Tensor:
-    """Outputs ``(p, b)`` where example ``j`` of block ``i`` runs under its own gate ``gates[i, j]``."""
-    p, batch = gates.shape[0], inputs
-    hooks.values = gates.reshape(p * n_examples, -1)
-    hooks.example_index = torch.arange(n_examples, device=gates.device).repeat(p)
-    try:
-        model_output = forward_func(*repeat_rows(batch, p, n_examples), *repeat_rows(extra, p, n_examples))
-        values = output_fn(model_output, expand_target(target, n_examples, p))
-    finally:
-        hooks.values = None
-        hooks.example_index = None
-    return values.reshape(p, n_examples)

@@ -4,7 +4,9 @@ Contract
 --------
 Data is a re-iterable of batches (a ``DataLoader`` without shuffling, or a list of batches).
 A batch is ``inputs``, ``(inputs, target)`` or ``(inputs, target, *additional_forward_args)``
-(``inputs`` a tensor or a tuple of tensors), or anything ``batch_fn`` maps to that. Mask rows
+(``inputs`` a tensor or a tuple of tensors), or anything ``batch_fn`` maps to that (read by
+:mod:`captum_coar.batches`). Every setting is resolved and validated up front by
+:class:`~captum_coar.collection_settings.CollectionSettings`. Mask rows
 ``r`` in ``rows`` (default all of ``0 .. n_masks - 1``) come from ``sampler.sample(N, r, r+1,
 seed)``, so any shard of rows can be collected anywhere.
 
@@ -26,208 +28,36 @@ with ONE entered :class:`~captum_coar.gates.ComponentGates` reused for every bat
 
 Non-finite outputs raise ``ValueError`` naming the mask rows and examples. A ``DataLoader``
 that shuffles, or data that changes between passes (random augmentation), is refused.
+
+The data helpers (:func:`split_batch`, :func:`tensor_batches`) and the settings
+(:class:`CollectionSettings`, :func:`validation_split`, :func:`stats_device`) are re-exported
+here from :mod:`captum_coar.batches` and :mod:`captum_coar.collection_settings`.
 """
 
 from __future__ import annotations
 
-import math
-import time
-import warnings
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple, Union
+from typing import Any, Callable, Dict, Iterable, Optional, Union
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from .ablation import AblationStrategy, resolve_ablation
+from .ablation import AblationStrategy
+from .batches import BatchFn, split_batch, tensor_batches
+from .collection_settings import CollectionSettings, stats_device, validation_split
 from .components import ComponentSet
-from .engine import as_tuple, evaluate_masks, progress
-from .fingerprint import DataScan, check_reiterable, model_fingerprint, scan_data
+from .engine import evaluate_masks, progress
+from .fingerprint import DataScan, check_reiterable, scan_data
 from .gates import ComponentGates
-from .outputs import OutputFunction, resolve_output
-from .sampling import BLOCK_ROWS, MaskSampler, resolve_sampler
+from .outputs import OutputFunction
+from .sampling import MaskSampler
 from .solvers.statistics import SufficientStatistics
-from .stores.base import FORMAT_VERSION, MaskOutputStore, RowSelection, select_rows
+from .stores.base import MaskOutputStore, RowSelection, select_rows
 from .stores.memmap import MemmapStore
 
 __all__ = ["collect", "collect_statistics", "CollectedStatistics", "CollectionSettings",
            "tensor_batches", "validation_split", "split_batch", "stats_device"]
-
-Batch = Tuple[Tuple[Tensor, ...], Any, Tuple[Any, ...]]
-BatchFn = Callable[[Any], Any]
-_CHUNK_ELEMENTS = 1 << 26  # outputs held per chunk (rows x examples) by default
-
-
-# --------------------------------------------------------------------------- data
-def split_batch(batch: Any, batch_fn: Optional[BatchFn] = None) -> Batch:
-    """``(inputs tuple, target, additional_forward_args tuple)`` from one batch."""
-    if batch_fn is not None:
-        batch = batch_fn(batch)
-    if isinstance(batch, Tensor):
-        return (batch,), None, ()
-    if isinstance(batch, (tuple, list)) and batch:
-        inputs = as_tuple(batch[0])
-        if not inputs or not all(isinstance(x, Tensor) for x in inputs):
-            raise TypeError("the first item of a batch must be a tensor or a tuple of tensors")
-        target = batch[1] if len(batch) > 1 else None
-        extra = as_tuple(batch[2]) if len(batch) == 3 and isinstance(batch[2], (tuple, list)) \
-            else tuple(batch[2:])
-        return inputs, target, extra
-    raise TypeError(
-        f"cannot read a batch of type {type(batch).__name__}; batches must be inputs, (inputs,"
-        " target) or (inputs, target, *additional_forward_args); pass batch_fn=... to convert"
-        " other formats (e.g. dicts)"
-    )
-
-
-def tensor_batches(inputs: Union[Tensor, Tuple[Tensor, ...]], target: Any = None,
-                   additional_forward_args: Any = None,
-                   batch_size: Optional[int] = None) -> List[Tuple[Any, Any, Tuple[Any, ...]]]:
-    """In-memory tensors as a list of ``(inputs, target, additional_forward_args)`` batches."""
-    inputs_t = as_tuple(inputs)
-    if not inputs_t or not all(isinstance(x, Tensor) for x in inputs_t):
-        raise TypeError("inputs must be a tensor or a tuple of tensors with the batch on dim 0")
-    n = inputs_t[0].shape[0]
-    for x in inputs_t:
-        if x.shape[0] != n:
-            raise ValueError(f"all inputs must have the same number of rows; got"
-                             f" {[tuple(t.shape) for t in inputs_t]}")
-    extra = as_tuple(additional_forward_args)
-    size = n if batch_size is None else int(batch_size)
-    if size < 1:
-        raise ValueError(f"batch_size must be a positive integer, got {batch_size}")
-    batches = []
-    for start in range(0, max(n, 1), size):
-        rows = slice(start, min(start + size, n))
-        t = _slice_target(target, rows, n)
-        e = tuple(a[rows] if isinstance(a, Tensor) and a.dim() and a.shape[0] == n else a
-                  for a in extra)
-        batches.append((tuple(x[rows] for x in inputs_t), t, e))
-    return batches
-
-
-def _slice_target(target: Any, rows: slice, n: int) -> Any:
-    if target is None or isinstance(target, int):
-        return target
-    t = torch.as_tensor(target)
-    if t.dim() == 0:
-        return target
-    if t.shape[0] != n:
-        raise ValueError(f"target has {t.shape[0]} entries but inputs have {n} rows")
-    return t[rows]
-
-
-# --------------------------------------------------------------------------- settings
-@dataclass
-class CollectionSettings:
-    """Resolved settings of one collection (what makes its data what it is)."""
-
-    components: ComponentSet
-    forward_func: Callable[..., Any]
-    sampler: MaskSampler
-    ablation: AblationStrategy
-    output: OutputFunction
-    seed: int
-    n_masks: int
-    perturbations_per_eval: Optional[int] = None
-    max_rows: int = 4096
-    chunk_rows: Optional[int] = None
-
-    @classmethod
-    def build(cls, forward_func: Callable[..., Any], components: ComponentSet, n_masks: int,
-              ablation_fraction: Optional[float] = 0.05,
-              sampler: Union[str, MaskSampler] = "bernoulli",
-              ablation: Union[str, AblationStrategy] = "weights",
-              output: Union[None, str, OutputFunction, Callable[..., Tensor]] = None,
-              has_target: bool = True, seed: int = 0,
-              perturbations_per_eval: Optional[int] = None, max_rows: int = 4096,
-              chunk_rows: Optional[int] = None) -> "CollectionSettings":
-        """Resolve and validate every setting (messages say what was given and allowed)."""
-        if not isinstance(components, ComponentSet):
-            raise TypeError(f"components must be a ComponentSet, got {type(components).__name__}")
-        if not callable(forward_func):
-            raise TypeError(f"forward_func must be callable, got {type(forward_func).__name__}")
-        n_masks = _positive_int("n_masks", n_masks)
-        if isinstance(sampler, MaskSampler) and ablation_fraction is not None and \
-                float(ablation_fraction) != float(sampler.ablation_fraction):
-            ablation_fraction = None  # the instance's own fraction wins over the default
-        resolved = resolve_sampler(sampler, ablation_fraction)
-        resolved.sample(components.n_components, 0, 0, 0)  # validates alpha (and N) up front
-        output_fn = resolve_output(output, "target" if has_target else None)
-        if not has_target and output_fn.needs_target:
-            raise ValueError(
-                f"output={output_fn.name!r} needs a target (e.g. the class index per example);"
-                " pass target=... (or batches of (inputs, target)), or use output='logit' for"
-                " a model with one output per example, or a callable"
-            )
-        if perturbations_per_eval is not None:
-            perturbations_per_eval = _positive_int("perturbations_per_eval", perturbations_per_eval)
-        if chunk_rows is not None:
-            chunk_rows = _positive_int("chunk_rows", chunk_rows)
-        if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool):
-            raise TypeError(f"seed must be an integer, got {seed!r}")
-        if components.model.training:
-            warnings.warn(
-                f"{type(components.model).__name__} is in training mode: BatchNorm would mix the"
-                " statistics of different masks in one forward pass and dropout adds noise to"
-                " every output; call model.eval() before COAR", UserWarning, stacklevel=3)
-        return cls(components, forward_func, resolved, resolve_ablation(ablation), output_fn,
-                   int(seed), n_masks, perturbations_per_eval, _positive_int("max_rows", max_rows),
-                   chunk_rows)
-
-    def chunk_size(self, n_examples: int) -> int:
-        """Mask rows per pass over the data (default: bounded memory, multiple of 64)."""
-        if self.chunk_rows is not None:
-            return self.chunk_rows
-        size = min(8192, max(BLOCK_ROWS, _CHUNK_ELEMENTS // max(1, n_examples)))
-        return max(BLOCK_ROWS, size // BLOCK_ROWS * BLOCK_ROWS)
-
-    def metadata(self, scan: DataScan) -> Dict[str, Any]:
-        """Store metadata: identity fields and descriptive extras."""
-        from . import __version__
-
-        return {
-            "format_version": FORMAT_VERSION,
-            "n_masks": self.n_masks,
-            "n_components": self.components.n_components,
-            "n_examples": scan.n_examples,
-            "components_fingerprint": self.components.fingerprint,
-            "model_fingerprint": model_fingerprint(self.components.model),
-            "data_fingerprint": scan.data_fingerprint,
-            "sampler": self.sampler.describe(),
-            "ablation": self.ablation.describe(),
-            "output": self.output.describe(),
-            "seed": self.seed,
-            "batch_sizes": scan.batch_sizes,
-            "components": self.components.describe(),
-            "captum_coar_version": __version__,
-            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        }
-
-
-def _positive_int(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or int(value) < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return int(value)
-
-
-def stats_device(components: ComponentSet) -> torch.device:
-    """Where float64 statistics live: the model's device, unless it lacks float64 (MPS)."""
-    param = next(components.model.parameters(), None)
-    device = param.device if param is not None else torch.device("cpu")
-    return torch.device("cpu") if device.type == "mps" else device
-
-
-def validation_split(n_masks: int, validation_fraction: float) -> int:
-    """Rows held out for validation: the LAST ``round(fraction * n_masks)`` rows (>= 1 if > 0)."""
-    fraction = validation_fraction
-    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or \
-            not 0.0 <= float(fraction) < 1.0 or math.isnan(float(fraction)):
-        raise ValueError(f"validation_fraction must be in [0, 1), got {validation_fraction!r}")
-    if fraction == 0:
-        return 0
-    return min(n_masks - 1, max(1, int(round(float(fraction) * n_masks))))
 
 
 # --------------------------------------------------------------------------- sinks

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ._checks import check_optional_positive_int, check_positive_int
 from .ablation import AblationStrategy, resolve_ablation
 from .components import ComponentSet
 from .fingerprint import DataScan, model_fingerprint
@@ -64,7 +65,7 @@ class CollectionSettings:
             raise TypeError(f"components must be a ComponentSet, got {type(components).__name__}")
         if not callable(forward_func):
             raise TypeError(f"forward_func must be callable, got {type(forward_func).__name__}")
-        n_masks = _positive_int("n_masks", n_masks)
+        n_masks = check_positive_int("n_masks", n_masks)
         if isinstance(sampler, MaskSampler) and ablation_fraction is not None and \
                 float(ablation_fraction) != float(sampler.ablation_fraction):
             ablation_fraction = None  # the instance's own fraction wins over the default
@@ -77,10 +78,10 @@ class CollectionSettings:
                 " pass target=... (or batches of (inputs, target)), or use output='logit' for"
                 " a model with one output per example, or a callable"
             )
-        if perturbations_per_eval is not None:
-            perturbations_per_eval = _positive_int("perturbations_per_eval", perturbations_per_eval)
-        if chunk_rows is not None:
-            chunk_rows = _positive_int("chunk_rows", chunk_rows)
+        perturbations_per_eval = check_optional_positive_int("perturbations_per_eval",
+                                                             perturbations_per_eval)
+        chunk_rows = check_optional_positive_int("chunk_rows", chunk_rows)
+        max_rows = check_positive_int("max_rows", max_rows)
         if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool):
             raise TypeError(f"seed must be an integer, got {seed!r}")
         if components.model.training:
@@ -89,8 +90,7 @@ class CollectionSettings:
                 " statistics of different masks in one forward pass and dropout adds noise to"
                 " every output; call model.eval() before COAR", UserWarning, stacklevel=3)
         return cls(components, forward_func, resolved, resolve_ablation(ablation), output_fn,
-                   int(seed), n_masks, perturbations_per_eval, _positive_int("max_rows", max_rows),
-                   chunk_rows)
+                   int(seed), n_masks, perturbations_per_eval, max_rows, chunk_rows)
 
     def chunk_size(self, n_examples: int) -> int:
         """Mask rows per pass over the data (default: bounded memory, multiple of 64)."""
@@ -120,12 +120,6 @@ class CollectionSettings:
             "captum_coar_version": __version__,
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
-
-
-def _positive_int(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or int(value) < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return int(value)
 
 
 def stats_device(components: ComponentSet) -> torch.device:

@@ -27,6 +27,7 @@ import torch
 from captum.attr import GradientAttribution
 from torch import Tensor
 
+from .._checks import check_optional_positive_int, check_positive_int
 from ..ablation import AblationStrategy, resolve_ablation
 from ..components import ComponentSet
 from ..engine import as_tuple, input_tuple, slice_target
@@ -43,22 +44,6 @@ OutputSpec = Union[None, str, OutputFunction, Callable[..., Tensor]]
 Attributions = Union[Tensor, Tuple[Tensor, ...]]
 #: attributions, or ``(attributions, delta)`` with ``return_convergence_delta=True``.
 AttributionsWithDelta = Union[Attributions, Tuple[Attributions, Tensor]]
-
-
-def check_positive_int(name: str, value: Any) -> int:
-    """``value`` as an int >= 1; ``ValueError`` naming ``name`` otherwise."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return int(value)
-
-
-def check_optional_positive_int(name: str, value: Any) -> Optional[int]:
-    """``value`` as an int >= 1, or None; ``ValueError`` naming ``name`` otherwise."""
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive integer or None, got {value!r}")
-    return int(value)
 
 
 def format_inputs(inputs: Any, additional_forward_args: Any) -> Tuple[Tuple[Tensor, ...],

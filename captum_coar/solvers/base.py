@@ -92,12 +92,6 @@ class FitResult:
         }
 
 
-def _check_positive_int(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}.")
-    return int(value)
-
-
 def _check_positive_float(name: str, value: Any, allow_zero: bool = False) -> float:
     ok = isinstance(value, numbers.Real) and not isinstance(value, bool)
     if ok:

@@ -24,11 +24,11 @@ from typing import Any, Dict, Optional, Sequence, Tuple
 
 import torch
 
+from .._checks import check_positive_int
 from .base import (
     FitResult,
     Solver,
     _check_positive_float,
-    _check_positive_int,
     _check_selection,
     _fit_path,
     _resolve_alphas,
@@ -152,13 +152,13 @@ class Lasso(Solver):
         alphas = _resolve_alphas("Lasso", self.alpha, self.alphas, default=None)
         selection = _check_selection(self.selection)
         tol = _check_positive_float("Lasso tol", self.tol)
-        max_iter = _check_positive_int("Lasso max_iter", self.max_iter)
-        check_every = _check_positive_int("Lasso check_every", self.check_every)
+        max_iter = check_positive_int("Lasso max_iter", self.max_iter)
+        check_every = check_positive_int("Lasso check_every", self.check_every)
         m = stats.count
         sxx, sxy, syy = stats.centered()
         C, c, yy = sxx / m, sxy / m, syy / m
         if alphas is None:
-            n_alphas = _check_positive_int("Lasso n_alphas", self.n_alphas)
+            n_alphas = check_positive_int("Lasso n_alphas", self.n_alphas)
             eps = _check_positive_float("Lasso eps", self.eps)
             if eps >= 1:
                 raise ValueError(f"Lasso eps must be in (0, 1), got {eps!r}.")

@@ -29,12 +29,12 @@ from typing import Iterator, NamedTuple, Optional, Tuple
 
 import torch
 
+from .._checks import check_positive_int
 from .base import (
     ChunkSource,
     FitResult,
     StreamingSolver,
     _check_positive_float,
-    _check_positive_int,
 )
 from .statistics import SufficientStatistics, _describe_nonfinite
 
@@ -119,12 +119,12 @@ class MinibatchRidge(StreamingSolver):
 
     def _validate(self) -> _Params:
         alpha = _check_positive_float("MinibatchRidge alpha", self.alpha, allow_zero=True)
-        epochs = _check_positive_int("MinibatchRidge epochs", self.epochs)
+        epochs = check_positive_int("MinibatchRidge epochs", self.epochs)
         lr = _check_positive_float("MinibatchRidge lr", self.lr)
         eps = _check_positive_float("MinibatchRidge eps", self.eps)
         batch_size = None
         if self.batch_size is not None:
-            batch_size = _check_positive_int("MinibatchRidge batch_size", self.batch_size)
+            batch_size = check_positive_int("MinibatchRidge batch_size", self.batch_size)
         b1, b2 = (float(b) for b in self.betas)
         if not (0 <= b1 < 1 and 0 <= b2 < 1):
             raise ValueError(f"MinibatchRidge betas must be in [0, 1), got {self.betas!r}.")

@@ -1,4 +1,5 @@
-"""Helpers for the COAR tests: a tiny CNN trained on scikit-learn's digits (cached)."""
+"""Helpers shared by the COAR, store and evaluation tests: a tiny CNN trained on scikit-learn's
+digits (cached) and a forward function that counts its calls (and can simulate a crash)."""
 
 from __future__ import annotations
 
@@ -50,3 +51,16 @@ def digits_cnn(epochs: int = 8):
     for p in model.parameters():
         p.requires_grad_(False)
     return model, x[test], y[test]
+
+
+class CountingForward:
+    """Forward function that counts calls and, with ``fail_after``, crashes after that many."""
+
+    def __init__(self, model, fail_after=None):
+        self.model, self.fail_after, self.calls = model, fail_after, 0
+
+    def __call__(self, *args):
+        self.calls += 1
+        if self.fail_after is not None and self.calls > self.fail_after:
+            raise KeyboardInterrupt("simulated crash")
+        return self.model(*args)

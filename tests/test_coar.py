@@ -24,15 +24,6 @@ from captum_coar.solvers import Lasso, LeastSquares, MinibatchRidge, Ridge
 from captum_coar.stores import InMemoryStore
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """The test machine's cores are shared: one thread avoids oversubscription stalls."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _additive(n=6, dtype=torch.float64):
     torch.manual_seed(0)
     model = AdditiveModel(n_in=6, n_hidden=12, n_classes=3).to(dtype).eval()

@@ -5,6 +5,7 @@ import warnings
 
 import pytest
 import torch
+from coar_helpers import CountingForward
 from toy_models import AdditiveModel, ConvNet, randomise_batchnorm
 
 from captum_coar import conv_filters, linear_neurons
@@ -27,15 +28,6 @@ def additive():
     with torch.no_grad():
         effects = model.single_effects(x, target)
     return model, components, x, target, effects
-
-
-class CountingForward:
-    def __init__(self, model):
-        self.model, self.calls = model, 0
-
-    def __call__(self, *args):
-        self.calls += 1
-        return self.model(*args)
 
 
 def test_true_effects_give_correlation_one_at_every_alpha(additive):

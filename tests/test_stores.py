@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from coar_helpers import CountingForward
 from torch.utils.data import DataLoader, TensorDataset
 from toy_models import ConvNet, randomise_batchnorm
 
@@ -21,14 +22,6 @@ SETTINGS = dict(n_masks=N_MASKS, ablation_fraction=0.2, seed=0, chunk_rows=32,
                 perturbations_per_eval=8)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def setup():
     torch.manual_seed(0)
@@ -38,19 +31,6 @@ def setup():
     x, y = torch.randn(20, 1, 6, 6, generator=g), torch.randint(0, 10, (20,), generator=g)
     loader = DataLoader(TensorDataset(x, y), batch_size=8)  # batches of 8, 8, 4
     return model, components, x, y, loader
-
-
-class Counting:
-    """Forward function that counts calls and can fail after a given number of them."""
-
-    def __init__(self, model, fail_after=None):
-        self.model, self.fail_after, self.calls = model, fail_after, 0
-
-    def __call__(self, x):
-        self.calls += 1
-        if self.fail_after is not None and self.calls > self.fail_after:
-            raise KeyboardInterrupt("simulated crash")
-        return self.model(x)
 
 
 def _files(path):
@@ -71,7 +51,7 @@ def _assert_same_store(a, b):
 def reference_store(setup, tmp_path_factory):
     model, components, _, _, loader = setup
     path = tmp_path_factory.mktemp("reference") / "store"
-    counter = Counting(model)
+    counter = CountingForward(model)
     collect(counter, components, loader, str(path), **SETTINGS)
     return path, counter.calls
 
@@ -113,19 +93,19 @@ def test_resume_after_crash_is_bit_identical(setup, reference_store, tmp_path):
     reference, full_calls = reference_store
     path = tmp_path / "store"
     # 32 rows per chunk, 8 per pass, 3 batches: 12 calls per chunk; call 19 is chunk 1, batch 1
-    crashing = Counting(model, fail_after=18)
+    crashing = CountingForward(model, fail_after=18)
     with pytest.raises(KeyboardInterrupt):
         collect(crashing, components, loader, path, **SETTINGS)
     partial = MemmapStore(path, read_only=True)
     progress = partial.progress()
     assert 0 < partial.n_completed < N_MASKS
     assert set(np.unique(progress)) == {0, 8, 20}  # rows 32..63 hold their first batch
-    resumed = Counting(model)
+    resumed = CountingForward(model)
     collect(resumed, components, loader, path, **SETTINGS)
     _assert_same_store(reference, path)
     # nothing committed is recomputed: chunk 0 and chunk 1's first batch (16 calls) are kept
     assert full_calls == 45 and resumed.calls == full_calls - 16
-    again = Counting(model)
+    again = CountingForward(model)
     collect(again, components, loader, path, **SETTINGS)
     assert again.calls == 0  # complete rows are skipped
 
@@ -134,7 +114,7 @@ def test_resume_in_memory_store(setup):
     model, components, _, _, loader = setup
     store = InMemoryStore()
     with pytest.raises(KeyboardInterrupt):
-        collect(Counting(model, fail_after=30), components, loader, store, **SETTINGS)
+        collect(CountingForward(model, fail_after=30), components, loader, store, **SETTINGS)
     assert 0 < store.n_completed < N_MASKS
     collect(model, components, loader, store, **SETTINGS)
     whole = collect(model, components, loader, InMemoryStore(), **SETTINGS)

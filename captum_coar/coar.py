@@ -46,7 +46,7 @@ from .collection import (
     validation_split,
 )
 from .components import ComponentSet
-from .engine import TensorOrTuple, as_tuple
+from .engine import TensorOrTuple
 from .fingerprint import model_fingerprint
 from .outputs import OutputFunction
 from .sampling import MaskSampler
@@ -191,10 +191,7 @@ class ComponentAblationRegression(PerturbationAttribution):
             tuple (Captum's tuple-in, tuple-out convention, which ``captum.metrics`` rely on);
             ``self.last_result_`` holds the full result.
         """
-        inputs_t = as_tuple(inputs)
-        if not inputs_t or not all(isinstance(x, torch.Tensor) for x in inputs_t):
-            raise TypeError("inputs must be a tensor or a tuple of tensors with the batch on dim 0")
-        data = tensor_batches(inputs_t, target, additional_forward_args)
+        data = tensor_batches(inputs, target, additional_forward_args)  # checks the inputs
         n_masks = self._default_n_masks(n_masks)
         resolved = self._prepare(n_masks, ablation_fraction, sampler, output, target is not None,
                                  seed, perturbations_per_eval, max_rows, solver,

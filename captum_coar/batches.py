@@ -51,10 +51,6 @@ def tensor_batches(inputs: Union[Tensor, Tuple[Tensor, ...]], target: Any = None
     """In-memory tensors as a list of ``(inputs, target, additional_forward_args)`` batches."""
     inputs_t = input_tuple(inputs)
     n = inputs_t[0].shape[0]
-    for x in inputs_t:
-        if x.shape[0] != n:
-            raise ValueError(f"all inputs must have the same number of rows; got"
-                             f" {[tuple(t.shape) for t in inputs_t]}")
     size = n if batch_size is None else int(batch_size)
     if size < 1:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size}")

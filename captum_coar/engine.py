@@ -61,13 +61,20 @@ def repeat_rows(values: Tuple[Any, ...], repeats: int, n_rows: int) -> Tuple[Any
 
 
 def input_tuple(inputs: Any) -> Tuple[Tensor, ...]:
-    """``inputs`` as a tuple of tensors with a batch dim; ``TypeError`` for anything else."""
+    """``inputs`` as a tuple of tensors with the same number of rows on dim 0.
+
+    ``TypeError`` for anything but a tensor or a tuple of tensors, ``ValueError`` when the
+    tensors disagree on the number of rows.
+    """
     inputs_t = as_tuple(inputs)
     if not inputs_t or not all(isinstance(x, Tensor) and x.dim() > 0 for x in inputs_t):
         raise TypeError(
             "inputs must be a tensor or a tuple of tensors with the batch on dim 0, got"
             f" {type(inputs).__name__}"
         )
+    if any(x.shape[0] != inputs_t[0].shape[0] for x in inputs_t):
+        raise ValueError(f"all inputs must have the same number of rows; got"
+                         f" {[tuple(x.shape) for x in inputs_t]}")
     return inputs_t
 
 

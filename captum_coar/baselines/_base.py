@@ -51,9 +51,6 @@ def format_inputs(inputs: Any, additional_forward_args: Any) -> Tuple[Tuple[Tens
     """``(inputs tuple, extra args tuple, batch size)`` after checking the batch dims agree."""
     inputs_t = input_tuple(inputs)
     n_rows = inputs_t[0].shape[0]
-    sizes = [x.shape[0] for x in inputs_t]
-    if any(s != n_rows for s in sizes):
-        raise ValueError(f"every input must have the same batch size on dim 0, got {sizes}")
     if n_rows < 1:
         raise ValueError("inputs hold no examples (batch size 0)")
     return inputs_t, as_tuple(additional_forward_args), n_rows

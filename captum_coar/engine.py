@@ -11,10 +11,12 @@ budget, examples are split too. The model's weights are never modified: gates ac
 the hooks of :mod:`captum_coar.gates`. Results do not depend on ``p`` beyond float rounding of
 the model's own batched arithmetic.
 
-Helpers shared by the attribution classes live here as well: tuple handling of ``inputs`` and
-``additional_forward_args`` (Captum's conventions), slicing rows (and ``target``) in
-consecutive batches, repeating rows and expanding ``target`` to repeated rows, and setting the
-per-row gates of entered hooks for one forward pass (:func:`gates_applied`).
+Helpers shared by the attribution classes live here as well: tuple handling and checking of
+``inputs`` and ``additional_forward_args`` (Captum's conventions; :func:`input_tuple`),
+slicing rows and ``target`` in consecutive batches (:func:`example_batches`), repeating rows
+and expanding ``target`` to repeated rows, setting the per-row gates of entered hooks for one
+forward pass (:func:`gates_applied`) and checking that an output function gave one value per
+row (:func:`checked_outputs`).
 """
 
 from __future__ import annotations

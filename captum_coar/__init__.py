@@ -21,6 +21,10 @@ from .stores import InMemoryStore, MaskOutputStore, MemmapStore
 from .fingerprint import model_fingerprint
 from .collection import CollectedStatistics, collect, collect_statistics, tensor_batches
 from .coar import COARResult, ComponentAblationRegression
+from .shards import (collect_shard, collect_statistics_shard, load_statistics, merge_statistics,
+                     save_statistics, shard_rows)
+from .distributed import (all_reduce_statistics, collect_distributed,
+                          collect_statistics_distributed)
 from .baselines import (ComponentAblation, ComponentAttributionPatching,
                         ComponentConductance, ComponentGradientXParameter,
                         ComponentIntegratedGradients, ComponentInternalInfluence)
@@ -49,6 +53,10 @@ __all__ = [
     "SufficientStatistics", "FitResult", "Solver", "StreamingSolver", "LeastSquares", "Ridge",
     "Lasso", "MinibatchRidge", "resolve_solver", "SingularMatrixWarning", "ConvergenceWarning",
     "ComponentAblationRegression", "COARResult",
+    # many processes, machines or jobs
+    "shard_rows", "collect_shard", "collect_statistics_shard", "save_statistics",
+    "load_statistics", "merge_statistics", "collect_statistics_distributed",
+    "collect_distributed", "all_reduce_statistics",
     # baselines and Captum interop
     "ComponentAblation", "ComponentAttributionPatching", "ComponentIntegratedGradients",
     "ComponentGradientXParameter", "ComponentConductance", "ComponentInternalInfluence",

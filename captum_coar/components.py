@@ -31,6 +31,7 @@ import json
 from dataclasses import asdict, dataclass
 from typing import Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
+import torch
 from torch import Tensor, nn
 
 __all__ = [
@@ -212,6 +213,31 @@ class ComponentSet:
         return out
 
     # ----------------------------------------------------------------- identity
+    def subset(
+        self,
+        kinds: Optional[Sequence[str]] = None,
+        include: NamePatterns = None,
+        exclude: NamePatterns = None,
+    ) -> Tuple["ComponentSet", Tensor]:
+        """The groups whose unit kind (``"filter"``, ``"neuron"``, ``"head"``) and module name
+        match, as a new set, with the columns they occupy in this one.
+
+        ``sub, columns = components.subset(kinds=["head"])``: then ``attributions[:, columns]``
+        lines up with ``sub``, and a gate row ``g_sub`` of ``sub`` embeds as
+        ``full = ones; full[:, columns] = g_sub``.
+        """
+        from .selectors import name_filter
+
+        keep = name_filter(include, exclude)
+        chosen = [p for p, g in enumerate(self.groups)
+                  if (kinds is None or g.kind in kinds) and keep(g.module_name)]
+        if not chosen:
+            raise ValueError(
+                f"no group matches kinds={kinds!r}, include={include!r}, exclude={exclude!r};"
+                f" groups are {[(g.module_name, g.kind) for g in self.groups]}")
+        columns = torch.cat([torch.arange(self.offsets[p], self.offsets[p + 1]) for p in chosen])
+        return ComponentSet(self.model, [self.groups[p] for p in chosen]), columns
+
     def describe(self) -> List[dict]:
         return [asdict(g) for g in self.groups]
 

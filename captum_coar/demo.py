@@ -213,7 +213,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--n-masks", type=int, default=None, help="COAR's number of masks")
     parser.add_argument("--n-examples", type=int, default=None, help="test examples explained")
     parser.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch CPU threads (default: torch's choice; 1 is steadier on a"
+                             " busy machine)")
     args = parser.parse_args(argv)
+    if args.threads is not None:
+        if args.threads < 1:
+            parser.error(f"--threads must be a positive integer, got {args.threads}")
+        torch.set_num_threads(args.threads)
     try:
         run_demo(args.output_dir, seed=args.seed, quick=args.quick, ablation_fraction=args.alpha,
                  test_fractions=args.test_alphas, n_masks=args.n_masks,

@@ -16,7 +16,8 @@ Implementations (names accepted by :func:`resolve_output`):
 - ``"log_prob"``: log-softmax probability of the target;
 - ``"loss"``: cross-entropy of the target (higher = worse);
 - ``"sequence_margin"``: mean next-token margin over a sequence: at position ``t`` the logit of
-  token ``target[t + 1]`` minus the largest other logit, averaged over positions;
+  token ``target[t + 1]`` minus the largest other logit, averaged over all positions; pass
+  ``SequenceMargin(start=s)`` to average only from position ``s`` (e.g. a repeated half);
 - any callable ``f(model_output, target) -> (batch,)``.
 """
 

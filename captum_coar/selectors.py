@@ -51,7 +51,7 @@ def select_groups(
     unknown = [k for k in kinds if k not in KINDS]
     if unknown or not kinds:
         raise ValueError(f"kinds={list(kinds)!r} is not allowed; choose from {KINDS}")
-    keep = _name_filter(include, exclude)
+    keep = name_filter(include, exclude)
     groups: List[ComponentGroup] = []
     head_projections = _find_head_projections(model) if "attention_heads" in kinds else {}
     mha_out_projs = {f"{n}.out_proj" for n, m in model.named_modules()
@@ -153,7 +153,7 @@ def _as_list(names: Union[str, Sequence[str]]) -> List[str]:
     return [names] if isinstance(names, str) else list(names)
 
 
-def _name_filter(include: NamePatterns, exclude: NamePatterns) -> Callable[[str], bool]:
+def name_filter(include: NamePatterns, exclude: NamePatterns) -> Callable[[str], bool]:
     def matcher(patterns: NamePatterns, default: bool) -> Callable[[str], bool]:
         if patterns is None:
             return lambda name: default

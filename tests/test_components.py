@@ -93,3 +93,18 @@ def test_bad_specs_raise_clear_errors():
         ComponentSet(model, [ComponentGroup("embed", "neuron", 16)] * 2)
     with pytest.raises(ValueError, match="found no attention module in Sequential"):
         attention_heads(nn.Sequential(nn.Linear(2, 2)))
+
+
+def test_subset_by_kind_and_name_maps_columns_back():
+    model = tiny_gpt2()
+    full = ComponentSet.from_model(model, kinds=("attention_heads", "linear_neurons"),
+                                   include="transformer.h.*")
+    heads, columns = full.subset(kinds=["head"])
+    assert all(g.kind == "head" for g in heads) and heads.n_components == 8
+    assert [full.labels[int(c)] for c in columns] == heads.labels
+    first, cols0 = full.subset(include="transformer.h.0.*", exclude="*c_attn")
+    assert {g.module_name for g in first} == {"transformer.h.0.attn.c_proj",
+                                              "transformer.h.0.mlp.c_fc", "transformer.h.0.mlp.c_proj"}
+    assert [full.labels[int(c)] for c in cols0] == first.labels
+    with pytest.raises(ValueError, match="no group matches kinds=\\['filter'\\]"):
+        full.subset(kinds=["filter"])

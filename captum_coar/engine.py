@@ -6,8 +6,9 @@ Contract
 True = kept) and ``b`` examples and returns the output of every (row, example) pair as a
 ``(k, b)`` tensor. ``p`` rows at a time run as ONE forward pass of ``p * b`` inputs laid out
 row-major (input row ``i * b + j`` is example ``j`` under gate row ``i``), with ``p`` chosen
-from ``perturbations_per_eval`` or the ``max_rows`` budget; when ``b`` alone exceeds the
-budget, examples are split too. The model's weights are never modified: gates act through
+from ``perturbations_per_eval`` or the ``max_rows`` budget (default by device: 256 rows on a
+CPU, where larger batches run slower per row, 4096 on an accelerator); when ``b`` alone exceeds
+the budget, examples are split too. The model's weights are never modified: gates act through
 the hooks of :mod:`captum_coar.gates`. Results do not depend on ``p`` beyond float rounding of
 the model's own batched arithmetic.
 
@@ -34,9 +35,11 @@ from .outputs import OutputFunction, resolve_output
 
 __all__ = ["evaluate_masks", "gated_outputs", "as_tuple", "input_tuple", "slice_rows",
            "slice_target", "example_batches", "repeat_rows", "expand_target", "rows_per_pass",
-           "progress", "gates_applied", "checked_outputs"]
+           "progress", "gates_applied", "checked_outputs", "default_max_rows"]
 
 TensorOrTuple = Union[Tensor, Tuple[Tensor, ...]]
+CPU_MAX_ROWS = 256
+ACCELERATOR_MAX_ROWS = 4096
 
 
 def as_tuple(inputs: Any) -> Tuple[Any, ...]:
@@ -124,12 +127,26 @@ def _has_rows(value: Any, n_rows: int) -> bool:
     return isinstance(value, Tensor) and value.dim() > 0 and value.shape[0] == n_rows
 
 
-def rows_per_pass(n_examples: int, perturbations_per_eval: Optional[int], max_rows: int) -> int:
-    """Gate rows per forward pass: the user's choice, else as many as ``max_rows`` allows."""
+def default_max_rows(device: Union[torch.device, str, None]) -> int:
+    """Default forward-pass row budget on ``device``: 256 on a CPU, 4096 on an accelerator.
+
+    On a CPU the time per row of a conv net or a small transformer stays flat up to a few
+    hundred rows per batch and then grows (about 3x at 4096 rows, once activations spill out
+    of the caches; see ``benchmarks/speed.py``); accelerators want large batches.
+    """
+    return CPU_MAX_ROWS if torch.device(device or "cpu").type == "cpu" else ACCELERATOR_MAX_ROWS
+
+
+def rows_per_pass(n_examples: int, perturbations_per_eval: Optional[int],
+                  max_rows: Optional[int], device: Union[torch.device, str, None] = None) -> int:
+    """Gate rows per forward pass: the user's choice, else as many as ``max_rows`` allows
+    (``None``: :func:`default_max_rows` of ``device``)."""
     if perturbations_per_eval is not None:
         if int(perturbations_per_eval) < 1:
             raise ValueError(f"perturbations_per_eval must be a positive integer, got {perturbations_per_eval}")
         return int(perturbations_per_eval)
+    if max_rows is None:
+        max_rows = default_max_rows(device)
     if max_rows < 1:
         raise ValueError(f"max_rows must be a positive integer, got {max_rows}")
     return max(1, max_rows // max(1, n_examples))
@@ -197,8 +214,11 @@ def gated_outputs(
     n_examples, n_gate_rows = inputs[0].shape[0], gates.shape[0]
     if gates.dim() == 3:
         row_gates = gates.reshape(n_gate_rows * n_examples, -1)
+    elif n_examples > 1:  # row i * b + j = gate row i (a copy, as repeat_interleave gives)
+        row_gates = gates.unsqueeze(1).expand(-1, n_examples, -1).reshape(
+            n_gate_rows * n_examples, -1)
     else:
-        row_gates = gates.repeat_interleave(n_examples, dim=0) if n_examples > 1 else gates
+        row_gates = gates
     example_index = (torch.arange(n_examples, device=gates.device) + example_offset
                      ).repeat(n_gate_rows)
     with gates_applied(hooks, row_gates, example_index):
@@ -219,7 +239,7 @@ def evaluate_masks(
     output: Union[str, OutputFunction, Callable[..., Tensor], None] = None,
     ablation: Union[str, AblationStrategy] = "weights",
     perturbations_per_eval: Optional[int] = None,
-    max_rows: int = 4096,
+    max_rows: Optional[int] = None,
     show_progress: bool = False,
     hooks: Optional[ComponentGates] = None,
     example_offset: int = 0,
@@ -233,6 +253,8 @@ def evaluate_masks(
         output: output function (see :mod:`captum_coar.outputs`); default margin with a
             target, logit without.
         perturbations_per_eval: gate rows per forward pass; default ``max_rows // b``.
+        max_rows: rows per forward pass when ``perturbations_per_eval`` is None; None = the
+            model's device's default (:func:`default_max_rows`: 256 on a CPU, 4096 else).
         hooks: an already-entered :class:`ComponentGates` to reuse (for loops over batches).
         example_offset: index of the first example of ``inputs`` in the whole data set (so
             resample ablation pairs examples with the same reference rows in every batching).
@@ -250,6 +272,8 @@ def evaluate_masks(
     n_examples, n_masks = inputs_t[0].shape[0], masks.shape[0]
     device = next(components.model.parameters()).device
     gates_all = masks.to(device=device, dtype=torch.float32)
+    if max_rows is None:
+        max_rows = default_max_rows(device)
     example_chunk = min(n_examples, max_rows) if perturbations_per_eval is None else n_examples
     per_pass = rows_per_pass(example_chunk, perturbations_per_eval, max_rows)
     results = torch.empty(n_masks, n_examples)

@@ -5,8 +5,10 @@ Contract
 Inside ``with ComponentGates(components, ablation) as gates:``, every group's module is
 hooked at its site. When ``gates.values`` is a tensor of shape ``(batch, n_components)`` (or
 ``(1, n_components)``, broadcast to any batch), each activation ``a`` becomes
-``r + g * (a - r)`` where ``r`` is the ablation strategy's replacement; when it is None the
-hooks leave activations untouched. Gradients flow through the gates. Hooks (and the
+``r + g * (a - r)`` (``torch.lerp``) where ``r`` is the ablation strategy's replacement; when
+it is None the hooks leave activations untouched. Gradients flow through the gates. Outside
+autograd, the fresh output of a Linear / ConvNd / Conv1D module hooked only by us is gated in
+place (no second activation is allocated); everywhere else a new tensor is returned. Hooks (and the
 ``nn.MultiheadAttention`` patch below) are removed in ``finally``, after success or an
 exception; model parameters are never written.
 
@@ -30,9 +32,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .ablation import AblationStrategy, resolve_ablation
-from .components import ComponentGroup, ComponentSet
+from .components import ComponentGroup, ComponentSet, is_hf_conv1d
 
 __all__ = ["ComponentGates", "ablated", "record_activations", "expand_gate"]
+
+# Modules whose forward returns a newly allocated tensor (never a view of an input or state).
+_FRESH_OUTPUT_TYPES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
 
 def expand_gate(gate: Tensor, group: ComponentGroup, activation: Tensor) -> Tensor:
@@ -135,9 +140,30 @@ class ComponentGates:
         columns = self.values[:, self.components.group_slice(position)]
         gate = expand_gate(columns.to(activation.dtype), group, activation)
         replacement = self.strategy.replacement(group, module, activation, self.example_index)
+        # Overwriting a fresh output saves allocating (and page-faulting) a second activation.
+        out = activation if self._may_overwrite(group, module, activation, gate) else None
         if isinstance(replacement, float) and replacement == 0.0:
-            return activation * gate
-        return replacement + gate * (activation - replacement)
+            return activation * gate if out is None else activation.mul_(gate)
+        if not isinstance(replacement, Tensor):
+            replacement = torch.tensor(float(replacement), dtype=activation.dtype,
+                                       device=activation.device)
+        # lerp(r, a, g) = r + g * (a - r), exactly a at g = 1 and exactly r at g = 0.
+        return torch.lerp(replacement, activation, gate, out=out)
+
+    def _may_overwrite(self, group: ComponentGroup, module: nn.Module, activation: Tensor,
+                       gate: Tensor) -> bool:
+        """True when gating may write into ``activation``: nothing needs its original value.
+
+        That holds for the freshly allocated output of a Linear / ConvNd / Conv1D module whose
+        only forward hook is ours, outside autograd (neither the activation nor the gates
+        require grad) and when activations are not being recorded.
+        """
+        if self.record or group.site != "output" or activation.requires_grad or gate.requires_grad:
+            return False
+        if not (type(module) in _FRESH_OUTPUT_TYPES or is_hf_conv1d(module)):
+            return False
+        global_hooks = getattr(nn.modules.module, "_global_forward_hooks", None)
+        return len(module._forward_hooks) == 1 and not global_hooks
 
     def _make_hook(self, position: int, group: ComponentGroup, module: nn.Module) -> Callable:
         if group.site == "output":

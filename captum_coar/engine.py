@@ -6,7 +6,7 @@ Contract
 True = kept) and ``b`` examples and returns the output of every (row, example) pair as a
 ``(k, b)`` tensor. ``p`` rows at a time run as ONE forward pass of ``p * b`` inputs laid out
 row-major (input row ``i * b + j`` is example ``j`` under gate row ``i``), with ``p`` chosen
-from ``perturbations_per_eval`` or the ``max_rows`` budget (default by device: 256 rows on a
+from ``perturbations_per_eval`` or the ``max_rows`` budget (default by device: 128 rows on a
 CPU, where larger batches run slower per row, 4096 on an accelerator); when ``b`` alone exceeds
 the budget, examples are split too. The model's weights are never modified: gates act through
 the hooks of :mod:`captum_coar.gates`. Results do not depend on ``p`` beyond float rounding of
@@ -38,7 +38,7 @@ __all__ = ["evaluate_masks", "gated_outputs", "as_tuple", "input_tuple", "slice_
            "progress", "gates_applied", "checked_outputs", "default_max_rows"]
 
 TensorOrTuple = Union[Tensor, Tuple[Tensor, ...]]
-CPU_MAX_ROWS = 256
+CPU_MAX_ROWS = 128
 ACCELERATOR_MAX_ROWS = 4096
 
 
@@ -128,11 +128,12 @@ def _has_rows(value: Any, n_rows: int) -> bool:
 
 
 def default_max_rows(device: Union[torch.device, str, None]) -> int:
-    """Default forward-pass row budget on ``device``: 256 on a CPU, 4096 on an accelerator.
+    """Default forward-pass row budget on ``device``: 128 on a CPU, 4096 on an accelerator.
 
-    On a CPU the time per row of a conv net or a small transformer stays flat up to a few
-    hundred rows per batch and then grows (about 3x at 4096 rows, once activations spill out
-    of the caches; see ``benchmarks/speed.py``); accelerators want large batches.
+    On a CPU the time per row of a small conv net or transformer is lowest at about 64-128
+    rows per batch and grows beyond (about 1.3x at 256-512 rows and 3x at 4096, once the
+    activations spill out of the caches; ``benchmarks/speed.py``); accelerators want large
+    batches.
     """
     return CPU_MAX_ROWS if torch.device(device or "cpu").type == "cpu" else ACCELERATOR_MAX_ROWS
 
@@ -254,7 +255,7 @@ def evaluate_masks(
             target, logit without.
         perturbations_per_eval: gate rows per forward pass; default ``max_rows // b``.
         max_rows: rows per forward pass when ``perturbations_per_eval`` is None; None = the
-            model's device's default (:func:`default_max_rows`: 256 on a CPU, 4096 else).
+            model's device's default (:func:`default_max_rows`: 128 on a CPU, 4096 else).
         hooks: an already-entered :class:`ComponentGates` to reuse (for loops over batches).
         example_offset: index of the first example of ``inputs`` in the whole data set (so
             resample ablation pairs examples with the same reference rows in every batching).

@@ -105,9 +105,9 @@ def test_outputs_of_other_modules_are_not_written_in_place(ablation):
 
 
 def test_default_row_budget_follows_the_device():
-    assert default_max_rows("cpu") == 256
+    assert default_max_rows("cpu") == 128
     assert default_max_rows(torch.device("cuda", 0)) == 4096
-    assert rows_per_pass(32, None, None, "cpu") == 8
+    assert rows_per_pass(32, None, None, "cpu") == 4
     assert rows_per_pass(32, None, 64) == 2
     model, components, x, _ = _setup()
     x = torch.randn(100, 1, 8, 8)
@@ -118,4 +118,4 @@ def test_default_row_budget_follows_the_device():
         evaluate_masks(model, components, x, masks, target=0)
     finally:
         handle.remove()
-    assert max(sizes) <= 256 and sum(sizes) == 700
+    assert max(sizes) <= 128 and sum(sizes) == 700

@@ -58,7 +58,7 @@ GPU_NOTE = ("No GPU was lent to the task that produced these results, so every p
 SIZES: Dict[str, Dict[str, Any]] = {
     "full": dict(rows_per_forward=(128, 512, 4096), throughput_work=4096,
                  reference_sizes=(32, 256, 2048), reference_work=4096,
-                 solver=dict(N=2304, m=20000, n=1000, lasso_examples=5),
+                 solver=dict(N=2304, m=20000, n=1000, lasso_examples=8),
                  memory=dict(mask_counts=(2000, 8000), n_examples=512, hidden=256,
                              chunk_rows=512),
                  conductance=dict(batch=8, n_steps=50), repeats=3),

@@ -10,6 +10,7 @@ environment (threads, device, CPU, load average). Parts missing from ``report`` 
 
 from __future__ import annotations
 
+import statistics
 from typing import Any, Dict, List, Optional
 
 
@@ -124,6 +125,10 @@ def _part_tables(report: Dict[str, Any]) -> List[str]:
         for key, value in agree.items():
             out.append(f"| {key.replace('_', ' ')} | {value['max_abs_diff']:.2e} |"
                        f" {value['relative']:.2e} |")
+        per = sorted(part["sklearn_lasso_per_example_wall_s"])
+        out += ["", f"sklearn Lasso per example (wall, s): min {per[0]:.2f}, median"
+                    f" {statistics.median(per):.2f}, max {per[-1]:.2f} over"
+                    f" {len(per)} examples; the median is extrapolated."]
         out += ["", f"Our Lasso: {part['ours_lasso_n_iter']} FISTA iterations, nonzero fraction"
                     f" {part['ours_lasso_nonzero_fraction']:.3f}; sklearn Lasso iterations on the"
                     f" timed examples: {part['sklearn_lasso_n_iter']}."]

@@ -95,7 +95,7 @@ def _environment(args: argparse.Namespace, device: torch.device) -> Dict[str, An
         "torch_threads": torch.get_num_threads(), "quick": args.quick,
         "load_average_start": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
         "gpu_note": GPU_NOTE if device.type == "cpu" else None,
-        "command": "python benchmarks/speed.py " + " ".join(sys.argv[1:]),
+        "command": " ".join(["python benchmarks/speed.py", *sys.argv[1:]]),
     }
 
 

@@ -159,7 +159,7 @@ class ComponentAblationRegression(PerturbationAttribution):
         seed: int = 0,
         validation_fraction: float = 0.0,
         perturbations_per_eval: Optional[int] = None,
-        max_rows: int = 4096,
+        max_rows: Optional[int] = None,
         show_progress: bool = False,
     ) -> Union[Tensor, Tuple[Tensor]]:
         """COAR attributions ``(batch, n_components)`` for the examples of ``inputs``.
@@ -183,7 +183,8 @@ class ComponentAblationRegression(PerturbationAttribution):
             validation_fraction: share of mask rows held out (for choosing alpha, and for the
                 held-out mse in ``last_result_.diagnostics``).
             perturbations_per_eval: masks per forward pass (default ``max_rows // batch``).
-            max_rows: forward-pass row budget used when ``perturbations_per_eval`` is None.
+            max_rows: forward-pass row budget used when ``perturbations_per_eval`` is None
+                (default: 128 rows on a CPU, 4096 on an accelerator; see engine.default_max_rows).
             show_progress: show a tqdm bar.
 
         Returns:
@@ -285,7 +286,7 @@ class ComponentAblationRegression(PerturbationAttribution):
 
     def _prepare(self, n_masks: int, ablation_fraction: float, sampler: Any, output: OutputLike,
                  has_target: bool, seed: int, perturbations_per_eval: Optional[int],
-                 max_rows: int, solver: SolverLike,
+                 max_rows: Optional[int], solver: SolverLike,
                  validation_fraction: float) -> Union[Solver, StreamingSolver]:
         """Validate everything before any forward pass; return the resolved solver."""
         with warnings.catch_warnings():

@@ -195,7 +195,7 @@ def collect(forward_func: Callable[..., Any], components: ComponentSet, data: It
             ablation: Union[str, AblationStrategy] = "weights",
             output: Union[None, str, OutputFunction, Callable[..., Tensor]] = None,
             seed: int = 0, rows: RowSelection = None,
-            perturbations_per_eval: Optional[int] = None, max_rows: int = 4096,
+            perturbations_per_eval: Optional[int] = None, max_rows: Optional[int] = None,
             chunk_rows: Optional[int] = None, batch_fn: Optional[BatchFn] = None,
             show_progress: bool = False) -> MaskOutputStore:
     """Evaluate mask rows ``rows`` on every example of ``data`` into ``store`` (resumable).
@@ -252,7 +252,7 @@ def collect_statistics(forward_func: Callable[..., Any], components: ComponentSe
                        ablation: Union[str, AblationStrategy] = "weights",
                        output: Union[None, str, OutputFunction, Callable[..., Tensor]] = None,
                        seed: int = 0, rows: RowSelection = None, validation_fraction: float = 0.0,
-                       perturbations_per_eval: Optional[int] = None, max_rows: int = 4096,
+                       perturbations_per_eval: Optional[int] = None, max_rows: Optional[int] = None,
                        chunk_rows: Optional[int] = None, batch_fn: Optional[BatchFn] = None,
                        dtype: torch.dtype = torch.float64, show_progress: bool = False) -> CollectedStatistics:
     """Accumulate sufficient statistics over ``data`` without keeping raw outputs.

@@ -48,7 +48,7 @@ class CollectionSettings:
     seed: int
     n_masks: int
     perturbations_per_eval: Optional[int] = None
-    max_rows: int = 4096
+    max_rows: Optional[int] = None
     chunk_rows: Optional[int] = None
 
     @classmethod
@@ -58,7 +58,7 @@ class CollectionSettings:
               ablation: Union[str, AblationStrategy] = "weights",
               output: Union[None, str, OutputFunction, Callable[..., Tensor]] = None,
               has_target: bool = True, seed: int = 0,
-              perturbations_per_eval: Optional[int] = None, max_rows: int = 4096,
+              perturbations_per_eval: Optional[int] = None, max_rows: Optional[int] = None,
               chunk_rows: Optional[int] = None) -> "CollectionSettings":
         """Resolve and validate every setting (messages say what was given and allowed)."""
         if not isinstance(components, ComponentSet):
@@ -81,7 +81,7 @@ class CollectionSettings:
         perturbations_per_eval = check_optional_positive_int("perturbations_per_eval",
                                                              perturbations_per_eval)
         chunk_rows = check_optional_positive_int("chunk_rows", chunk_rows)
-        max_rows = check_positive_int("max_rows", max_rows)
+        max_rows = check_optional_positive_int("max_rows", max_rows)
         if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool):
             raise TypeError(f"seed must be an integer, got {seed!r}")
         if components.model.training:

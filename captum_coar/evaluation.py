@@ -166,7 +166,7 @@ def counterfactual_correlation(
     fit_seeds: Sequence[int] = (),
     keep_masks: bool = True,
     perturbations_per_eval: Optional[int] = None,
-    max_rows: int = 4096,
+    max_rows: Optional[int] = None,
     show_progress: bool = False,
 ) -> CounterfactualCorrelationResult:
     """Counterfactual correlation of one or many attribution methods (the COAR paper's metric).
@@ -263,7 +263,7 @@ def topk_ablation_curve(
     largest: bool = True,
     max_fraction: float = 0.25,
     n_steps: int = 11,
-    max_rows: int = 4096,
+    max_rows: Optional[int] = None,
     show_progress: bool = False,
 ) -> TopKAblationCurve:
     """Ablate the ``k`` highest (``largest=True``) or lowest attributed components per example.
@@ -288,7 +288,7 @@ def topk_ablation_curve(
         ranks.append(torch.empty_like(order).scatter_(
             1, order, torch.arange(n_comp).expand_as(order).clone()).to(device))
     pairs = [(m, k) for m in range(len(ranks)) for k in k_grid.tolist()]
-    per_pass = rows_per_pass(n_examples, None, max_rows)
+    per_pass = rows_per_pass(n_examples, None, max_rows, device)
     results = []
     bar = progress(len(pairs) * n_examples, show_progress, "top-k ablations")
     try:

@@ -31,7 +31,6 @@ from ._base import (
     ComponentMethod,
     OutputSpec,
     check_optional_positive_int,
-    check_positive_int,
     format_inputs,
     format_result,
 )
@@ -70,7 +69,7 @@ class ComponentAblation(ComponentMethod, PerturbationAttribution):
         perturbations_per_eval: Optional[int] = None,
         show_progress: bool = False,
         output: OutputSpec = None,
-        max_rows: int = 4096,
+        max_rows: Optional[int] = None,
     ) -> Attributions:
         """Leave-one-out effects ``(batch, n_components)``.
 
@@ -78,15 +77,16 @@ class ComponentAblation(ComponentMethod, PerturbationAttribution):
             inputs, target, additional_forward_args, perturbations_per_eval, show_progress:
                 as in Captum's ``FeatureAblation`` (a "perturbation" = one component ablated).
             output: output function name or callable (see :mod:`captum_coar.outputs`).
-            max_rows: rows per forward pass when ``perturbations_per_eval`` is None.
+            max_rows: rows per forward pass when ``perturbations_per_eval`` is None (default:
+                :func:`~captum_coar.engine.default_max_rows` of the model's device).
         """
         output_fn = self._start(output, target)
         inputs_t, extra, n_examples = format_inputs(inputs, additional_forward_args)
         check_optional_positive_int("perturbations_per_eval", perturbations_per_eval)
-        check_positive_int("max_rows", max_rows)
-        per_pass = rows_per_pass(n_examples, perturbations_per_eval, max_rows)
-        n = self.n_components
+        check_optional_positive_int("max_rows", max_rows)
         device = next(self.components.model.parameters()).device
+        per_pass = rows_per_pass(n_examples, perturbations_per_eval, max_rows, device)
+        n = self.n_components
         common = dict(target=target, additional_forward_args=extra or None, output=output_fn,
                       perturbations_per_eval=per_pass)
         bar = progress(n, show_progress, "leave-one-out")

@@ -20,7 +20,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
 if __package__ in (None, ""):  # run as a script: make `benchmarks` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -99,6 +99,43 @@ def _setup_markdown(name: str, entry: Dict[str, Any]) -> List[str]:
     return lines
 
 
+def summary_markdown(data: Dict[str, Any]) -> List[str]:
+    """One table: every method at alpha_test = alpha_train, ours beside the paper's."""
+    columns = []  # (header, setup name, alpha, paper reference or None)
+    pairs = {("resnet", 0.05): "ImageNet ResNet-50", ("resnet", 0.1): "CIFAR-10 ResNet",
+             ("vit", 0.05): "ImageNet ViT-B/16"}
+    for name in SETUP_NAMES:
+        if name not in data["setups"]:
+            continue
+        for alpha in data["setups"][name]["setup"]["alphas_train"]:
+            letter = "ABC"[SETUP_NAMES.index(name)]
+            columns.append((f"ours {letter} ({name}) α={alpha:g}", name, alpha, None))
+            ref = pairs.get((name, round(alpha, 10)))
+            if ref:
+                columns.append((f"paper {ref}", name, alpha, ref))
+    methods: List[str] = ["COAR"]
+    for entry in data["setups"].values():
+        methods += [m for m in entry["methods"] if not m.startswith("COAR") and m not in methods]
+    head = ["method"] + [c[0] for c in columns]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for method in methods:
+        cells = [method]
+        for _, name, alpha, ref in columns:
+            if ref is not None:
+                value = PAPER[ref]["values"].get(method)
+                cells.append("—" if value is None else f"{value:.2f}")
+                continue
+            found = data["setups"][name]["methods"]
+            key = method
+            if method == "COAR":
+                key = next((m for m, v in found.items() if m.startswith("COAR")
+                            and abs(v["alpha_train"] - alpha) < 1e-9), "")
+            value = found.get(key, {}).get("correlation", {}).get(f"{alpha:g}")
+            cells.append("—" if value is None else f"{value['mean']:.2f}")
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
 def markdown(data: Dict[str, Any]) -> str:
     """The markdown report of a merged results dict."""
     lines = ["## Paper table: counterfactual correlation of component attributions", "",
@@ -106,12 +143,14 @@ def markdown(data: Dict[str, Any]) -> str:
              " output under held-out random ablations and the output each method predicts;"
              " the paper's numbers are at alpha_test = alpha_train"
              " (shared/DESIGN.md section 2). Forward equivalents count example forwards, a"
-             " backward as two forwards.", ""]
+             " backward as two forwards.", "",
+             "Summary at alpha_test = alpha_train (ours beside the paper's):", ""]
+    lines += summary_markdown(data) + [""]
     for name in SETUP_NAMES:
         if name in data["setups"]:
             entry = data["setups"][name]
             lines += _setup_markdown(name, entry)
-            lines += [f"Command: `{entry['command']}`", ""]
+            lines += [f"Command: `{entry['command'].strip()}`", ""]
     return "\n".join(lines)
 
 
@@ -165,6 +204,16 @@ def _plots(out_dir: str, results: Dict[str, Any], data: Dict[str, Any], suffix: 
     return files
 
 
+def _rounded(entry: Dict[str, Any], digits: int = 4) -> Dict[str, Any]:
+    """``entry`` with its per-example correlations rounded (keeps the JSON small)."""
+    correlation = entry.get("correlation")
+    if not correlation or "per_example" not in correlation:
+        return entry
+    rows = [[[None if v != v else round(v, digits) for v in per] for per in block]
+            for block in correlation["per_example"]]
+    return {**entry, "correlation": {**correlation, "per_example": rows}}
+
+
 def write_outputs(out_dir: str, results: Dict[str, Any], command: str, quick: bool,
                   plots: bool = True) -> List[str]:
     """Merge into ``paper_table.json``, write ``paper_table.md`` and the plots."""
@@ -177,8 +226,8 @@ def write_outputs(out_dir: str, results: Dict[str, Any], command: str, quick: bo
             data = json.load(handle)
     when = time.strftime("%Y-%m-%d %H:%M:%S")
     for name, entry in results.items():
-        data["setups"][name] = {**{k: v for k, v in entry.items() if k != "_result"},
-                                "command": command, "finished": when}
+        data["setups"][name] = _rounded({**{k: v for k, v in entry.items() if k != "_result"},
+                                         "command": command, "finished": when})
     data["paper"] = PAPER
     data["quick"] = quick
     with open(json_path, "w") as handle:
@@ -190,3 +239,23 @@ def write_outputs(out_dir: str, results: Dict[str, Any], command: str, quick: bo
     if plots:
         files += _plots(out_dir, results, data, suffix)
     return files
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """``python benchmarks/paper_report.py [DIR]``: re-render ``paper_table.md`` from the JSON."""
+    out_dir = (argv if argv is not None else sys.argv[1:]) or [str(Path(__file__).resolve()
+                                                                   .parent / "results")]
+    json_path = os.path.join(out_dir[0], "paper_table.json")
+    with open(json_path) as handle:
+        data = json.load(handle)
+    data["setups"] = {k: _rounded(v) for k, v in data["setups"].items()}
+    with open(json_path, "w") as handle:
+        json.dump(data, handle, indent=1)
+    with open(os.path.join(out_dir[0], "paper_table.md"), "w") as handle:
+        handle.write(markdown(data) + "\n")
+    print(f"re-rendered {json_path} and paper_table.md")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

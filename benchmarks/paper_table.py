@@ -290,8 +290,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 0
     from benchmarks.paper_report import write_outputs
 
-    command = "python benchmarks/paper_table.py " + " ".join(
-        sys.argv[1:] if argv is None else list(argv))
+    command = " ".join(["python benchmarks/paper_table.py"]
+                       + list(sys.argv[1:] if argv is None else argv))
     files = write_outputs(args.out, results, command=command, quick=args.quick,
                           plots=not args.no_plots)
     log(f"wrote {', '.join(files)} to {os.path.abspath(args.out)}")

@@ -138,7 +138,9 @@ class ComponentGates:
         if self.values is None:
             return activation
         columns = self.values[:, self.components.group_slice(position)]
-        gate = expand_gate(columns.to(activation.dtype), group, activation)
+        # Gates may be given on the CPU (ablated(), GatedForward) for a model on an accelerator.
+        gate = expand_gate(columns.to(device=activation.device, dtype=activation.dtype), group,
+                           activation)
         replacement = self.strategy.replacement(group, module, activation, self.example_index)
         # Overwriting a fresh output saves allocating (and page-faulting) a second activation.
         out = activation if self._may_overwrite(group, module, activation, gate) else None

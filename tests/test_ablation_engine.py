@@ -60,6 +60,13 @@ def test_conv_filters_with_and_without_bias_then_batchnorm(ablation):
     _hook_vs_weights(model, conv_filters(model, ["conv1", "conv2"]), x, ablation)
 
 
+@pytest.mark.cuda
+def test_cpu_keep_mask_on_a_cuda_model():
+    model = randomise_batchnorm(ConvNet()).cuda()
+    x = torch.randn(4, 1, 8, 8, device="cuda")
+    _hook_vs_weights(model, conv_filters(model, ["conv1", "conv2"]), x)  # keep mask on the CPU
+
+
 def test_linear_neurons_match_zeroed_rows():
     model = randomise_batchnorm(ConvNet())
     _hook_vs_weights(model, linear_neurons(model, ["fc1"]), torch.randn(4, 1, 8, 8))

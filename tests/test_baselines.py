@@ -30,7 +30,7 @@ from captum_coar.components import (
     conv_filters,
     linear_neurons,
 )
-from captum_coar.edits import _weight_index
+from captum_coar.edits import _weight_index, zero_components
 from captum_coar.gates import ablated
 from captum_coar.interop import GatedForward
 from captum_coar.outputs import resolve_output
@@ -331,7 +331,17 @@ def test_gradient_x_parameter_on_gpt2_conv1d_layouts():
     direct = direct_gradient_x_parameter(model, components, ids, ids, SequenceMargin())
     assert_close(ours, direct)
     loo = ComponentAblation(model, components).attribute(ids, target=ids, output=SequenceMargin())
-    assert loo.shape == ours.shape and torch.isfinite(loo).all()
+    assert loo.shape == ours.shape
+    # leave-one-out through the gates equals zeroing the Conv1D weight slices (heads: rows of
+    # c_proj's [in, out] weight; neurons: columns of c_fc's)
+    with torch.no_grad():
+        full = SequenceMargin()(model(ids), ids)
+        for c in (0, 3, components.n_components - 1):
+            keep = torch.ones(components.n_components, dtype=torch.bool)
+            keep[c] = False
+            with zero_components(components, keep):
+                edited = SequenceMargin()(model(ids), ids)
+            torch.testing.assert_close(loo[:, c], full - edited, atol=1e-5, rtol=1e-4)
 
 
 def test_gradient_x_parameter_rejects_components_without_weights(convnet):
@@ -432,3 +442,7 @@ def test_methods_run_inside_noise_tunnel(convnet):
             x, nt_samples=3, stdevs=0.1, target=target)
         assert smoothed.shape == (4, components.n_components)
         assert torch.isfinite(smoothed).all()
+        # without noise, the smoothed attributions (run under torch.no_grad) are the plain ones
+        noiseless = NoiseTunnel(cls(model, components)).attribute(
+            x, nt_samples=3, stdevs=0.0, target=target)
+        assert_close(noiseless, cls(model, components).attribute(x, target=target))

@@ -257,7 +257,9 @@ def test_log_usage_and_noise_tunnel():
     smoothed = nt.attribute(x, nt_type="smoothgrad", nt_samples=3, stdevs=0.01, target=y,
                             output="logit", n_masks=60, ablation_fraction=0.2)
     assert smoothed.shape == (3, 12)
-    torch.testing.assert_close(smoothed, model.single_effects(x, y).detach(), atol=0.2, rtol=0.1)
+    # COAR is exact here and the effects are linear in x, so smoothing only adds the effect of
+    # the mean noise (stdev 0.01 / sqrt(3)): well below 1e-2 for this model's weights
+    torch.testing.assert_close(smoothed, model.single_effects(x, y).detach(), atol=1e-2, rtol=0)
 
 
 def test_sensitivity_max_with_coar_as_explanation():

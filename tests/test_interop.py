@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from captum._utils.models.linear_model import SkLearnLinearRegression
 from captum.attr import (
     FeatureAblation,
     InputXGradient,
@@ -135,13 +136,17 @@ def test_shapley_kernel_shap_lime_and_noise_tunnel_over_components(additive):
     kernel = KernelShap(gated).attribute(gated.kept(1), baselines=0.0, additional_forward_args=one,
                                          n_samples=150)
     torch.testing.assert_close(kernel, truth[:1], atol=1e-4, rtol=1e-3)
-    lime = Lime(gated).attribute(gated.kept(1), baselines=0.0, additional_forward_args=one,
-                                 n_samples=60)
-    assert lime.shape == (1, components.n_components) and torch.isfinite(lime).all()
+    # binary perturbations of an additive model: an unpenalised linear surrogate is exact
+    lime = Lime(gated, interpretable_model=SkLearnLinearRegression()).attribute(
+        gated.kept(1), baselines=0.0, additional_forward_args=one, n_samples=60)
+    torch.testing.assert_close(lime, truth[:1], atol=1e-5, rtol=1e-4)
+    # the gated forward is linear, so IG at gates 1 + noise is truth * (1 + noise): the smoothed
+    # value is truth times the mean of three draws of 1 + N(0, 0.05^2)
     smooth = NoiseTunnel(IntegratedGradients(gated)).attribute(
         gated.kept(4), nt_samples=3, stdevs=0.05, baselines=0.0, additional_forward_args=args,
         n_steps=8)
     assert smooth.shape == (4, components.n_components)
+    assert torch.all((smooth - truth).abs() <= 0.25 * truth.abs() + 1e-6)
     assert hook_count(model) == 0
 
 

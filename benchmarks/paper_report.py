@@ -142,7 +142,7 @@ def markdown(data: Dict[str, Any]) -> str:
              "Mean Pearson correlation over examples (± standard error) between the actual"
              " output under held-out random ablations and the output each method predicts;"
              " the paper's numbers are at alpha_test = alpha_train"
-             " (shared/DESIGN.md section 2). Forward equivalents count example forwards, a"
+             " (Shah, Ilyas & Madry, 2024). Forward equivalents count example forwards, a"
              " backward as two forwards.", "",
              "Summary at alpha_test = alpha_train (ours beside the paper's):", ""]
     lines += summary_markdown(data) + [""]

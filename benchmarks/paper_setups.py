@@ -30,8 +30,8 @@ counted as two forwards; every gradient method here runs one backward per forwar
 
 ``method_runners(setup, n_steps, max_rows, show_progress)`` gives the baselines as
 ``{name: f() -> attributions}`` in the paper's order; COAR is run by ``paper_table`` itself
-(collection into a store, then fits). ``PAPER`` holds the paper's headline correlations from
-``shared/DESIGN.md`` section 2.
+(collection into a store, then fits). ``PAPER`` holds the headline correlations reported in
+the COAR paper (Shah, Ilyas & Madry, 2024).
 """
 
 from __future__ import annotations
@@ -66,7 +66,7 @@ SETUP_NAMES = ("resnet", "vit", "gpt2")
 BASELINES = ("internal influence", "conductance", "gradient x parameter", "leave-one-out",
              "attribution patching", "integrated gradients (gates)")
 
-#: The paper's correlations at alpha_test = alpha_train (DESIGN.md section 2), per reference.
+#: The COAR paper's correlations at alpha_test = alpha_train, per model it reports.
 PAPER: Dict[str, Dict[str, Any]] = {
     "CIFAR-10 ResNet": dict(alpha=0.10, values={
         "internal influence": 0.01, "conductance": 0.11, "gradient x parameter": 0.24,

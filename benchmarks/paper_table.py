@@ -1,4 +1,4 @@
-"""The COAR paper's comparison table, reproduced on three models trained here (issue 6, section 1).
+"""The COAR paper's comparison table, reproduced on three models trained here.
 
 Run ``python benchmarks/paper_table.py [--setups resnet,vit,gpt2] [--quick] [--out DIR]``.
 

@@ -6,7 +6,7 @@ Usage::
                                [--threads 1] [--repeats R] [--parts 1,2,3,4,5]
 
 Measured side by side in one run, medians over ``--repeats`` (alternating order), each as a
-ratio against its target (issue 6, section 2):
+ratio against its target:
 
 1. ablation throughput of :func:`captum_coar.evaluate_masks` vs plain inference of the same
    model at the same rows per forward pass (target >= 0.85)  -- ``speed_engine.py``;
@@ -50,8 +50,8 @@ if __package__ in (None, ""):  # run as a script: make `benchmarks` importable
 from benchmarks.speed_report import write_markdown  # noqa: E402
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
-GPU_NOTE = ("No GPU was lent to the task that produced these results, so every part ran on the"
-            " CPU; the GPU comparison the issue asks for (where the reference's per-mask copy"
+GPU_NOTE = ("No GPU was available for the run that produced these results, so every part ran"
+            " on the CPU; the GPU comparison (where the reference's per-mask copy"
             " and host-to-device transfer weigh more) is left for a machine with one:"
             " `python benchmarks/speed.py --device cuda` runs every part there.")
 

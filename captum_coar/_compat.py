@@ -1,11 +1,11 @@
-"""The one place that imports Captum's private helpers.
+"""The one place that imports Captum's private functions.
 
 Contract
 --------
 Everything else in :mod:`captum_coar` imports Captum's *public* names only (``captum.attr``,
-``captum.metrics``, ``captum.log``). The few private helpers we reuse, so that our results
+``captum.metrics``, ``captum.log``). The few private functions we reuse, so that our results
 match Captum's to the last bit, are imported here and re-exported under stable names; when a
-Captum release moves them, this module is the only one to fix. Where a helper is simple, a
+Captum release moves them, this module is the only one to fix. Where one is simple, a
 local fallback is used if the import fails.
 
 Re-exported:

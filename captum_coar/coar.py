@@ -280,7 +280,7 @@ class ComponentAblationRegression(PerturbationAttribution):
         self.last_result_ = result
         return result
 
-    # ------------------------------------------------------------------ helpers
+    # ------------------------------------------------------------------ internals
     def _default_n_masks(self, n_masks: Optional[int]) -> int:
         return 10 * self.components.n_components if n_masks is None else n_masks
 

@@ -29,7 +29,7 @@ with ONE entered :class:`~captum_coar.gates.ComponentGates` reused for every bat
 Non-finite outputs raise ``ValueError`` naming the mask rows and examples. A ``DataLoader``
 that shuffles, or data that changes between passes (random augmentation), is refused.
 
-The data helpers (:func:`split_batch`, :func:`tensor_batches`) and the settings
+The data functions (:func:`split_batch`, :func:`tensor_batches`) and the settings
 (:class:`CollectionSettings`, :func:`validation_split`, :func:`stats_device`) are re-exported
 here from :mod:`captum_coar.batches` and :mod:`captum_coar.collection_settings`.
 """

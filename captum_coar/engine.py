@@ -12,7 +12,7 @@ the budget, examples are split too. The model's weights are never modified: gate
 the hooks of :mod:`captum_coar.gates`. Results do not depend on ``p`` beyond float rounding of
 the model's own batched arithmetic.
 
-Helpers shared by the attribution classes live here as well: tuple handling and checking of
+Functions shared by the attribution classes live here as well: tuple handling and checking of
 ``inputs`` and ``additional_forward_args`` (Captum's conventions; :func:`input_tuple`),
 slicing rows and ``target`` in consecutive batches (:func:`example_batches`), repeating rows
 and expanding ``target`` to repeated rows, setting the per-row gates of entered hooks for one

@@ -53,7 +53,7 @@ Attributions = Union[Tensor, Mapping[str, Any], Any]
 OutputSpec = Union[str, OutputFunction, Callable[..., Tensor], None]
 
 
-# ---------------------------------------------------------------------- correlation helpers
+# ---------------------------------------------------------------------- correlations
 def pearson(x: Tensor, y: Tensor) -> Tensor:
     """Pearson correlation along dim 0 of ``(k, b)`` tensors -> ``(b,)`` (NaN if constant)."""
     x = x.double() - x.double().mean(0)

@@ -148,7 +148,7 @@ def attention_heads(
     return ComponentSet(model, groups)
 
 
-# --------------------------------------------------------------------------- helpers
+# --------------------------------------------------------------------------- internals
 def _as_list(names: Union[str, Sequence[str]]) -> List[str]:
     return [names] if isinstance(names, str) else list(names)
 

@@ -6,7 +6,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from coar_helpers import digits_cnn
+from coar_fixtures import digits_cnn
 from toy_models import (
     AdditiveModel,
     ConvNet,

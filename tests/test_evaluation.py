@@ -5,7 +5,7 @@ import warnings
 
 import pytest
 import torch
-from coar_helpers import CountingForward
+from coar_fixtures import CountingForward
 from toy_models import AdditiveModel, ConvNet, randomise_batchnorm
 
 from captum_coar import conv_filters, linear_neurons
@@ -123,7 +123,7 @@ def test_spearman_option(additive):
     assert rho.correlation == "spearman" and "Spearman" in rho.to_table()
 
 
-def test_correlation_helpers():
+def test_correlation_functions():
     x = torch.tensor([[1.0], [2.0], [2.0], [5.0]])
     y = torch.tensor([[10.0], [20.0], [20.0], [21.0]])
     assert math.isclose(spearman(x, y).item(), 1.0, abs_tol=1e-12)

@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from coar_helpers import CountingForward
+from coar_fixtures import CountingForward
 from torch.utils.data import DataLoader, TensorDataset
 from toy_models import ConvNet, randomise_batchnorm
 

@@ -11,7 +11,7 @@ Captum's ``GradientAttribution``); :meth:`ComponentMethod._start` validates them
 an ``attribute`` call starts and resolves the ablation strategy once (``strategy_``), so a
 fitted strategy (mean, resample) is fitted on the first call and reused.
 
-Helpers here turn Captum-style arguments into what the methods need: ``inputs`` and
+Functions here turn Captum-style arguments into what the methods need: ``inputs`` and
 ``additional_forward_args`` as tuples with the batch on dim 0, ``baselines`` as one tensor
 per input, positive integers checked with messages that say what was given (the row and
 target slicing itself is :mod:`captum_coar.engine`'s). Results follow

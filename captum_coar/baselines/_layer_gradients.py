@@ -19,7 +19,7 @@ positions for a filter, over the head's features and positions for a head), givi
 the inputs scaled along the path from baselines (:func:`scaled_path`), one pass per chunk of
 points (conductance and internal influence).
 
-Both gradient helpers enable gradients themselves, so they work under ``torch.no_grad()``
+Both gradient functions enable gradients themselves, so they work under ``torch.no_grad()``
 (Captum's ``NoiseTunnel`` calls attribution methods inside one).
 """
 

@@ -1,4 +1,4 @@
-"""Helpers shared by the COAR, store and evaluation tests: a tiny CNN trained on scikit-learn's
+"""Shared by the COAR, store and evaluation tests: a tiny CNN trained on scikit-learn's
 digits (cached) and a forward function that counts its calls (and can simulate a crash)."""
 
 from __future__ import annotations

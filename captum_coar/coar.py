@@ -8,8 +8,9 @@ Contract
 fraction with ``sampler="fixed"``), evaluates every mask on every example (many masks per
 forward pass), and fits for each example a linear model with intercept of the output on the
 keep indicators. It returns the coefficients, a tensor ``(batch, n_components)`` (a 1-tuple
-holding it when ``inputs`` is a tuple) on the model's device (float64 for a float64 model, else float32). Positive = the component pushes the output
-up: the output falls when it is ablated, Captum's sign convention.
+holding it when ``inputs`` is a tuple) on the model's device (float64 for a float64 model,
+else float32). Positive = the component pushes the output up: the output falls when it is
+ablated, Captum's sign convention.
 
 The fitted intercepts, the solver's diagnostics and the settings are kept in
 ``last_result_`` (a :class:`COARResult`) after every call. Data-set scale work uses the staged
@@ -35,7 +36,7 @@ from captum.attr import PerturbationAttribution
 from captum.log import log_usage
 from torch import Tensor
 
-from .ablation import AblationStrategy, resolve_ablation
+from .ablation import AblationStrategy
 from .collection import (
     CollectedStatistics,
     CollectionSettings,
@@ -294,7 +295,6 @@ class ComponentAblationRegression(PerturbationAttribution):
             CollectionSettings.build(self.forward_func, self.components, n_masks,
                                      ablation_fraction, sampler, self.ablation, output,
                                      has_target, seed, perturbations_per_eval, max_rows)
-        resolve_ablation(self.ablation)
         resolved = resolve_solver(solver)
         n_val = validation_split(n_masks, validation_fraction)
         self._check_enough_masks(resolved, n_masks - n_val, n_masks)
@@ -344,7 +344,6 @@ class ComponentAblationRegression(PerturbationAttribution):
             intercept=fit.intercept.to(device=device, dtype=dtype),
             fit=fit, components=self.components, n_masks=n_train, n_validation=n_val,
             settings=settings)
-
 
 
 def _note_constant_columns(fit: FitResult, stats: SufficientStatistics) -> None:

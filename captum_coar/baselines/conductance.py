@@ -23,8 +23,9 @@ the layer is a cut of the network (every path from input to output runs through 
 of a plain CNN, not an attention block bypassed by a residual connection) its components'
 conductances sum to ``F(inputs) - F(baselines)`` up to the integration error.
 ``return_convergence_delta=True`` returns each group's sum minus that change, per example
-and group, ``(batch, n_groups)``: Captum's delta for each layer. ``internal_batch_size`` bounds the rows per pass; consecutive passes
-carry the last point over instead of recomputing it. The ablation strategy is stored for a
+and group, ``(batch, n_groups)``: Captum's delta for each layer. ``internal_batch_size``
+bounds the rows per pass; consecutive passes carry the last point over instead of
+recomputing it. The ablation strategy is stored for a
 uniform signature and not used: conductance follows the input path, not the ablation path.
 """
 

@@ -46,7 +46,7 @@ from torch import Tensor
 from .ablation import AblationStrategy
 from .batches import BatchFn, split_batch, tensor_batches
 from .collection_settings import CollectionSettings, stats_device, validation_split
-from .components import ComponentSet
+from .components import ComponentSet, model_device
 from .engine import evaluate_masks, progress
 from .fingerprint import DataScan, check_reiterable, scan_data
 from .gates import ComponentGates
@@ -142,7 +142,7 @@ def _run(settings: CollectionSettings, data: Iterable[Any], batch_fn: Optional[B
     N = settings.components.n_components
     n = scan.n_examples
     chunk = settings.chunk_size(n)
-    device = next(settings.components.model.parameters()).device
+    device = model_device(settings.components.model)
     work = [(c, rows[(rows >= c) & (rows < c + chunk)]) for c in range(0, settings.n_masks, chunk)]
     work = [(c, r) for c, r in work if r.size]
     total = int(sum(int((n - sink.pending(r)).sum()) for _, r in work))

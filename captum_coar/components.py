@@ -277,6 +277,15 @@ class ComponentSet:
         return cls(model, select_groups(model, kinds, include, exclude))
 
 
+def model_device(model: nn.Module) -> torch.device:
+    """The device of the model's first parameter or buffer (CPU for a model with neither)."""
+    for parameter in model.parameters():
+        return parameter.device
+    for buffer in model.buffers():
+        return buffer.device
+    return torch.device("cpu")
+
+
 def require_module(modules: Mapping[str, nn.Module], name: str) -> nn.Module:
     """``modules[name]``, or a ValueError naming the closest module names."""
     if name in modules and name != "":

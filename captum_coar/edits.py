@@ -32,7 +32,7 @@ import torch
 from torch import Tensor, nn
 
 from .ablation import AblationStrategy, WeightAblation, ZeroAblation, resolve_ablation
-from .components import ComponentGroup, ComponentSet, is_hf_conv1d
+from .components import ComponentGroup, ComponentSet, is_hf_conv1d, model_device
 from .gates import ComponentGates
 
 __all__ = ["WeightEdit", "zero_components", "ablate_persistently"]
@@ -119,6 +119,7 @@ def ablate_persistently(
     if keep.shape[1] != components.n_components:
         raise ValueError(f"keep_mask has {keep.shape[1]} entries; the set has {components.n_components} components")
     hooks = ComponentGates(components, ablation, forward_func=forward_func or components.model)
-    hooks.__enter__()
-    hooks.values = keep.float().to(next(components.model.parameters()).device)
+    gates = keep.float().to(model_device(components.model))
+    hooks.__enter__()  # removes whatever it registered if it fails part-way
+    hooks.values = gates
     return hooks

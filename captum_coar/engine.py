@@ -29,7 +29,7 @@ import torch
 from torch import Tensor
 
 from .ablation import AblationStrategy
-from .components import ComponentSet
+from .components import ComponentSet, model_device
 from .gates import ComponentGates
 from .outputs import OutputFunction, resolve_output
 
@@ -271,7 +271,7 @@ def evaluate_masks(
         )
     output_fn = resolve_output(output, target)
     n_examples, n_masks = inputs_t[0].shape[0], masks.shape[0]
-    device = next(components.model.parameters()).device
+    device = model_device(components.model)
     gates_all = masks.to(device=device, dtype=torch.float32)
     if max_rows is None:
         max_rows = default_max_rows(device)

@@ -36,7 +36,7 @@ import torch
 from torch import Tensor
 
 from .ablation import AblationStrategy
-from .components import ComponentSet
+from .components import ComponentSet, model_device
 from .engine import as_tuple, evaluate_masks, gated_outputs, input_tuple, progress, rows_per_pass
 from .evaluation_results import CounterfactualCorrelationResult, TopKAblationCurve
 from .gates import ComponentGates
@@ -280,7 +280,7 @@ def topk_ablation_curve(
         raise ValueError(f"ks must be integers in [0, {n_comp}], got {ks!r}")
     output_fn = resolve_output(output, target)
     inputs_t = as_tuple(inputs)
-    device = next(components.model.parameters()).device
+    device = model_device(components.model)
     # Rank of every component per example and method; rank r is ablated when r < k.
     ranks = []
     for attr, _, _ in methods.values():

@@ -40,7 +40,7 @@ import torch
 from torch import Tensor
 
 from .ablation import AblationStrategy, resolve_ablation
-from .components import ComponentSet
+from .components import ComponentSet, model_device
 from .engine import as_tuple, expand_target, repeat_rows
 from .gates import ComponentGates
 from .outputs import OutputFunction, resolve_output
@@ -73,7 +73,7 @@ class GatedForward:
 
     def kept(self, batch_size: int) -> Tensor:
         """All-ones gates ``(batch_size, n_components)`` on the model's device."""
-        device = next(self.components.model.parameters()).device
+        device = model_device(self.components.model)
         return torch.ones(int(batch_size), self.n_components, device=device)
 
     def forward_args(self, inputs: Any, target: Any = None,
@@ -110,7 +110,7 @@ class GatedForward:
             raise ValueError(f"gates must have shape (rows, {self.n_components}), got {shape}")
         model_args, target, index = self._match_rows(gates.shape[0], model_args, target)
         with ComponentGates(self.components, self.strategy_, forward_func=self.forward_func) as hooks:
-            hooks.values = gates.to(next(self.components.model.parameters()).device)
+            hooks.values = gates.to(model_device(self.components.model))
             hooks.example_index = index
             result = self.forward_func(*model_args)
         if self.output is None:

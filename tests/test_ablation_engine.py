@@ -4,6 +4,7 @@ import copy
 
 import pytest
 import torch
+from torch import nn
 from toy_models import (
     AttentionClassifier,
     ConvNet,
@@ -16,6 +17,7 @@ from toy_models import (
 
 from captum_coar import (
     ComponentGates,
+    ComponentGroup,
     ComponentSet,
     ConstantAblation,
     MeanAblation,
@@ -254,3 +256,13 @@ def test_resample_pairing_does_not_depend_on_example_chunking():
                         evaluate_masks(model, components, x[3:], masks, example_offset=3, **kwargs)],
                        dim=1)
     torch.testing.assert_close(whole, halves, atol=1e-5, rtol=1e-5)
+
+
+def test_model_without_parameters_runs_on_the_cpu():
+    model = nn.Sequential(nn.Identity())  # no parameters, no buffers: the device is the CPU
+    components = ComponentSet(model, [ComponentGroup("0", "unit", 3, unit_axis=-1)])
+    x = torch.tensor([[1.0, 2.0, 3.0]])
+    masks = torch.tensor([[True, False, True], [False, False, False]])
+    out = evaluate_masks(model, components, x, masks, output=lambda o, t: o.sum(dim=1),
+                         ablation="zero")
+    assert torch.equal(out, torch.tensor([[4.0], [0.0]]))

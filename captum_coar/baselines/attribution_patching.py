@@ -23,6 +23,7 @@ import torch
 from captum.log import log_usage
 from torch import Tensor
 
+from ..components import model_device
 from ..engine import example_batches
 from ._base import (
     Attributions,
@@ -64,7 +65,7 @@ class ComponentAttributionPatching(ComponentGradientMethod):
         inputs_t, extra, n_examples = format_inputs(inputs, additional_forward_args)
         per_pass = check_optional_positive_int("internal_batch_size", internal_batch_size)
         per_pass = per_pass or n_examples
-        device = next(self.components.model.parameters()).device
+        device = model_device(self.components.model)
         parts = []
         with self._gates() as hooks:
             for rows, batch, batch_extra, batch_target in example_batches(inputs_t, extra, target,

@@ -26,6 +26,7 @@ from captum.log import log_usage
 from torch import Tensor
 
 from .._compat import integration_points
+from ..components import model_device
 from ..engine import expand_target, repeat_rows
 from ._base import (
     AttributionsWithDelta,
@@ -98,7 +99,7 @@ class ComponentIntegratedGradients(ComponentGradientMethod):
         n_steps = check_positive_int("n_steps", n_steps)
         check_optional_positive_int("internal_batch_size", internal_batch_size)
         step_sizes, alphas = integration_points(method, n_steps)
-        device = next(self.components.model.parameters()).device
+        device = model_device(self.components.model)
         start = self._gate_baseline(baselines, n_examples, device)
         span = 1.0 - start
         total = torch.zeros(n_examples, self.n_components, device=device)

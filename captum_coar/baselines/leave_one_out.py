@@ -24,7 +24,7 @@ from captum.log import log_usage
 from torch import Tensor
 
 from ..ablation import AblationStrategy
-from ..components import ComponentSet
+from ..components import ComponentSet, model_device
 from ..engine import evaluate_masks, progress, rows_per_pass
 from ._base import (
     Attributions,
@@ -84,7 +84,7 @@ class ComponentAblation(ComponentMethod, PerturbationAttribution):
         inputs_t, extra, n_examples = format_inputs(inputs, additional_forward_args)
         check_optional_positive_int("perturbations_per_eval", perturbations_per_eval)
         check_optional_positive_int("max_rows", max_rows)
-        device = next(self.components.model.parameters()).device
+        device = model_device(self.components.model)
         per_pass = rows_per_pass(n_examples, perturbations_per_eval, max_rows, device)
         n = self.n_components
         common = dict(target=target, additional_forward_args=extra or None, output=output_fn,

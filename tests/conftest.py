@@ -1,5 +1,8 @@
 import pytest
 import torch
+from toy_models import AdditiveModel, AttentionClassifier, ConvNet, randomise_batchnorm
+
+from captum_coar.components import ComponentSet, conv_filters, linear_neurons
 
 # Tests use tiny tensors, for which one thread is faster and steadier than several.
 torch.set_num_threads(1)
@@ -18,3 +21,30 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "cuda" in item.keywords:
             item.add_marker(skip_cuda)
+
+
+# ------------------------------------------------------------- models shared by baseline tests
+@pytest.fixture
+def convnet():
+    torch.manual_seed(1)
+    model = randomise_batchnorm(ConvNet())
+    components = ComponentSet(model, conv_filters(model).groups + linear_neurons(model, ["fc1"]).groups)
+    x = torch.randn(4, 1, 8, 8)
+    return model, components, x, torch.tensor([1, 2, 3, 4])
+
+
+@pytest.fixture
+def attention():
+    torch.manual_seed(2)
+    model = AttentionClassifier().eval()
+    x = torch.randn(3, 6, 3)
+    return model, x, torch.tensor([0, 3, 1])
+
+
+@pytest.fixture
+def additive():
+    torch.manual_seed(3)
+    model = AdditiveModel().eval()
+    x = torch.randn(5, 6)
+    target = torch.tensor([0, 1, 2, 0, 1])
+    return model, linear_neurons(model, ["hidden"]), x, target

@@ -131,3 +131,9 @@ def assert_unchanged(model: nn.Module, before: dict) -> None:
 
 def hook_count(model: nn.Module) -> int:
     return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
+
+
+def assert_close(actual, expected, rtol=1e-4, atol_scale=1e-5):
+    """``assert_close`` with an absolute tolerance relative to the largest expected value."""
+    scale = expected.abs().max().item() + 1e-12
+    torch.testing.assert_close(actual, expected.to(actual), rtol=rtol, atol=atol_scale * scale)

@@ -152,7 +152,11 @@ class ComponentSet:
 
     def __add__(self, other: "ComponentSet") -> "ComponentSet":
         if other.model is not self.model:
-            raise ValueError("cannot combine ComponentSets built on different models")
+            raise ValueError(
+                "cannot combine ComponentSets built on different models: a"
+                f" {type(self.model).__name__} at {id(self.model):#x} and a"
+                f" {type(other.model).__name__} at {id(other.model):#x}; build both on the same"
+                " model object")
         return ComponentSet(self.model, self.groups + other.groups)
 
     @property

@@ -22,6 +22,7 @@ row (:func:`checked_outputs`).
 
 from __future__ import annotations
 
+import numbers
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator, Optional, Tuple, Union
 
@@ -148,9 +149,9 @@ def rows_per_pass(n_examples: int, perturbations_per_eval: Optional[int],
         return int(perturbations_per_eval)
     if max_rows is None:
         max_rows = default_max_rows(device)
-    if max_rows < 1:
+    if isinstance(max_rows, bool) or not isinstance(max_rows, numbers.Integral) or max_rows < 1:
         raise ValueError(f"max_rows must be a positive integer, got {max_rows}")
-    return max(1, max_rows // max(1, n_examples))
+    return max(1, int(max_rows) // max(1, n_examples))
 
 
 def progress(total: int, enabled: bool, desc: str) -> Any:

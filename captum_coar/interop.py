@@ -101,7 +101,10 @@ class GatedForward:
         self._prepare()
         if self.output is not None:
             if not args:
-                raise ValueError("GatedForward(output=...) expects the target as the last argument")
+                raise ValueError(
+                    "GatedForward(output=...) was called with the gates only; it expects"
+                    " gated(gates, *inputs, target): pass the target as the last argument"
+                    " (e.g. additional_forward_args=(*inputs, target) in Captum)")
             model_args, target = tuple(args[:-1]), args[-1]
         else:
             model_args, target = tuple(args), None

@@ -2,6 +2,7 @@
 
 import copy
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -266,3 +267,13 @@ def test_model_without_parameters_runs_on_the_cpu():
     out = evaluate_masks(model, components, x, masks, output=lambda o, t: o.sum(dim=1),
                          ablation="zero")
     assert torch.equal(out, torch.tensor([[4.0], [0.0]]))
+
+
+def test_row_budget_validation():
+    from captum_coar.engine import rows_per_pass
+
+    assert rows_per_pass(10, None, 100) == 10
+    assert rows_per_pass(10, None, np.int64(35)) == 3
+    for bad in (0, 2.5, True, "64"):
+        with pytest.raises(ValueError, match=f"max_rows must be a positive integer, got {bad}"):
+            rows_per_pass(10, None, bad)

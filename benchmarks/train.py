@@ -230,6 +230,15 @@ def build_for(name: str, quick: bool = False) -> nn.Module:
     return build_model(name, num_classes=10, **rec["model"])
 
 
+def _shown_path(path: Path) -> str:
+    """``path`` relative to the repository root when it lies inside it (results stay portable)."""
+    root = Path(__file__).resolve().parents[1]
+    try:
+        return str(Path(path).resolve().relative_to(root))
+    except ValueError:
+        return str(path)
+
+
 def train_or_load(
     name: str,
     quick: bool = False,
@@ -252,7 +261,7 @@ def train_or_load(
             model = build_for(name, quick)
             model.load_state_dict(torch.load(pt, map_location="cpu", weights_only=True))
             model.to(device).eval()
-            info.update(cache_path=str(pt), loaded_from_cache=True)
+            info.update(cache_path=_shown_path(pt), loaded_from_cache=True)
             _log(verbose, f"{name}: loaded {pt} (test acc {info['test_accuracy']:.4f}, "
                           f"trained in {info['train_seconds']:.0f}s)")
             return model, info
@@ -269,7 +278,7 @@ def train_or_load(
     side.write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
     _log(verbose, f"{name}: test acc {info['test_accuracy']:.4f} in "
                   f"{info['train_seconds']:.0f}s; saved {pt}")
-    info.update(cache_path=str(pt), loaded_from_cache=False)
+    info.update(cache_path=_shown_path(pt), loaded_from_cache=False)
     return model, info
 
 

@@ -1,0 +1,342 @@
+"""COAR-Edit: choose components to ablate from attributions, trace the edit curve, apply it.
+
+Contract
+--------
+Given component attributions ``(n_target, N)`` for *target* examples (whose behaviour should
+change) and ``(n_reference, N)`` for *reference* examples (whose behaviour should not), from
+any method (COAR, leave-one-out, attribution patching, random numbers):
+
+- :func:`component_scores` scores every component. ``"welch_t"`` (default):
+  ``(mean_t - mean_r) / sqrt(var_t / n_t + var_r / n_r)`` with sample variances
+  (``ddof=1``). A group of ONE example contributes variance 0 (the score is then the
+  one-sample t of that example against the other group); both groups of one example raise.
+  Zero-variance guard: the squared standard error is floored at ``variance_floor`` times its
+  mean over components (or at 1 when it is 0 for every component), so a constant component
+  never gets a NaN or an infinite score; one with equal means scores exactly 0. Components
+  whose standard error is above the floor get scipy's Welch statistic exactly.
+  ``"mean_difference"``: ``mean_t - mean_r``.
+- :func:`select_components` orders components for an edit. ``direction="lower"`` (lower the
+  target output) takes the most positive scores first, ``"raise"`` the most negative first;
+  ties keep the lower component index first.
+- :func:`edit_curve` evaluates, for every ``k`` of a grid, the target and reference metrics
+  with the first ``k`` selected components ablated. The grid is a stack of keep masks (row
+  ``k``: the first ``k`` components False) evaluated on the target and reference examples
+  together in ONE call of :func:`~captum_coar.evaluate_masks`; the model is never copied or
+  written. Metrics: ``"accuracy"`` (share of examples whose correct-class margin is > 0, i.e.
+  the label is the strict argmax), ``"margin"`` (mean margin), or any output function
+  accepted by :func:`~captum_coar.resolve_output` (its mean).
+- :func:`choose_k` reads ``k`` off a (validation) curve by a stated rule, and
+  :func:`coar_edit` runs scores -> selection -> curve -> choice and returns an
+  :class:`~captum_coar.editing_results.EditResult`.
+- :func:`apply_edit` applies a chosen edit: a :class:`~captum_coar.WeightEdit` for the
+  ``"weights"`` / ``"zero"`` ablations (``undo()`` restores the weights bit for bit), the
+  persistent hooks of :func:`~captum_coar.ablate_persistently` for other strategies.
+  :func:`edited_state_dict` returns a plain ``state_dict`` with the edit written in, which
+  loads into a fresh instance of the unmodified model class (no ``captum_coar`` needed); the
+  model itself is left unchanged.
+"""
+
+from __future__ import annotations
+
+import numbers
+from typing import Any, Callable, Dict, Optional, Sequence, Tuple, Union
+
+import torch
+from torch import Tensor, nn
+
+from . import (
+    AblationStrategy,
+    ComponentGates,
+    ComponentSet,
+    OutputFunction,
+    WeightAblation,
+    WeightEdit,
+    ZeroAblation,
+    ablate_persistently,
+    evaluate_masks,
+    resolve_ablation,
+    resolve_output,
+    zero_components,
+)
+from .editing_results import EditCurve, EditResult
+
+__all__ = ["component_scores", "select_components", "edit_masks", "edit_curve", "choose_k",
+           "coar_edit", "apply_edit", "edited_state_dict", "SCORES", "DIRECTIONS"]
+
+SCORES = ("welch_t", "mean_difference")
+DIRECTIONS = ("lower", "raise")
+MetricLike = Union[str, OutputFunction, Callable[..., Tensor]]
+
+
+# ----------------------------------------------------------------------------- scores
+def _attribution_matrix(name: str, values: Any) -> Tensor:
+    if not isinstance(values, Tensor):
+        raise TypeError(f"`{name}` must be a tensor (n_examples, n_components); got"
+                        f" {type(values).__name__}")
+    if values.dim() != 2:
+        raise ValueError(f"`{name}` must have shape (n_examples, n_components); got"
+                         f" {tuple(values.shape)}")
+    if values.shape[0] == 0 or values.shape[1] == 0:
+        raise ValueError(f"`{name}` must hold at least one example and one component; got"
+                         f" shape {tuple(values.shape)}")
+    if not torch.isfinite(values).all():
+        raise ValueError(f"`{name}` must be finite; got NaN or infinite entries")
+    return values.detach().to(torch.float64)
+
+
+def component_scores(target_attributions: Tensor, reference_attributions: Tensor,
+                     method: str = "welch_t", variance_floor: float = 1e-6) -> Tensor:
+    """One score per component, ``(n_components,)`` float64: positive = higher on target."""
+    t = _attribution_matrix("target_attributions", target_attributions)
+    r = _attribution_matrix("reference_attributions", reference_attributions)
+    if t.shape[1] != r.shape[1]:
+        raise ValueError(
+            "`reference_attributions` must cover the same components as `target_attributions`;"
+            f" got {r.shape[1]} components against {t.shape[1]}")
+    if method not in SCORES:
+        raise ValueError(f"`method` must be one of {list(SCORES)}; got {method!r}")
+    difference = t.mean(dim=0) - r.mean(dim=0)
+    if method == "mean_difference":
+        return difference
+    if isinstance(variance_floor, bool) or not isinstance(variance_floor, numbers.Real) \
+            or not variance_floor > 0:
+        raise ValueError(f"`variance_floor` must be a positive number; got {variance_floor!r}")
+    n_t, n_r = t.shape[0], r.shape[0]
+    if n_t == 1 and n_r == 1:
+        raise ValueError("`target_attributions` and `reference_attributions` must not both hold"
+                         " a single example for method='welch_t' (no variance to estimate);"
+                         " got 1 and 1; use method='mean_difference'")
+    var_t = t.var(dim=0, unbiased=True) if n_t > 1 else torch.zeros_like(difference)
+    var_r = r.var(dim=0, unbiased=True) if n_r > 1 else torch.zeros_like(difference)
+    se2 = var_t / n_t + var_r / n_r
+    mean_se2 = se2.mean()
+    floor = float(variance_floor) * mean_se2 if mean_se2 > 0 else torch.ones((), dtype=se2.dtype)
+    return difference / se2.clamp(min=floor).sqrt()
+
+
+def _check_direction(direction: Any) -> str:
+    if direction not in DIRECTIONS:
+        raise ValueError(f"`direction` must be one of {list(DIRECTIONS)}; got {direction!r}")
+    return direction
+
+
+def _check_k(name: str, k: Any, n_components: int) -> int:
+    if isinstance(k, bool) or not isinstance(k, numbers.Integral):
+        raise TypeError(f"`{name}` must be an integer; got {type(k).__name__}")
+    if not 0 <= int(k) <= n_components:
+        raise ValueError(f"`{name}` must be between 0 and the number of components"
+                         f" ({n_components}); got {int(k)}")
+    return int(k)
+
+
+def select_components(scores: Tensor, k: Optional[int] = None, direction: str = "lower") -> Tensor:
+    """Component indices in edit order (all of them, or the first ``k``), int64."""
+    _check_direction(direction)
+    if not isinstance(scores, Tensor) or scores.dim() != 1 or scores.numel() == 0:
+        raise ValueError("`scores` must be a non-empty 1-d tensor (n_components,); got"
+                         f" {tuple(scores.shape) if isinstance(scores, Tensor) else type(scores).__name__}")
+    if torch.isnan(scores).any():
+        raise ValueError("`scores` must not contain NaN; got NaN entries")
+    key = -scores if direction == "lower" else scores
+    order = torch.sort(key.detach().cpu(), stable=True).indices
+    if k is None:
+        return order
+    return order[:_check_k("k", k, scores.numel())]
+
+
+# ----------------------------------------------------------------------------- curve
+def _check_ks(ks: Any, n_components: int) -> Tuple[int, ...]:
+    values = [ks] if isinstance(ks, numbers.Integral) else list(ks)
+    if not values:
+        raise ValueError("`ks` must hold at least one k; got an empty sequence")
+    checked = sorted({_check_k("ks", k, n_components) for k in values})
+    return tuple(checked)
+
+
+def edit_masks(order: Tensor, ks: Sequence[int], n_components: int) -> Tensor:
+    """Keep masks ``(len(ks), n_components)``: row i ablates ``order[:ks[i]]`` (True = kept)."""
+    order = torch.as_tensor(order).reshape(-1).long()
+    ks = _check_ks(ks, n_components)
+    if order.numel() < ks[-1]:
+        raise ValueError(f"`order` must list at least max(ks) = {ks[-1]} components; got"
+                         f" {order.numel()}")
+    if order.numel() and (order.min() < 0 or order.max() >= n_components
+                          or order.unique().numel() != order.numel()):
+        raise ValueError(f"`order` must hold distinct component indices in [0, {n_components});"
+                         " got repeated or out-of-range indices")
+    masks = torch.ones(len(ks), n_components, dtype=torch.bool)
+    for row, k in enumerate(ks):
+        masks[row, order[:k]] = False
+    return masks
+
+
+def _reduce(metric: MetricLike, values: Tensor) -> Tensor:
+    return (values > 0).double().mean(dim=1) if metric == "accuracy" else values.double().mean(dim=1)
+
+
+def _metric_output(metric: MetricLike, labels: Any) -> OutputFunction:
+    if metric in ("accuracy", "margin"):
+        return resolve_output("margin")
+    if isinstance(metric, str) and metric not in ("logit", "log_prob", "loss", "sequence_margin"):
+        raise ValueError("`metric` must be 'accuracy', 'margin', an output name or a callable"
+                         f" (model_output, target) -> (batch,); got {metric!r}")
+    return resolve_output(metric, labels)
+
+
+def _metric_name(metric: MetricLike) -> str:
+    return metric if isinstance(metric, str) else resolve_output(metric).name
+
+
+def edit_curve(forward_func: Callable[..., Any], components: ComponentSet, order: Tensor,
+               ks: Sequence[int], target_inputs: Tensor, target_labels: Any,
+               reference_inputs: Tensor, reference_labels: Any, metric: MetricLike = "accuracy",
+               reference_metric: Optional[MetricLike] = None,
+               ablation: Union[str, AblationStrategy] = "weights",
+               max_rows: Optional[int] = None) -> EditCurve:
+    """Target and reference metrics with ``order[:k]`` ablated, for every ``k`` in ``ks``.
+
+    One :func:`~captum_coar.evaluate_masks` call on the target and reference examples
+    concatenated (``forward_func`` takes one input tensor; labels are class indices).
+    """
+    if not isinstance(components, ComponentSet):
+        raise TypeError(f"`components` must be a ComponentSet; got {type(components).__name__}")
+    reference_metric = metric if reference_metric is None else reference_metric
+    for name, x in (("target_inputs", target_inputs), ("reference_inputs", reference_inputs)):
+        if not isinstance(x, Tensor) or x.dim() == 0 or x.shape[0] == 0:
+            raise ValueError(f"`{name}` must be a tensor with at least one example on dim 0;"
+                             f" got {tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__}")
+    n_t, n_r = target_inputs.shape[0], reference_inputs.shape[0]
+    labels_t = torch.as_tensor(target_labels).reshape(-1).long()
+    labels_r = torch.as_tensor(reference_labels).reshape(-1).long()
+    if labels_t.numel() != n_t or labels_r.numel() != n_r:
+        raise ValueError("`target_labels` / `reference_labels` must have one entry per example;"
+                         f" got {labels_t.numel()} / {labels_r.numel()} for {n_t} / {n_r} examples")
+    ks_t = _check_ks(ks, components.n_components)
+    masks = edit_masks(order, ks_t, components.n_components)
+    inputs = torch.cat([target_inputs, reference_inputs.to(target_inputs)])
+    labels = torch.cat([labels_t, labels_r])
+    out_t, out_r = _metric_output(metric, labels_t), _metric_output(reference_metric, labels_r)
+    if type(out_t) is type(out_r) and out_t.describe() == out_r.describe():
+        outputs = evaluate_masks(forward_func, components, inputs, masks, target=labels,
+                                 output=out_t, ablation=ablation, max_rows=max_rows)
+        values_t, values_r = outputs[:, :n_t], outputs[:, n_t:]
+    else:
+        values_t = evaluate_masks(forward_func, components, target_inputs, masks, target=labels_t,
+                                  output=out_t, ablation=ablation, max_rows=max_rows)
+        values_r = evaluate_masks(forward_func, components, reference_inputs, masks,
+                                  target=labels_r, output=out_r, ablation=ablation,
+                                  max_rows=max_rows)
+    order_t = torch.as_tensor(order).reshape(-1).long()[:ks_t[-1]].clone()
+    return EditCurve(ks=ks_t, target=_reduce(metric, values_t).cpu(),
+                     reference=_reduce(reference_metric, values_r).cpu(), order=order_t,
+                     target_metric=_metric_name(metric),
+                     reference_metric=_metric_name(reference_metric))
+
+
+def choose_k(curve: EditCurve, direction: str, goal: Optional[float] = None,
+             tolerance: float = 0.01) -> Tuple[int, str]:
+    """``(k, rule)`` from a validation curve.
+
+    Rule ``"goal"``: the smallest ``k`` whose target metric reaches ``goal`` (>= for
+    ``"raise"``, <= for ``"lower"``) while the reference metric stays within ``tolerance`` of
+    its value at the curve's first ``k`` (a drop of at most ``tolerance``). When no ``k`` does
+    (or ``goal`` is None), rule ``"best_within_tolerance"``: the ``k`` with the best target
+    metric among those within the tolerance, the smallest on ties (the first ``k`` qualifies).
+    """
+    _check_direction(direction)
+    if isinstance(tolerance, bool) or not isinstance(tolerance, numbers.Real) or tolerance < 0:
+        raise ValueError(f"`tolerance` must be a non-negative number; got {tolerance!r}")
+    target, reference = curve.target.tolist(), curve.reference.tolist()
+    within = [i for i in range(len(curve.ks)) if reference[0] - reference[i] <= tolerance + 1e-12]
+    if goal is not None:
+        for i in within:
+            if (target[i] >= goal) if direction == "raise" else (target[i] <= goal):
+                return curve.ks[i], "goal"
+    sign = 1.0 if direction == "raise" else -1.0
+    best = max(within, key=lambda i: (sign * target[i], -i))
+    return curve.ks[best], "best_within_tolerance"
+
+
+# ----------------------------------------------------------------------------- one call
+def coar_edit(forward_func: Callable[..., Any], components: ComponentSet,
+              target_attributions: Tensor, reference_attributions: Tensor, direction: str,
+              ks: Sequence[int], validation: Tuple[Tensor, Any, Tensor, Any],
+              score: str = "welch_t", metric: MetricLike = "accuracy",
+              goal: Optional[float] = None, tolerance: float = 0.01,
+              ablation: Union[str, AblationStrategy] = "weights",
+              max_rows: Optional[int] = None) -> EditResult:
+    """Scores -> selection -> validation curve -> chosen ``k``, as an :class:`EditResult`.
+
+    ``validation`` = ``(target_inputs, target_labels, reference_inputs, reference_labels)``:
+    held-out examples of the same two kinds, on which the curve is traced and ``k`` chosen
+    by :func:`choose_k`. The result's ``before`` / ``after`` are the curve at ``k = 0`` and at
+    the chosen ``k`` (``0`` is always added to the grid).
+    """
+    if not isinstance(components, ComponentSet):
+        raise TypeError(f"`components` must be a ComponentSet; got {type(components).__name__}")
+    scores = component_scores(target_attributions, reference_attributions, method=score)
+    if scores.numel() != components.n_components:
+        raise ValueError(f"`target_attributions` must have one column per component"
+                         f" ({components.n_components}); got {scores.numel()}")
+    if not isinstance(validation, (tuple, list)) or len(validation) != 4:
+        raise ValueError("`validation` must be (target_inputs, target_labels, reference_inputs,"
+                         f" reference_labels); got {type(validation).__name__}")
+    grid = (0,) + tuple(_check_ks(ks, components.n_components))
+    order = select_components(scores, max(grid), direction)
+    curve = edit_curve(forward_func, components, order, grid, *validation, metric=metric,
+                       ablation=ablation, max_rows=max_rows)
+    k, rule = choose_k(curve, direction, goal=goal, tolerance=tolerance)
+    chosen = order[:k].clone()
+    return EditResult(scores=scores, direction=direction, k=k, rule=rule, components=chosen,
+                      labels=[components.label(int(i)) for i in chosen], curve=curve,
+                      before=curve.at(0), after=curve.at(k), score_method=score,
+                      ablation=ablation if isinstance(ablation, str) else repr(ablation))
+
+
+# ----------------------------------------------------------------------------- applying
+def _keep_mask(components: ComponentSet, indices: Any) -> Tensor:
+    if not isinstance(components, ComponentSet):
+        raise TypeError(f"`components` must be a ComponentSet; got {type(components).__name__}")
+    idx = torch.as_tensor(indices if not isinstance(indices, EditResult) else indices.components)
+    idx = idx.reshape(-1).long()
+    n = components.n_components
+    if idx.numel() and (idx.min() < 0 or idx.max() >= n):
+        raise ValueError(f"`indices` must be component indices in [0, {n}); got"
+                         f" {idx.min().item()}..{idx.max().item()}")
+    keep = torch.ones(n, dtype=torch.bool)
+    keep[idx] = False
+    return keep
+
+
+def apply_edit(components: ComponentSet, indices: Any,
+               ablation: Union[str, AblationStrategy] = "weights",
+               forward_func: Optional[Callable[..., Any]] = None
+               ) -> Union[WeightEdit, ComponentGates]:
+    """Ablate ``indices`` (or an EditResult's components) in ``components.model``.
+
+    Weight / zero ablation: the weights are edited in place and a :class:`WeightEdit` comes
+    back (``undo()`` restores them bit for bit). Other strategies: persistent hooks (call
+    ``.remove()``).
+    """
+    keep = _keep_mask(components, indices)
+    if isinstance(resolve_ablation(ablation), (WeightAblation, ZeroAblation)):
+        return zero_components(components, keep, ablation=ablation)
+    return ablate_persistently(components, keep, ablation=ablation, forward_func=forward_func)
+
+
+def edited_state_dict(components: ComponentSet, indices: Any,
+                      ablation: Union[str, AblationStrategy] = "weights") -> Dict[str, Tensor]:
+    """A plain ``state_dict`` (cloned tensors) of ``components.model`` with the edit written in.
+
+    Only ``"weights"`` and ``"zero"`` ablations can be written into weights. The model is
+    edited, copied and restored bit for bit before returning.
+    """
+    if not isinstance(resolve_ablation(ablation), (WeightAblation, ZeroAblation)):
+        raise ValueError("`ablation` must be 'weights' or 'zero' to export a state_dict (other"
+                         f" strategies need hooks: use apply_edit); got {ablation!r}")
+    model: nn.Module = components.model
+    edit = zero_components(components, _keep_mask(components, indices), ablation=ablation)
+    try:
+        return {name: value.detach().clone() for name, value in model.state_dict().items()}
+    finally:
+        edit.undo()

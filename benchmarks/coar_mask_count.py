@@ -22,8 +22,7 @@ import warnings
 
 import torch
 
-from captum_coar.coar import ComponentAblationRegression
-from captum_coar.collection import tensor_batches
+from captum_coar.coar import ComponentAblationRegression, tensor_batches
 from captum_coar.components import conv_filters
 from captum_coar.demo_model import accuracy, load_digits_split, train_digits_cnn
 from captum_coar.evaluation import counterfactual_correlation

@@ -23,11 +23,10 @@ import time
 import torch
 import torch.distributed as dist
 
-from captum_coar.coar import ComponentAblationRegression
-from captum_coar.collection import collect_statistics, tensor_batches
+from captum_coar.coar import ComponentAblationRegression, collect_statistics, tensor_batches
+from captum_coar.coar.distributed import collect_statistics_distributed
 from captum_coar.components import conv_filters
 from captum_coar.demo_model import DigitsCNN, load_digits_split, train_digits_cnn
-from captum_coar.distributed import collect_statistics_distributed
 
 
 def main() -> None:

@@ -17,7 +17,7 @@ Contract
     CPU model, zero the ablated filters' weights, move the copy to ``device``, run the eval
     set in batches of 256) against :func:`captum_coar.evaluate_masks` with its defaults (the
     model and data already on ``device``; rows per forward pass from
-    :func:`captum_coar.engine.default_max_rows`: 128 on a CPU, 4096 on a GPU). At the largest
+    :func:`captum_coar._engine.default_max_rows`: 128 on a CPU, 4096 on a GPU). At the largest
     size the reference is also timed with batches of that many rows (``ratio_same_batch``),
     which shows how much of the ratio is the batch size alone. The ratio is reference time over
     ours; outputs must agree (max abs difference reported). Target: at least 1.0 at every size.
@@ -97,7 +97,7 @@ def reference_comparison(setup: SetupA, sizes: Sequence[int], work_rows: int, re
     """Part 2; see the module docstring."""
     from benchmarks.reference_loop import reference_ablation_outputs
     from captum_coar import evaluate_masks
-    from captum_coar.engine import default_max_rows
+    from captum_coar._engine import default_max_rows
 
     model, components = setup.model, setup.components
     model_cpu = model if device.type == "cpu" else copy.deepcopy(model).cpu()

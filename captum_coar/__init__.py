@@ -8,23 +8,22 @@ import matplotlib only when called.
 from .components import (ComponentGroup, ComponentSet, attention_heads, conv_filters,
                          linear_neurons)
 from .ablation import (AblationStrategy, ConstantAblation, MeanAblation, ResampleAblation,
-                       WeightAblation, ZeroAblation, resolve_ablation)
-from .gates import ComponentGates, ablated, record_activations
+                       WeightAblation, ZeroAblation, fitted_ablation, resolve_ablation)
+from .gates import ComponentGates, ablated
+from ._recording import ActivationRecorder, record_activations
 from .outputs import (Logit, LogProb, Loss, Margin, OutputFunction, SequenceMargin,
                       resolve_output)
-from .engine import evaluate_masks
+from ._engine import evaluate_masks
 from .sampling import BernoulliSampler, FixedFractionSampler, MaskSampler, resolve_sampler
 from .solvers import (ConvergenceWarning, FitResult, Lasso, LeastSquares, MinibatchRidge,
                       Ridge, SingularMatrixWarning, Solver, StreamingSolver,
                       SufficientStatistics, resolve_solver)
 from .stores import InMemoryStore, MaskOutputStore, MemmapStore
-from .fingerprint import model_fingerprint
-from .collection import CollectedStatistics, collect, collect_statistics, tensor_batches
-from .coar import COARResult, ComponentAblationRegression
-from .shards import (collect_shard, collect_statistics_shard, load_statistics, merge_statistics,
-                     save_statistics, shard_rows)
-from .distributed import (all_reduce_statistics, collect_distributed,
-                          collect_statistics_distributed)
+from .coar import (COARResult, CollectedStatistics, ComponentAblationRegression,
+                   all_reduce_statistics, collect, collect_distributed, collect_shard,
+                   collect_statistics, collect_statistics_distributed, collect_statistics_shard,
+                   load_statistics, merge_statistics, model_fingerprint, save_statistics,
+                   shard_rows, tensor_batches)
 from .baselines import (ComponentAblation, ComponentAttributionPatching,
                         ComponentConductance, ComponentGradientXParameter,
                         ComponentIntegratedGradients, ComponentInternalInfluence)
@@ -35,14 +34,15 @@ from .visualization import (plot_component_attributions, plot_correlation_bars,
                             plot_counterfactual_scatter, plot_topk_curves)
 from .edits import WeightEdit, ablate_persistently, zero_components
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     # components
     "ComponentGroup", "ComponentSet", "conv_filters", "linear_neurons", "attention_heads",
     # ablation and gates
     "AblationStrategy", "ZeroAblation", "WeightAblation", "ConstantAblation", "MeanAblation",
-    "ResampleAblation", "resolve_ablation", "ComponentGates", "ablated", "record_activations",
+    "ResampleAblation", "resolve_ablation", "fitted_ablation", "ComponentGates", "ablated",
+    "ActivationRecorder", "record_activations",
     # outputs and the batched engine
     "OutputFunction", "Margin", "Logit", "LogProb", "Loss", "SequenceMargin", "resolve_output",
     "evaluate_masks",

@@ -20,8 +20,11 @@ Implementations
 - :class:`ResampleAblation`: the activation of a reference input; example ``j`` of a batch is
   paired with reference row ``perm[j % R]`` for a seeded permutation, the same for every mask.
 
-Strategies that need data are fitted with ``fit(forward_func, components)``; the engine calls
-it on first use. ``resolve_ablation`` turns a name or an instance into a strategy.
+Strategies that need data are fitted with ``fit(forward_func, components)``. Fitting is an
+explicit step taken when a method starts its work: :func:`fitted_ablation` resolves a name or
+an instance and fits it when it is not yet fitted for these components. Entering a gate
+context never runs the model; it refuses an unfitted strategy. ``resolve_ablation`` turns a
+name or an instance into a strategy without fitting it.
 """
 
 from __future__ import annotations
@@ -32,6 +35,8 @@ from typing import Any, Callable, Dict, Optional, Tuple, Union
 import torch
 from torch import Tensor, nn
 
+from ._recording import record_activations
+from ._registry import Registry
 from .components import ComponentGroup, ComponentSet, is_hf_conv1d
 
 __all__ = [
@@ -42,6 +47,7 @@ __all__ = [
     "MeanAblation",
     "ResampleAblation",
     "resolve_ablation",
+    "fitted_ablation",
     "ABLATIONS",
 ]
 
@@ -142,8 +148,6 @@ class _ReferenceAblation(AblationStrategy):
         return getattr(self, "fingerprint_", None) == components.fingerprint
 
     def fit(self, forward_func, components):
-        from .gates import record_activations  # local: gates imports this module
-
         activations = record_activations(
             forward_func, components, self.reference_inputs,
             additional_forward_args=self.additional_forward_args, batch_size=self.batch_size,
@@ -243,22 +247,33 @@ class ResampleAblation(_ReferenceAblation):
         return {"name": self.name, "seed": int(self.seed)}
 
 
-ABLATIONS: Dict[str, Callable[[], AblationStrategy]] = {
-    "zero": ZeroAblation,
-    "weights": WeightAblation,
-}
+ABLATIONS: Registry[AblationStrategy] = Registry(
+    "ablation", AblationStrategy,
+    "MeanAblation(reference_inputs), ConstantAblation(value), ResampleAblation(reference_inputs)")
+ABLATIONS.register("weights", WeightAblation, "weight")
+ABLATIONS.register("zero", ZeroAblation)
 
 
 def resolve_ablation(ablation: Union[str, AblationStrategy]) -> AblationStrategy:
-    """Return a strategy for ``"zero"``, ``"weights"`` or an :class:`AblationStrategy`."""
-    if isinstance(ablation, AblationStrategy):
-        return ablation
-    if isinstance(ablation, str) and ablation in ABLATIONS:
-        return ABLATIONS[ablation]()
-    raise ValueError(
-        f"ablation={ablation!r} is not allowed; use one of {sorted(ABLATIONS)} or an instance of"
-        " MeanAblation(reference_inputs), ConstantAblation(value), ResampleAblation(reference_inputs)"
-    )
+    """Return a strategy for ``"weights"``, ``"zero"`` or an :class:`AblationStrategy`."""
+    return ABLATIONS.resolve(ablation)
+
+
+def fitted_ablation(ablation: Union[str, AblationStrategy], forward_func: Optional[Callable[..., Any]],
+                    components: ComponentSet) -> AblationStrategy:
+    """The strategy for ``ablation``, fitted on ``components`` (runs ``forward_func`` if needed).
+
+    Methods call this once when they start; gate contexts then use the fitted strategy.
+    """
+    strategy = resolve_ablation(ablation)
+    if not strategy.is_fitted(components):
+        if forward_func is None:
+            raise ValueError(
+                f"ablation {strategy!r} must be fitted on reference inputs, which needs the"
+                " model's forward function; pass forward_func=..."
+            )
+        strategy.fit(forward_func, components)
+    return strategy
 
 
 def _keyed_groups(components: ComponentSet) -> Dict[Tuple[str, str], ComponentGroup]:

@@ -20,11 +20,11 @@ Implementations
   attribution of each example for ``k`` on a grid; returns a :class:`TopKAblationCurve` with
   the outputs and their area under the curve.
 
-The two result classes live in :mod:`captum_coar.evaluation_results` (re-exported here).
+The two result classes live in :mod:`captum_coar._evaluation_results` (re-exported here).
 
 The prediction for a keep mask ``m`` is ``intercept + attributions . m`` when an intercept is
 known, else ``unablated output - attributions . (1 - m)``; the two differ by a constant per
-example, which correlation ignores. All forwards run through :mod:`captum_coar.engine`.
+example, which correlation ignores. All forwards run through :mod:`captum_coar._engine`.
 """
 
 from __future__ import annotations
@@ -35,10 +35,11 @@ from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple, Unio
 import torch
 from torch import Tensor
 
-from .ablation import AblationStrategy
+from ._engine import evaluate_masks, gated_outputs, progress, rows_per_pass
+from ._evaluation_results import CounterfactualCorrelationResult, TopKAblationCurve
+from ._inputs import as_tuple, input_tuple
+from .ablation import AblationStrategy, fitted_ablation
 from .components import ComponentSet, model_device
-from .engine import as_tuple, evaluate_masks, gated_outputs, input_tuple, progress, rows_per_pass
-from .evaluation_results import CounterfactualCorrelationResult, TopKAblationCurve
 from .gates import ComponentGates
 from .outputs import OutputFunction, resolve_output
 from .sampling import MaskSampler, resolve_sampler
@@ -211,7 +212,9 @@ def counterfactual_correlation(
     common = dict(target=target, additional_forward_args=additional_forward_args, output=output,
                   ablation=ablation, perturbations_per_eval=perturbations_per_eval,
                   max_rows=max_rows)
-    hooks = ComponentGates(components, ablation, forward_func)
+    ablation = fitted_ablation(ablation, forward_func, components)
+    common["ablation"] = ablation
+    hooks = ComponentGates(components, ablation)
     actual, predicted, values, all_masks = [], [], [], []
     describe: Dict[str, Any] = {}
     with hooks:
@@ -292,7 +295,8 @@ def topk_ablation_curve(
     results = []
     bar = progress(len(pairs) * n_examples, show_progress, "top-k ablations")
     try:
-        with ComponentGates(components, ablation, forward_func) as hooks, torch.no_grad():
+        strategy = fitted_ablation(ablation, forward_func, components)
+        with ComponentGates(components, strategy) as hooks, torch.no_grad():
             for start in range(0, len(pairs), per_pass):
                 block = pairs[start:start + per_pass]
                 gates = torch.stack([(ranks[m] >= k).float() for m, k in block])  # (p, b, N)

@@ -39,9 +39,9 @@ from typing import Any, Callable, Optional, Tuple, Union
 import torch
 from torch import Tensor
 
-from .ablation import AblationStrategy, resolve_ablation
+from ._inputs import as_tuple, expand_target, repeat_rows
+from .ablation import AblationStrategy, fitted_ablation, resolve_ablation
 from .components import ComponentSet, model_device
-from .engine import as_tuple, expand_target, repeat_rows
 from .gates import ComponentGates
 from .outputs import OutputFunction, resolve_output
 
@@ -112,7 +112,8 @@ class GatedForward:
             shape = tuple(gates.shape) if isinstance(gates, Tensor) else type(gates).__name__
             raise ValueError(f"gates must have shape (rows, {self.n_components}), got {shape}")
         model_args, target, index = self._match_rows(gates.shape[0], model_args, target)
-        with ComponentGates(self.components, self.strategy_, forward_func=self.forward_func) as hooks:
+        fitted_ablation(self.strategy_, self.forward_func, self.components)
+        with ComponentGates(self.components, self.strategy_) as hooks:
             hooks.values = gates.to(model_device(self.components.model))
             hooks.example_index = index
             result = self.forward_func(*model_args)

@@ -28,6 +28,8 @@ from typing import Any, Callable, Dict, Optional, Union
 import torch
 from torch import Tensor
 
+from ._registry import Registry
+
 __all__ = ["OutputFunction", "Margin", "Logit", "LogProb", "Loss", "SequenceMargin",
            "CallableOutput", "resolve_output", "logits_of", "OUTPUTS"]
 
@@ -183,24 +185,23 @@ class CallableOutput(OutputFunction):
         return {"name": f"callable:{self.name}"}
 
 
-OUTPUTS = {"margin": Margin, "logit": Logit, "log_prob": LogProb, "loss": Loss,
-           "sequence_margin": SequenceMargin}
+OUTPUTS: Registry[OutputFunction] = Registry("output", OutputFunction, "Margin(), SequenceMargin(start=...)")
+OUTPUTS.register("margin", Margin)
+OUTPUTS.register("logit", Logit)
+OUTPUTS.register("log_prob", LogProb, "logprob")
+OUTPUTS.register("loss", Loss)
+OUTPUTS.register("sequence_margin", SequenceMargin)
 
 
 def resolve_output(output: Union[str, OutputFunction, Callable[[Any, Any], Tensor], None],
                    target: Optional[Any] = None) -> OutputFunction:
     """An :class:`OutputFunction` from a name, an instance or a callable.
 
-    ``None`` means ``"margin"`` when a target is given, else ``"logit"``.
+    ``None`` means ``"margin"`` when a target is given, else ``"logit"``. A plain callable
+    ``f(model_output, target) -> (rows,)`` is wrapped in a :class:`CallableOutput`.
     """
     if output is None:
         output = "margin" if target is not None else "logit"
-    if isinstance(output, OutputFunction):
-        return output
-    if isinstance(output, str):
-        if output not in OUTPUTS:
-            raise ValueError(f"output={output!r} is not allowed; use one of {sorted(OUTPUTS)} or a callable")
-        return OUTPUTS[output]()
-    if callable(output):
+    if callable(output) and not isinstance(output, (str, OutputFunction)):
         return CallableOutput(output)
-    raise TypeError(f"output must be a name, an OutputFunction or a callable, got {type(output).__name__}")
+    return OUTPUTS.resolve(output)

@@ -32,9 +32,12 @@ from __future__ import annotations
 import math
 import numbers
 from abc import ABC, abstractmethod
-from typing import Any, Callable, Dict, Optional, Union
+from typing import Any, Dict, Optional, Union
 
 import torch
+
+from ._checks import fail
+from ._registry import Registry
 
 __all__ = [
     "BLOCK_ROWS",
@@ -214,11 +217,9 @@ class FixedFractionSampler(MaskSampler):
         return keep
 
 
-_SAMPLERS: Dict[str, Callable[[float], MaskSampler]] = {
-    "bernoulli": BernoulliSampler,
-    "fixed": FixedFractionSampler,
-    "fixed_fraction": FixedFractionSampler,
-}
+SAMPLERS: Registry[MaskSampler] = Registry("sampler", MaskSampler, "BernoulliSampler(0.05)")
+SAMPLERS.register("bernoulli", BernoulliSampler)
+SAMPLERS.register("fixed", FixedFractionSampler, "fixed_fraction")
 
 
 def resolve_sampler(
@@ -227,31 +228,18 @@ def resolve_sampler(
 ) -> MaskSampler:
     """Return a sampler from a name (``"bernoulli"``, ``"fixed"``) or an instance.
 
-    A name needs ``ablation_fraction``. An instance is returned as is; if
-    ``ablation_fraction`` is also given it must equal the instance's.
+    A name needs ``ablation_fraction``. An instance is returned as is; an
+    ``ablation_fraction`` given beside it must equal the instance's (conflicting values are an
+    error, never silently resolved in favour of one).
     """
     if isinstance(name_or_sampler, MaskSampler):
         if ablation_fraction is not None and float(ablation_fraction) != float(
-            name_or_sampler.ablation_fraction
-        ):
-            raise ValueError(
-                f"ablation_fraction={ablation_fraction!r} conflicts with the sampler given, "
-                f"{name_or_sampler!r}; give one or make them equal."
-            )
+                name_or_sampler.ablation_fraction):
+            raise fail("ablation_fraction", f"None or {name_or_sampler.ablation_fraction} (the"
+                       f" fraction of the sampler given, {name_or_sampler!r})", ablation_fraction,
+                       "Give one of the two, or make them equal")
         return name_or_sampler
-    if isinstance(name_or_sampler, str):
-        key = name_or_sampler.lower()
-        if key not in _SAMPLERS:
-            raise ValueError(
-                f"Unknown sampler {name_or_sampler!r}; allowed: 'bernoulli', 'fixed', or a "
-                "MaskSampler instance."
-            )
-        if ablation_fraction is None:
-            raise ValueError(
-                f"Sampler {name_or_sampler!r} needs an ablation_fraction in (0, 1), got None."
-            )
-        return _SAMPLERS[key](ablation_fraction)
-    raise TypeError(
-        "sampler must be 'bernoulli', 'fixed' or a MaskSampler instance, got "
-        f"{name_or_sampler!r} ({type(name_or_sampler).__name__})."
-    )
+    if isinstance(name_or_sampler, str) and name_or_sampler in SAMPLERS and ablation_fraction is None:
+        raise fail("ablation_fraction", "a number in (0, 1) when the sampler is given by name",
+                   ablation_fraction)
+    return SAMPLERS.resolve(name_or_sampler, ablation_fraction=ablation_fraction)

@@ -17,6 +17,7 @@ from toy_models import (
 )
 
 from captum_coar import (
+    ActivationRecorder,
     ComponentGates,
     ComponentGroup,
     ComponentSet,
@@ -193,10 +194,10 @@ def test_mean_constant_and_resample_strategies():
             "constant": (ConstantAblation(0.7), torch.full((4, 7, 16), 0.7)),
         }
         for name, (strategy, expected) in cases.items():
-            with ablated(components, torch.zeros(16), strategy, forward_func=model) as hooks:
-                hooks.record = True
+            with ActivationRecorder(components) as recorder, \
+                    ablated(components, torch.zeros(16), strategy, forward_func=model):
                 model(x)
-            recorded = hooks.recorded[("embed", "output")]
+            recorded = recorder.recorded[("embed", "output")]
             out = model.attn(expected)  # recompute downstream from the expected replacement
             with ablated(components, torch.zeros(16), strategy, forward_func=model):
                 got = model(x)
@@ -270,7 +271,7 @@ def test_model_without_parameters_runs_on_the_cpu():
 
 
 def test_row_budget_validation():
-    from captum_coar.engine import rows_per_pass
+    from captum_coar._engine import rows_per_pass
 
     assert rows_per_pass(10, None, 100) == 10
     assert rows_per_pass(10, None, np.int64(35)) == 3

@@ -289,7 +289,7 @@ def test_validation_messages(convnet):
         ComponentConductance(model, components).attribute(x.long(), target=target)
     with pytest.raises(TypeError, match="ComponentSet"):
         ComponentAblation(model, components.groups).attribute(x, target=target)
-    with pytest.raises(ValueError, match="ablation='median'"):
+    with pytest.raises(ValueError, match=r"`ablation` must be one of .*; got 'median'"):
         ComponentAblation(model, components, ablation="median").attribute(x, target=target)
 
 

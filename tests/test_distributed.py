@@ -19,15 +19,18 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from toy_models import ConvNet, randomise_batchnorm
 
-from captum_coar.coar import ComponentAblationRegression
-from captum_coar.collection import CollectedStatistics, collect_statistics, tensor_batches
-from captum_coar.components import conv_filters
-from captum_coar.distributed import (
+from captum_coar.coar import (
+    CollectedStatistics,
+    ComponentAblationRegression,
+    collect_statistics,
+    tensor_batches,
+)
+from captum_coar.coar.distributed import (
     all_reduce_statistics,
     collect_distributed,
     collect_statistics_distributed,
 )
-from captum_coar.shards import (
+from captum_coar.coar.shards import (
     collect_shard,
     collect_statistics_shard,
     load_statistics,
@@ -35,6 +38,7 @@ from captum_coar.shards import (
     save_statistics,
     shard_rows,
 )
+from captum_coar.components import conv_filters
 
 N_MASKS, SEED, VAL = 150, 3, 0.2
 SETTINGS = dict(n_masks=N_MASKS, seed=SEED, ablation_fraction=0.2)

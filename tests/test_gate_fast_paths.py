@@ -6,6 +6,7 @@ from torch import nn
 from toy_models import ConvNet, randomise_batchnorm
 
 from captum_coar import (
+    ActivationRecorder,
     ComponentGates,
     ComponentGroup,
     ComponentSet,
@@ -15,7 +16,7 @@ from captum_coar import (
     evaluate_masks,
     linear_neurons,
 )
-from captum_coar.engine import default_max_rows, gated_outputs, rows_per_pass
+from captum_coar._engine import default_max_rows, gated_outputs, rows_per_pass
 from captum_coar.outputs import resolve_output
 
 
@@ -69,10 +70,11 @@ def test_recorded_activations_stay_ungated():
     model, components, x, masks = _setup()
     with torch.no_grad():
         plain = model.conv1(x).clone()
-        with ComponentGates(components, "weights", record=True) as hooks:
+        with ActivationRecorder(components) as recorder, \
+                ComponentGates(components, "weights") as hooks:
             hooks.values = masks[:1].float()
             model(x)
-    assert torch.equal(hooks.recorded[("conv1", "output")], plain)
+    assert torch.equal(recorder.recorded[("conv1", "output")], plain)
 
 
 class _PassThrough(nn.Module):

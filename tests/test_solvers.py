@@ -308,7 +308,7 @@ def test_minibatch_ridge_errors() -> None:
     Y[3, 1] = float("nan")
     with pytest.raises(ValueError, match=r"\(row 3, column 1\)"):
         MinibatchRidge(epochs=1).fit(lambda: [(X, Y)])
-    with pytest.raises(ValueError, match="epochs must be a positive integer, got 0"):
+    with pytest.raises(ValueError, match=r"`MinibatchRidge epochs` must be an integer >= 1; got 0"):
         MinibatchRidge(epochs=0).fit(lambda: [(X, Y)])
 
 
@@ -346,9 +346,9 @@ def test_resolve_solver_and_describe() -> None:
         "rcond": 1e-10,
     }
     assert MinibatchRidge().describe()["dtype"] == "torch.float64"
-    with pytest.raises(ValueError, match="Unknown solver 'sgd'.*'lasso'"):
+    with pytest.raises(ValueError, match=r"`solver` must be one of .*'lasso'.*; got 'sgd'"):
         resolve_solver("sgd")
-    with pytest.raises(TypeError, match="got 1"):
+    with pytest.raises(TypeError, match="got int 1"):
         resolve_solver(1)  # type: ignore[arg-type]
 
 

@@ -14,7 +14,7 @@ fitted strategy (mean, resample) is fitted on the first call and reused.
 Functions here turn Captum-style arguments into what the methods need: ``inputs`` and
 ``additional_forward_args`` as tuples with the batch on dim 0, ``baselines`` as one tensor
 per input, positive integers checked with messages that say what was given (the row and
-target slicing itself is :mod:`captum_coar.engine`'s). Results follow
+target slicing itself is :mod:`captum_coar._engine`'s). Results follow
 Captum's tuple-in, tuple-out convention (as COAR does): a tensor ``(batch, n_components)``
 for a tensor input, the 1-tuple holding it for a tuple of inputs.
 """
@@ -28,9 +28,9 @@ from captum.attr import GradientAttribution
 from torch import Tensor
 
 from .._checks import check_optional_positive_int, check_positive_int
-from ..ablation import AblationStrategy, resolve_ablation
+from .._inputs import as_tuple, input_tuple, slice_target
+from ..ablation import AblationStrategy, fitted_ablation, resolve_ablation
 from ..components import ComponentSet
-from ..engine import as_tuple, input_tuple, slice_target
 from ..gates import ComponentGates
 from ..outputs import OutputFunction, resolve_output
 
@@ -130,11 +130,12 @@ class ComponentMethod:
         if getattr(self, "_ablation_key", None) is not self.ablation:
             self.strategy_ = resolve_ablation(self.ablation)
             self._ablation_key = self.ablation
+        fitted_ablation(self.strategy_, self.forward_func, self.components)
         return resolve_output(output, target)
 
     def _gates(self) -> ComponentGates:
-        """Gate hooks with this method's strategy (fitted on first use when needed)."""
-        return ComponentGates(self.components, self.strategy_, forward_func=self.forward_func)
+        """Gate hooks with this method's strategy (fitted when the call started)."""
+        return ComponentGates(self.components, self.strategy_)
 
     @property
     def n_components(self) -> int:

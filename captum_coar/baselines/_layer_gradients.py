@@ -2,8 +2,7 @@
 
 Contract
 --------
-:class:`SiteRecorder` is a :class:`~captum_coar.gates.ComponentGates` that leaves activations
-untouched and records, for every group of a :class:`ComponentSet`, the activation at the
+:class:`SiteRecorder` is an :class:`~captum_coar._recording.ActivationRecorder` that records, for every group of a :class:`ComponentSet`, the activation at the
 group's site (a module's output, or its first input for heads) as a node of the autograd
 graph. It complains when a site runs more than once per forward (weights shared across calls),
 because a per-call activation would then be ambiguous.
@@ -25,13 +24,15 @@ Both gradient functions enable gradients themselves, so they work under ``torch.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Iterator, List, Optional, Sequence, Tuple
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
+from .._engine import checked_outputs, gates_applied
+from .._inputs import expand_target, repeat_rows
+from .._recording import ActivationRecorder
 from ..components import ComponentGroup, ComponentSet
-from ..engine import checked_outputs, expand_target, gates_applied, repeat_rows
 from ..gates import ComponentGates
 from ..outputs import OutputFunction
 
@@ -39,43 +40,11 @@ __all__ = ["SiteRecorder", "site_gradients", "gate_gradients", "per_component", 
            "scaled_path", "path_site_gradients", "forward_values"]
 
 
-class SiteRecorder(ComponentGates):
-    """Records each group's site activation (graph-connected) without changing it."""
+class SiteRecorder(ActivationRecorder):
+    """Records each group's site activation as a gradient leaf, without changing it."""
 
     def __init__(self, components: ComponentSet) -> None:
-        super().__init__(components, "zero", record=True)
-        self.calls: Dict[Tuple[str, str], int] = {}
-
-    def gate_activation(self, position: int, group: ComponentGroup, module: nn.Module,
-                        activation: Tensor) -> Tensor:
-        if (torch.is_grad_enabled() and activation.is_floating_point()
-                and not activation.requires_grad):
-            activation = activation.detach().requires_grad_()
-        key = (group.module_name, group.site)
-        self.calls[key] = self.calls.get(key, 0) + 1
-        return super().gate_activation(position, group, module, activation)
-
-    def __enter__(self) -> "SiteRecorder":
-        super().__enter__()
-        return self
-
-    def reset(self) -> None:
-        self.recorded.clear()
-        self.calls.clear()
-
-    def collect(self) -> List[Tensor]:
-        """The recorded activations in group order, after one forward."""
-        keys = [(g.module_name, g.site) for g in self.components.groups]
-        missing = [k[0] for k in keys if k not in self.recorded]
-        if missing:
-            raise RuntimeError(f"the forward pass never reached the component modules {missing}")
-        repeated = {k[0]: n for k, n in self.calls.items() if n > 1}
-        if repeated:
-            raise RuntimeError(
-                f"modules {repeated} ran more than once in one forward pass (shared weights);"
-                " per-site gradients are defined only for modules that run once per forward"
-            )
-        return [self.recorded[k] for k in keys]
+        super().__init__(components, leaf=True)
 
 
 def site_gradients(

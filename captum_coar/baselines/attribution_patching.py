@@ -23,8 +23,8 @@ import torch
 from captum.log import log_usage
 from torch import Tensor
 
+from .._inputs import example_batches
 from ..components import model_device
-from ..engine import example_batches
 from ._base import (
     Attributions,
     ComponentGradientMethod,

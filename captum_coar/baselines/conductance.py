@@ -38,7 +38,7 @@ from captum.log import log_usage
 from torch import Tensor
 
 from .._compat import integration_points
-from ..engine import expand_target, repeat_rows
+from .._inputs import expand_target, repeat_rows
 from ._base import (
     AttributionsWithDelta,
     ComponentGradientMethod,

@@ -27,9 +27,9 @@ import torch
 from captum.log import log_usage
 from torch import Tensor, nn
 
+from .._inputs import example_batches
 from ..ablation import along_axis
 from ..components import ComponentGroup, is_hf_conv1d
-from ..engine import example_batches
 from ._base import (
     Attributions,
     ComponentGradientMethod,

@@ -26,8 +26,8 @@ from captum.log import log_usage
 from torch import Tensor
 
 from .._compat import integration_points
+from .._inputs import expand_target, repeat_rows
 from ..components import model_device
-from ..engine import expand_target, repeat_rows
 from ._base import (
     AttributionsWithDelta,
     ComponentGradientMethod,

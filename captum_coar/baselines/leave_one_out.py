@@ -5,7 +5,7 @@ Contract
 :class:`ComponentAblation` returns ``F(all kept) - F(component c ablated)`` for every
 component and example, ``(batch, n_components)``: positive when the component pushes the
 output up. Both terms are gated forwards of the batch engine
-(:func:`captum_coar.engine.evaluate_masks`), the reference one with every gate at 1 and the
+(:func:`captum_coar._engine.evaluate_masks`), the reference one with every gate at 1 and the
 others with the keep masks "all but c" (identity complements, built chunk by chunk, never as
 an ``N x N`` matrix). ``perturbations_per_eval`` single-component ablations share one forward
 pass of ``perturbations_per_eval * batch`` rows (default: as many as ``max_rows`` allows), as
@@ -23,9 +23,9 @@ from captum.attr import PerturbationAttribution
 from captum.log import log_usage
 from torch import Tensor
 
+from .._engine import evaluate_masks, progress, rows_per_pass
 from ..ablation import AblationStrategy
 from ..components import ComponentSet, model_device
-from ..engine import evaluate_masks, progress, rows_per_pass
 from ._base import (
     Attributions,
     ComponentMethod,

@@ -22,8 +22,9 @@ Implementations
 
 from __future__ import annotations
 
-from typing import Dict, Type, Union
+from typing import Union
 
+from .._registry import Registry
 from .base import ChunkSource, FitResult, Solver, StreamingSolver
 from .lasso import ConvergenceWarning, Lasso
 from .least_squares import LeastSquares, Ridge, SingularMatrixWarning
@@ -43,39 +44,24 @@ __all__ = [
     "SingularMatrixWarning",
     "ConvergenceWarning",
     "resolve_solver",
+    "SOLVERS",
 ]
 
-_NAMES: Dict[str, Type[Union[Solver, StreamingSolver]]] = {
-    "lstsq": LeastSquares,
-    "least_squares": LeastSquares,
-    "ols": LeastSquares,
-    "ridge": Ridge,
-    "lasso": Lasso,
-    "streaming": MinibatchRidge,
-    "minibatch_ridge": MinibatchRidge,
-}
+SOLVERS: Registry[Union[Solver, StreamingSolver]] = Registry(
+    "solver", (Solver, StreamingSolver), "Ridge(alpha=1.0), Lasso(alphas=...)")
+SOLVERS.register("least_squares", LeastSquares, "lstsq", "ols")
+SOLVERS.register("ridge", Ridge)
+SOLVERS.register("lasso", Lasso)
+SOLVERS.register("streaming", MinibatchRidge, "minibatch_ridge")
 
 
 def resolve_solver(
     name_or_solver: Union[str, Solver, StreamingSolver] = "least_squares",
 ) -> Union[Solver, StreamingSolver]:
-    """A solver from a name (``"lstsq"``/``"least_squares"``, ``"ridge"``, ``"lasso"``,
-    ``"streaming"``) with default parameters, or an instance returned as is.
+    """A solver from a name (``"least_squares"``/``"lstsq"``/``"ols"``, ``"ridge"``,
+    ``"lasso"``, ``"streaming"``) with default parameters, or an instance returned as is.
 
     Callers check ``isinstance(solver, StreamingSolver)`` to know whether to pass chunks
     instead of :class:`SufficientStatistics`.
     """
-    if isinstance(name_or_solver, (Solver, StreamingSolver)):
-        return name_or_solver
-    if isinstance(name_or_solver, str):
-        cls = _NAMES.get(name_or_solver.lower())
-        if cls is None:
-            raise ValueError(
-                f"Unknown solver {name_or_solver!r}; allowed: {sorted(_NAMES)} or a Solver / "
-                "StreamingSolver instance."
-            )
-        return cls()
-    raise TypeError(
-        "solver must be a name or a Solver / StreamingSolver instance, got "
-        f"{name_or_solver!r} ({type(name_or_solver).__name__})."
-    )
+    return SOLVERS.resolve(name_or_solver)

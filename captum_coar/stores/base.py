@@ -18,7 +18,7 @@ A :class:`MaskOutputStore` holds, for ``m`` mask rows, ``N`` components and ``n`
 Lifecycle: a store is created empty; :meth:`MaskOutputStore.open` binds it to a metadata dict,
 allocating the arrays the first time and, when data already exists, checking that every
 identity field matches (a ``ValueError`` names each field that differs, given vs stored).
-:mod:`captum_coar.collection` fills a store; the solvers read it through
+:mod:`captum_coar.coar.collection` fills a store; the solvers read it through
 :meth:`MaskOutputStore.iter_chunks` or :meth:`MaskOutputStore.statistics`.
 
 Implementations: :class:`~captum_coar.stores.memory.InMemoryStore` (numpy arrays in RAM) and
@@ -173,7 +173,7 @@ class MaskOutputStore(ABC):
         if self._metadata is None:
             raise ValueError(
                 f"{self._describe_location()} is empty; collect into it first (see"
-                " captum_coar.collection.collect)"
+                " captum_coar.coar.collection.collect)"
             )
         return self._metadata
 

@@ -7,7 +7,7 @@ list of batches). :func:`split_batch` reads one batch: ``inputs``, ``(inputs, ta
 ``(inputs, target, *additional_forward_args)`` (``inputs`` a tensor or a tuple of tensors), or
 anything ``batch_fn`` maps to that, as ``(inputs tuple, target, additional_forward_args
 tuple)``. :func:`tensor_batches` makes such a list of batches from tensors held in memory
-(rows sliced as :func:`captum_coar.engine.example_batches` does).
+(rows sliced as :func:`captum_coar._inputs.example_batches` does).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Any, Callable, List, Optional, Tuple, Union
 
 from torch import Tensor
 
-from .engine import as_tuple, example_batches, input_tuple
+from .._inputs import as_tuple, example_batches, input_tuple
 
 __all__ = ["Batch", "BatchFn", "split_batch", "tensor_batches"]
 

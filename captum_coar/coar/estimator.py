@@ -36,7 +36,17 @@ from captum.attr import PerturbationAttribution
 from captum.log import log_usage
 from torch import Tensor
 
-from .ablation import AblationStrategy
+from .._inputs import TensorOrTuple
+from ..ablation import AblationStrategy
+from ..components import ComponentSet
+from ..outputs import OutputFunction
+from ..sampling import MaskSampler
+from ..solvers import FitResult, LeastSquares, Solver, StreamingSolver, resolve_solver
+from ..solvers.statistics import SufficientStatistics
+from ..stores.base import MaskOutputStore, RowSelection
+from ..stores.memmap import MemmapStore
+from ..stores.memory import InMemoryStore
+from ._fingerprint import model_fingerprint
 from .collection import (
     CollectedStatistics,
     CollectionSettings,
@@ -46,16 +56,6 @@ from .collection import (
     tensor_batches,
     validation_split,
 )
-from .components import ComponentSet
-from .engine import TensorOrTuple
-from .fingerprint import model_fingerprint
-from .outputs import OutputFunction
-from .sampling import MaskSampler
-from .solvers import FitResult, LeastSquares, Solver, StreamingSolver, resolve_solver
-from .solvers.statistics import SufficientStatistics
-from .stores.base import MaskOutputStore, RowSelection
-from .stores.memmap import MemmapStore
-from .stores.memory import InMemoryStore
 
 __all__ = ["ComponentAblationRegression", "COARResult"]
 
@@ -217,14 +217,14 @@ class ComponentAblationRegression(PerturbationAttribution):
     def collect(self, data: Iterable[Any], store: Union[MaskOutputStore, str, None] = None, *,
                 n_masks: Optional[int] = None, **kwargs: Any) -> MaskOutputStore:
         """Collect masks and outputs over ``data`` into ``store`` (see
-        :func:`captum_coar.collection.collect`); resumes when the store holds partial data."""
+        :func:`captum_coar.coar.collection.collect`); resumes when the store holds partial data."""
         return collect(self.forward_func, self.components, data, store,
                        n_masks=self._default_n_masks(n_masks), ablation=self.ablation, **kwargs)
 
     def collect_statistics(self, data: Iterable[Any], *, n_masks: Optional[int] = None,
                            **kwargs: Any) -> CollectedStatistics:
         """Sufficient statistics over ``data`` without raw storage (see
-        :func:`captum_coar.collection.collect_statistics`)."""
+        :func:`captum_coar.coar.collection.collect_statistics`)."""
         return collect_statistics(self.forward_func, self.components, data,
                                   n_masks=self._default_n_masks(n_masks), ablation=self.ablation,
                                   **kwargs)

@@ -39,17 +39,17 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 import torch
 
-from .coar import ComponentAblationRegression
-from .collection import CollectedStatistics, collect, collect_statistics, validation_split
-from .components import ComponentSet
-from .solvers.statistics import SufficientStatistics
-from .stores.base import (
+from ..components import ComponentSet
+from ..solvers.statistics import SufficientStatistics
+from ..stores.base import (
     MaskOutputStore,
     RowSelection,
     normalise_metadata,
     select_rows,
 )
-from .stores.memmap import METADATA_FILE, MemmapStore
+from ..stores.memmap import METADATA_FILE, MemmapStore
+from .collection import CollectedStatistics, collect, collect_statistics, validation_split
+from .estimator import ComponentAblationRegression
 
 __all__ = ["shard_rows", "collect_shard", "collect_statistics_shard", "save_statistics",
            "load_statistics", "merge_statistics"]
@@ -118,7 +118,7 @@ def collect_shard(forward_func: Any, components: Optional[ComponentSet] = None, 
 
     ``forward_func`` may be a :class:`~captum_coar.coar.ComponentAblationRegression` (then
     components and ablation come from it). Re-running resumes. Other arguments as in
-    :func:`~captum_coar.collection.collect`. Merge with ``merge_statistics(directory)``.
+    :func:`~captum_coar.coar.collection.collect`. Merge with ``merge_statistics(directory)``.
 
     Raises ``ValueError`` when ``directory`` holds shards of a run split another number of ways.
     """
@@ -147,7 +147,7 @@ def collect_statistics_shard(forward_func: Any, components: Optional[ComponentSe
     """Statistics of shard ``shard`` of ``n_shards`` (one job of many, no process group).
 
     ``settings["rows"]`` records the rows, so :func:`merge_statistics` detects overlapping and
-    missing shards. Other arguments as in :func:`~captum_coar.collection.collect_statistics`.
+    missing shards. Other arguments as in :func:`~captum_coar.coar.collection.collect_statistics`.
     """
     func, comps, abl = unpack_model(forward_func, components, data, ablation)
     own_rows = shard_rows(n_masks, shard, n_shards, rows)

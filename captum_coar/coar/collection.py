@@ -5,14 +5,14 @@ Contract
 Data is a re-iterable of batches (a ``DataLoader`` without shuffling, or a list of batches).
 A batch is ``inputs``, ``(inputs, target)`` or ``(inputs, target, *additional_forward_args)``
 (``inputs`` a tensor or a tuple of tensors), or anything ``batch_fn`` maps to that (read by
-:mod:`captum_coar.batches`). Every setting is resolved and validated up front by
-:class:`~captum_coar.collection_settings.CollectionSettings`. Mask rows
+:mod:`captum_coar.coar._batches`). Every setting is resolved and validated up front by
+:class:`~captum_coar.coar._settings.CollectionSettings`. Mask rows
 ``r`` in ``rows`` (default all of ``0 .. n_masks - 1``) come from ``sampler.sample(N, r, r+1,
 seed)``, so any shard of rows can be collected anywhere.
 
 Rows are processed in chunks of ``chunk_rows`` aligned to multiples of ``chunk_rows``; for each
 chunk the data is passed over once and each batch is evaluated under the chunk's masks,
-``perturbations_per_eval`` masks per forward pass (:func:`captum_coar.engine.evaluate_masks`,
+``perturbations_per_eval`` masks per forward pass (:func:`captum_coar._engine.evaluate_masks`,
 with ONE entered :class:`~captum_coar.gates.ComponentGates` reused for every batch).
 
 - :func:`collect` writes into a :class:`~captum_coar.stores.base.MaskOutputStore` (in memory or
@@ -31,7 +31,7 @@ that shuffles, or data that changes between passes (random augmentation), is ref
 
 The data functions (:func:`split_batch`, :func:`tensor_batches`) and the settings
 (:class:`CollectionSettings`, :func:`validation_split`, :func:`stats_device`) are re-exported
-here from :mod:`captum_coar.batches` and :mod:`captum_coar.collection_settings`.
+here from :mod:`captum_coar.coar._batches` and :mod:`captum_coar.coar._settings`.
 """
 
 from __future__ import annotations
@@ -43,18 +43,18 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .ablation import AblationStrategy
-from .batches import BatchFn, split_batch, tensor_batches
-from .collection_settings import CollectionSettings, stats_device, validation_split
-from .components import ComponentSet, model_device
-from .engine import evaluate_masks, progress
-from .fingerprint import DataScan, check_reiterable, scan_data
-from .gates import ComponentGates
-from .outputs import OutputFunction
-from .sampling import MaskSampler
-from .solvers.statistics import SufficientStatistics
-from .stores.base import MaskOutputStore, RowSelection, select_rows
-from .stores.memmap import MemmapStore
+from .._engine import evaluate_masks, progress
+from ..ablation import AblationStrategy, fitted_ablation
+from ..components import ComponentSet, model_device
+from ..gates import ComponentGates
+from ..outputs import OutputFunction
+from ..sampling import MaskSampler
+from ..solvers.statistics import SufficientStatistics
+from ..stores.base import MaskOutputStore, RowSelection, select_rows
+from ..stores.memmap import MemmapStore
+from ._batches import BatchFn, split_batch, tensor_batches
+from ._fingerprint import DataScan, check_reiterable, scan_data
+from ._settings import CollectionSettings, stats_device, validation_split
 
 __all__ = ["collect", "collect_statistics", "CollectedStatistics", "CollectionSettings",
            "tensor_batches", "validation_split", "split_batch", "stats_device"]
@@ -148,8 +148,8 @@ def _run(settings: CollectionSettings, data: Iterable[Any], batch_fn: Optional[B
     total = int(sum(int((n - sink.pending(r)).sum()) for _, r in work))
     bar = progress(total, show_progress and total > 0, "COAR ablated outputs")
     try:
-        with ComponentGates(settings.components, settings.ablation,
-                            settings.forward_func) as hooks:
+        strategy = fitted_ablation(settings.ablation, settings.forward_func, settings.components)
+        with ComponentGates(settings.components, strategy) as hooks:
             for _, chunk_rows in work:
                 done = sink.pending(chunk_rows)
                 if bool((done == n).all()):
@@ -208,7 +208,7 @@ def collect(forward_func: Callable[..., Any], components: ComponentSet, data: It
 
     Returns the store. Raises ``ValueError`` when the store holds data made differently.
     """
-    from .stores.memory import InMemoryStore
+    from ..stores.memory import InMemoryStore
 
     check_reiterable(data)
     scan = scan_data((split_batch(b, batch_fn) for b in data), fingerprints=True)

@@ -12,12 +12,10 @@ the budget, examples are split too. The model's weights are never modified: gate
 the hooks of :mod:`captum_coar.gates`. Results do not depend on ``p`` beyond float rounding of
 the model's own batched arithmetic.
 
-Functions shared by the attribution classes live here as well: tuple handling and checking of
-``inputs`` and ``additional_forward_args`` (Captum's conventions; :func:`input_tuple`),
-slicing rows and ``target`` in consecutive batches (:func:`example_batches`), repeating rows
-and expanding ``target`` to repeated rows, setting the per-row gates of entered hooks for one
-forward pass (:func:`gates_applied`) and checking that an output function gave one value per
-row (:func:`checked_outputs`).
+Also here, for the attribution classes: the row budget (:func:`default_max_rows`,
+:func:`rows_per_pass`), setting the per-row gates of entered hooks for one forward pass
+(:func:`gates_applied`) and checking that an output function gave one value per row
+(:func:`checked_outputs`). Input conventions live in :mod:`captum_coar._inputs`.
 """
 
 from __future__ import annotations
@@ -29,103 +27,24 @@ from typing import Any, Callable, Iterator, Optional, Tuple, Union
 import torch
 from torch import Tensor
 
-from .ablation import AblationStrategy
+from ._inputs import (
+    TensorOrTuple,
+    example_batches,
+    expand_target,
+    input_tuple,
+    repeat_rows,
+    row_chunks,
+)
+from .ablation import AblationStrategy, fitted_ablation
 from .components import ComponentSet, model_device
 from .gates import ComponentGates
 from .outputs import OutputFunction, resolve_output
 
-__all__ = ["evaluate_masks", "gated_outputs", "as_tuple", "input_tuple", "slice_rows",
-           "slice_target", "example_batches", "repeat_rows", "expand_target", "rows_per_pass",
-           "progress", "gates_applied", "checked_outputs", "default_max_rows"]
+__all__ = ["evaluate_masks", "gated_outputs", "rows_per_pass", "progress", "gates_applied",
+           "checked_outputs", "default_max_rows"]
 
-TensorOrTuple = Union[Tensor, Tuple[Tensor, ...]]
 CPU_MAX_ROWS = 128
 ACCELERATOR_MAX_ROWS = 4096
-
-
-def as_tuple(inputs: Any) -> Tuple[Any, ...]:
-    """Captum's convention: a tensor becomes a 1-tuple, None an empty tuple."""
-    if inputs is None:
-        return ()
-    return tuple(inputs) if isinstance(inputs, (tuple, list)) else (inputs,)
-
-
-def slice_rows(inputs: Tuple[Tensor, ...], additional_forward_args: Any, rows: Any,
-               n_rows: int) -> Tuple[Tuple[Tensor, ...], Tuple[Any, ...]]:
-    """Select ``rows`` of every input and of every extra argument that has ``n_rows`` rows."""
-    sliced = tuple(x[rows] for x in inputs)
-    extra = tuple(a[rows] if _has_rows(a, n_rows) else a for a in as_tuple(additional_forward_args))
-    return sliced, extra
-
-
-def repeat_rows(values: Tuple[Any, ...], repeats: int, n_rows: int) -> Tuple[Any, ...]:
-    """Repeat every tensor with ``n_rows`` rows ``repeats`` times along dim 0 (block layout)."""
-    if repeats == 1:
-        return values
-    return tuple(v.repeat(repeats, *([1] * (v.dim() - 1))) if _has_rows(v, n_rows) else v
-                 for v in values)
-
-
-def input_tuple(inputs: Any) -> Tuple[Tensor, ...]:
-    """``inputs`` as a tuple of tensors with the same number of rows on dim 0.
-
-    ``TypeError`` for anything but a tensor or a tuple of tensors, ``ValueError`` when the
-    tensors disagree on the number of rows.
-    """
-    inputs_t = as_tuple(inputs)
-    if not inputs_t or not all(isinstance(x, Tensor) and x.dim() > 0 for x in inputs_t):
-        raise TypeError(
-            "inputs must be a tensor or a tuple of tensors with the batch on dim 0, got"
-            f" {type(inputs).__name__}"
-        )
-    if any(x.shape[0] != inputs_t[0].shape[0] for x in inputs_t):
-        raise ValueError(f"all inputs must have the same number of rows; got"
-                         f" {[tuple(x.shape) for x in inputs_t]}")
-    return inputs_t
-
-
-def _per_row_target(target: Any, n_rows: int) -> Optional[Tensor]:
-    """``target`` as a tensor with one entry per row, or None when all rows share it."""
-    if target is None or isinstance(target, int):
-        return None
-    t = torch.as_tensor(target)
-    if t.dim() == 0:
-        return None
-    if t.shape[0] != n_rows:
-        raise ValueError(f"target has {t.shape[0]} entries but inputs have {n_rows} rows")
-    return t
-
-
-def slice_target(target: Any, rows: slice, n_rows: int) -> Any:
-    """The rows of a per-example target (an int or scalar target is shared by all rows)."""
-    t = _per_row_target(target, n_rows)
-    return target if t is None else t[rows]
-
-
-def expand_target(target: Any, n_rows: int, repeats: int) -> Any:
-    """Repeat a per-example target for ``repeats`` blocks of ``n_rows`` rows."""
-    if repeats == 1:
-        return target
-    t = _per_row_target(target, n_rows)
-    return target if t is None else t.repeat(repeats, *([1] * (t.dim() - 1)))
-
-
-def _chunks(total: int, size: int) -> Iterator[slice]:
-    for start in range(0, total, size):
-        yield slice(start, min(start + size, total))
-
-
-def example_batches(inputs: Tuple[Tensor, ...], additional_forward_args: Any, target: Any,
-                    batch_size: int) -> Iterator[Tuple[slice, Tuple[Tensor, ...], Tuple[Any, ...], Any]]:
-    """``(rows, inputs, additional_forward_args, target)`` for consecutive ``batch_size`` rows."""
-    n_rows = inputs[0].shape[0]
-    for rows in _chunks(n_rows, batch_size):
-        batch, extra = slice_rows(inputs, additional_forward_args, rows, n_rows)
-        yield rows, batch, extra, slice_target(target, rows, n_rows)
-
-
-def _has_rows(value: Any, n_rows: int) -> bool:
-    return isinstance(value, Tensor) and value.dim() > 0 and value.shape[0] == n_rows
 
 
 def default_max_rows(device: Union[torch.device, str, None]) -> int:
@@ -280,7 +199,8 @@ def evaluate_masks(
     per_pass = rows_per_pass(example_chunk, perturbations_per_eval, max_rows)
     results = torch.empty(n_masks, n_examples)
     bar = progress(n_masks * n_examples, show_progress, "ablated forwards")
-    context = hooks if hooks is not None else ComponentGates(components, ablation, forward_func)
+    context = hooks if hooks is not None else ComponentGates(
+        components, fitted_ablation(ablation, forward_func, components))
     owns_context = hooks is None
     try:
         if owns_context:
@@ -288,7 +208,7 @@ def evaluate_masks(
         with torch.no_grad():
             for examples, batch, extra, chunk_target in example_batches(
                     inputs_t, additional_forward_args, target, example_chunk):
-                for rows in _chunks(n_masks, per_pass):
+                for rows in row_chunks(n_masks, per_pass):
                     values = gated_outputs(forward_func, context, batch, extra, gates_all[rows],
                                            chunk_target, output_fn,
                                            example_offset=example_offset + examples.start)

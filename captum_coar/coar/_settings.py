@@ -23,13 +23,13 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ._checks import check_optional_positive_int, check_positive_int
-from .ablation import AblationStrategy, resolve_ablation
-from .components import ComponentSet
-from .fingerprint import DataScan, model_fingerprint
-from .outputs import OutputFunction, resolve_output
-from .sampling import BLOCK_ROWS, MaskSampler, resolve_sampler
-from .stores.base import FORMAT_VERSION
+from .._checks import check_optional_positive_int, check_positive_int
+from ..ablation import AblationStrategy, resolve_ablation
+from ..components import ComponentSet
+from ..outputs import OutputFunction, resolve_output
+from ..sampling import BLOCK_ROWS, MaskSampler, resolve_sampler
+from ..stores.base import FORMAT_VERSION
+from ._fingerprint import DataScan, model_fingerprint
 
 __all__ = ["CollectionSettings", "validation_split", "stats_device"]
 
@@ -101,7 +101,7 @@ class CollectionSettings:
 
     def metadata(self, scan: DataScan) -> Dict[str, Any]:
         """Store metadata: identity fields and descriptive extras."""
-        from . import __version__
+        from .. import __version__
 
         return {
             "format_version": FORMAT_VERSION,

@@ -36,14 +36,14 @@ from typing import Any, Callable, Dict, List, Optional, Tuple, TypeVar, Union
 import torch
 import torch.distributed as dist
 
-from .ablation import resolve_ablation
+from ..ablation import resolve_ablation
+from ..components import ComponentSet
+from ..solvers.statistics import SufficientStatistics
+from ..stores.base import IDENTITY_FIELDS, RowSelection, normalise_metadata, select_rows
+from ..stores.memmap import MemmapStore
+from ._fingerprint import model_fingerprint, scan_data, tensor_fingerprint
 from .collection import CollectedStatistics, collect_statistics, split_batch, stats_device
-from .components import ComponentSet
-from .fingerprint import model_fingerprint, scan_data, tensor_fingerprint
 from .shards import collect_shard, row_ranges, shard_rows, unpack_model
-from .solvers.statistics import SufficientStatistics
-from .stores.base import IDENTITY_FIELDS, RowSelection, normalise_metadata, select_rows
-from .stores.memmap import MemmapStore
 
 __all__ = ["collect_statistics_distributed", "all_reduce_statistics", "collect_distributed"]
 
@@ -143,7 +143,7 @@ def collect_statistics_distributed(
         group: the process group (default the world).
         collect_kwargs: ``ablation_fraction``, ``sampler``, ``output``,
             ``perturbations_per_eval``, ``max_rows``, ``chunk_rows``, ``batch_fn``, ``dtype``
-            as in :func:`~captum_coar.collection.collect_statistics`.
+            as in :func:`~captum_coar.coar.collection.collect_statistics`.
 
     Returns the all-reduced statistics; ``settings["rows"]`` lists the rows as runs
     ``[start, stop)`` and ``settings["distributed"]`` the world size and backend.

@@ -1,0 +1,140 @@
+"""Recording activations at component sites, without changing them.
+
+Contract
+--------
+``with ActivationRecorder(components) as recorder:`` hooks every group's module at its site
+and keeps, by ``(module_name, site)``, the activation each hook saw last (the object itself,
+graph-connected; with ``leaf=True`` a floating activation that does not require grad is made a
+leaf that does, so gradients with respect to it can be taken). It counts calls per site;
+:meth:`ActivationRecorder.collect` returns the activations in group order and raises when a
+module never ran or ran more than once. Recording hooks never modify an activation. Entered
+before a :class:`~captum_coar.gates.ComponentGates`, the recorder sees activations before they
+are gated. Hooks are removed in ``finally``.
+
+:func:`record_activations` runs ``forward_func`` on inputs in batches under ``no_grad`` and
+returns every site's activations, detached and concatenated (what fitted ablation strategies
+summarise).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Dict, List, Tuple, Union
+
+import torch
+from torch import Tensor, nn
+
+from ._attention_patch import patch_multihead_attention, unpatch_multihead_attention
+from ._inputs import as_tuple, slice_rows
+from .components import ComponentGroup, ComponentSet
+
+__all__ = ["ActivationRecorder", "record_activations"]
+
+SiteKey = Tuple[str, str]
+
+
+class ActivationRecorder:
+    """Context manager that records each group's site activation.
+
+    Args:
+        components: the components whose sites are recorded.
+        leaf: make recorded floating activations gradient leaves when autograd is on.
+    """
+
+    def __init__(self, components: ComponentSet, leaf: bool = False) -> None:
+        self.components = components
+        self.leaf = leaf
+        self.recorded: Dict[SiteKey, Tensor] = {}
+        self.calls: Dict[SiteKey, int] = {}
+        self._handles: List[Any] = []
+        self._patched: List[nn.MultiheadAttention] = []
+
+    def __enter__(self) -> "ActivationRecorder":
+        try:
+            self._patched = patch_multihead_attention(self.components)
+            for group in self.components.groups:
+                module = self.components.module(group)
+                if group.site == "output":
+                    self._handles.append(module.register_forward_hook(self._output_hook(group)))
+                else:
+                    self._handles.append(module.register_forward_pre_hook(self._input_hook(group)))
+        except BaseException:
+            self.remove()
+            raise
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.remove()
+
+    def remove(self) -> None:
+        """Remove every hook (idempotent)."""
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+        unpatch_multihead_attention(self._patched)
+
+    def reset(self) -> None:
+        """Forget what was recorded (between forward passes)."""
+        self.recorded.clear()
+        self.calls.clear()
+
+    def _see(self, group: ComponentGroup, activation: Tensor) -> Tensor:
+        if (self.leaf and torch.is_grad_enabled() and activation.is_floating_point()
+                and not activation.requires_grad):
+            activation = activation.detach().requires_grad_()
+        key = (group.module_name, group.site)
+        self.calls[key] = self.calls.get(key, 0) + 1
+        self.recorded[key] = activation
+        return activation
+
+    def _output_hook(self, group: ComponentGroup) -> Callable:
+        def hook(module: nn.Module, args: Any, output: Tensor) -> Tensor:
+            return self._see(group, output)
+        return hook
+
+    def _input_hook(self, group: ComponentGroup) -> Callable:
+        def hook(module: nn.Module, args: Tuple[Any, ...]) -> Tuple[Any, ...]:
+            return (self._see(group, args[0]),) + tuple(args[1:])
+        return hook
+
+    def missing(self) -> List[str]:
+        """Names of the grouped modules that did not run since the last :meth:`reset`."""
+        return [g.module_name for g in self.components.groups
+                if (g.module_name, g.site) not in self.recorded]
+
+    def collect(self) -> List[Tensor]:
+        """The recorded activations in group order, after one forward pass."""
+        missing = self.missing()
+        if missing:
+            raise RuntimeError(f"the forward pass never reached the component modules {missing}")
+        repeated = {k[0]: n for k, n in self.calls.items() if n > 1}
+        if repeated:
+            raise RuntimeError(
+                f"modules {repeated} ran more than once in one forward pass (shared weights);"
+                " per-site activations are defined only for modules that run once per forward"
+            )
+        return [self.recorded[(g.module_name, g.site)] for g in self.components.groups]
+
+
+def record_activations(
+    forward_func: Callable[..., Any],
+    components: ComponentSet,
+    inputs: Union[Tensor, Tuple[Tensor, ...]],
+    additional_forward_args: Any = None,
+    batch_size: int = 256,
+) -> Dict[SiteKey, Tensor]:
+    """Activations at every group's site for ``inputs``, by ``(module_name, site)``, detached."""
+    inputs = as_tuple(inputs)
+    n_rows = inputs[0].shape[0]
+    chunks: Dict[SiteKey, List[Tensor]] = {}
+    with torch.no_grad(), ActivationRecorder(components) as recorder:
+        for start in range(0, n_rows, batch_size):
+            rows = slice(start, min(start + batch_size, n_rows))
+            batch, extra = slice_rows(inputs, additional_forward_args, rows, n_rows)
+            forward_func(*batch, *extra)
+            missing = recorder.missing()
+            if missing:
+                raise RuntimeError(f"the forward pass never reached modules {missing}")
+            for key, value in recorder.recorded.items():
+                chunks.setdefault(key, []).append(value.detach())
+            recorder.reset()
+    return {key: torch.cat(parts) for key, parts in chunks.items()}

@@ -1,0 +1,35 @@
+"""COAR: component ablation regression, and the pipeline that collects its data.
+
+The face of this subpackage is small: the estimator
+(:class:`ComponentAblationRegression` and its :class:`COARResult`), collection into stores or
+sufficient statistics (:func:`collect`, :func:`collect_statistics`,
+:class:`CollectedStatistics`, :func:`tensor_batches`), and the ways to split collection over
+jobs (:mod:`.shards`) and processes (:mod:`.distributed`). Modules with a leading underscore
+(settings, data batches, fingerprints) are internal.
+
+Modules: ``estimator`` (the Captum attribution class), ``collection`` (one pass over the data
+per chunk of mask rows), ``shards`` (independent jobs, saved and merged statistics),
+``distributed`` (``torch.distributed`` process groups), ``_settings`` (validated collection
+settings), ``_batches`` (reading batches), ``_fingerprint`` (model and data fingerprints).
+"""
+
+from ._fingerprint import model_fingerprint
+from .collection import CollectedStatistics, collect, collect_statistics, tensor_batches
+from .distributed import all_reduce_statistics, collect_distributed, collect_statistics_distributed
+from .estimator import COARResult, ComponentAblationRegression
+from .shards import (
+                     collect_shard,
+                     collect_statistics_shard,
+                     load_statistics,
+                     merge_statistics,
+                     save_statistics,
+                     shard_rows,
+)
+
+__all__ = [
+    "ComponentAblationRegression", "COARResult",
+    "collect", "collect_statistics", "CollectedStatistics", "tensor_batches", "model_fingerprint",
+    "shard_rows", "collect_shard", "collect_statistics_shard", "save_statistics",
+    "load_statistics", "merge_statistics",
+    "collect_statistics_distributed", "collect_distributed", "all_reduce_statistics",
+]

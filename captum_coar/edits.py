@@ -31,7 +31,13 @@ from typing import Any, Callable, List, Optional, Tuple, Union
 import torch
 from torch import Tensor, nn
 
-from .ablation import AblationStrategy, WeightAblation, ZeroAblation, resolve_ablation
+from .ablation import (
+    AblationStrategy,
+    WeightAblation,
+    ZeroAblation,
+    fitted_ablation,
+    resolve_ablation,
+)
 from .components import ComponentGroup, ComponentSet, is_hf_conv1d, model_device
 from .gates import ComponentGates
 
@@ -118,7 +124,8 @@ def ablate_persistently(
     keep = torch.as_tensor(keep_mask).reshape(1, -1)
     if keep.shape[1] != components.n_components:
         raise ValueError(f"keep_mask has {keep.shape[1]} entries; the set has {components.n_components} components")
-    hooks = ComponentGates(components, ablation, forward_func=forward_func or components.model)
+    strategy = fitted_ablation(ablation, forward_func or components.model, components)
+    hooks = ComponentGates(components, strategy)
     gates = keep.float().to(model_device(components.model))
     hooks.__enter__()  # removes whatever it registered if it fails part-way
     hooks.values = gates

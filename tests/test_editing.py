@@ -270,3 +270,19 @@ def test_errors(convnet):
         apply_edit(components, [n])
     with pytest.raises(ValueError, match="`ablation` must be 'weights' or 'zero'"):
         edited_state_dict(components, [0], ablation=ConstantAblation(1.0))
+
+
+def test_overlapping_weight_edits_undone_in_any_order(convnet):
+    model, components, x, y = convnet
+    before = snapshot(model)
+    first = apply_edit(components, [0, 1, 5])
+    second = apply_edit(components, [1, 5, 9])  # filters 1 and 5 are already zero here
+    first.undo()  # 1 and 5 stay zero (second still holds them); 0 comes back
+    assert torch.equal(model.conv1.weight[0], before["conv1.weight"][0])
+    assert not model.conv1.weight[1].any() and not model.conv2.weight[1].any()
+    assert not first.active and second.active
+    second.undo()
+    assert_unchanged(model, before)
+    with apply_edit(components, [2]):
+        assert not model.conv1.weight[2].any()
+    assert_unchanged(model, before)

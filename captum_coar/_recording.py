@@ -18,7 +18,7 @@ summarise).
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, List, Tuple, Union
+from typing import Any, Callable, Dict, List, Tuple, TypeVar, Union
 
 import torch
 from torch import Tensor, nn
@@ -30,6 +30,7 @@ from .components import ComponentGroup, ComponentSet
 __all__ = ["ActivationRecorder", "record_activations"]
 
 SiteKey = Tuple[str, str]
+RecorderT = TypeVar("RecorderT", bound="ActivationRecorder")
 
 
 class ActivationRecorder:
@@ -48,7 +49,7 @@ class ActivationRecorder:
         self._handles: List[Any] = []
         self._patched: List[nn.MultiheadAttention] = []
 
-    def __enter__(self) -> "ActivationRecorder":
+    def __enter__(self: RecorderT) -> RecorderT:
         try:
             self._patched = patch_multihead_attention(self.components)
             for group in self.components.groups:

@@ -65,7 +65,7 @@ class Registry(Generic[T]):
     def resolve(self, value: Any, **kwargs: Any) -> T:
         """``value`` if it is an instance of the kind, else the object registered as ``value``."""
         if isinstance(value, self.kind):
-            return value  # type: ignore[return-value]
+            return value
         if not isinstance(value, str):
             raise fail_type(self.argument, self.allowed(), value)
         factory = self._factories.get(_key(value))

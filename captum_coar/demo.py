@@ -8,8 +8,10 @@ every baseline for test examples (correct-class margin, weight ablation), scores
 with the counterfactual correlation on the same held-out masks and with top-k ablation
 curves, prints a table of correlations per method and test ablation fraction with run
 times, and writes plots, the table (``results.md``) and the numbers (``results.json``) into
-the output folder, whose path it prints. ``--quick`` shrinks everything for tests (well under
-a minute); the default size runs in a minute or two on two CPU cores.
+the output folder, whose path it prints. ``--quick`` shrinks everything for tests (well
+under a minute). The demo runs on one torch thread unless ``--threads`` says otherwise: its
+batches are small, and more threads than idle cores leave torch's thread pool waiting on
+busy cores (measured run times are in the README).
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ import torch
 from .components import ComponentSet
 from .evaluation import EVALUATION_SEED, counterfactual_correlation, topk_ablation_curve
 
-__all__ = ["main", "run_demo", "SIZES"]
+__all__ = ["main", "build_parser", "run_demo", "SIZES"]
 
 #: Problem sizes: model, examples, COAR masks, test masks, path steps, training epochs.
 SIZES: Dict[str, Dict[str, Any]] = {
@@ -100,8 +102,9 @@ def run_demo(output_dir: str, seed: int = 0, quick: bool = False,
                              width=sizes["width"], hidden=sizes["hidden"])
     train_time = time.perf_counter() - tick
     test_accuracy = accuracy(model, x_test, y_test)
-    log(f"Trained DigitsCNN on {len(x_train)} digits in {train_time:.1f} s; test accuracy"
-        f" {test_accuracy:.3f} on {len(x_test)}.")
+    log(f"Trained DigitsCNN on {len(x_train)} digits in {train_time:.1f} s on"
+        f" {torch.get_num_threads()} torch thread(s); test accuracy {test_accuracy:.3f} on"
+        f" {len(x_test)}.")
 
     components = ComponentSet.from_model(model, kinds=("conv_filters", "linear_neurons"),
                                          exclude="fc2")
@@ -141,7 +144,8 @@ def run_demo(output_dir: str, seed: int = 0, quick: bool = False,
     summary = {
         "settings": {"seed": seed, "quick": quick, "ablation_fraction": ablation_fraction,
                      "test_fractions": list(test_fractions), **sizes,
-                     "components": components.n_components},
+                     "components": components.n_components,
+                     "torch_threads": torch.get_num_threads()},
         "test_accuracy": test_accuracy, "train_time_s": train_time, "run_times_s": run_times,
         "correlation": result.to_dict(), "topk_auc": curve.mean_auc(), "total_time_s": total,
     }
@@ -177,27 +181,28 @@ def _write_plots(output_dir: str, result: Any, curve: Any, attributions: Dict[st
         plt.close(fig)
         return name
 
-    files = [save(plot_correlation_bars(result).figure, "correlation_bars.png")]
+    files = [save(plot_correlation_bars(result, output="margin").figure, "correlation_bars.png")]
     shown = [m for m in ("COAR", "leave-one-out", "gradient x parameter") if m in result.methods]
     fig, axes = plt.subplots(1, len(shown), figsize=(4.3 * len(shown), 4.0), squeeze=False)
     alpha_shown = alpha if any(abs(a - alpha) < 1e-12 for a in result.alphas) else None
     for ax, (i, method) in zip(axes[0], enumerate(shown)):
         plot_counterfactual_scatter(result, method=method, example=0, alpha=alpha_shown, ax=ax,
-                                    color=f"C{i}")
+                                    color=f"C{i}", output="margin")
     fig.tight_layout()
     files.append(save(fig, "scatter_example0.png"))
     fig, axes = plt.subplots(2, 1, figsize=(11, 7.5))
     for ax, method in zip(axes, ("COAR", "leave-one-out")):
         plot_component_attributions(attributions[method], components, example=0, top_k=5, ax=ax,
-                                    title=f"{method} attributions, example 0")
+                                    title=f"{method} attributions to the correct-class margin,"
+                                          " example 0", output="margin")
     fig.tight_layout()
     files.append(save(fig, "attributions_example0.png"))
-    files.append(save(plot_topk_curves(curve).figure, "topk_curves.png"))
+    files.append(save(plot_topk_curves(curve, output="margin").figure, "topk_curves.png"))
     return files
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Command-line entry point (``captum-coar-demo``)."""
+def build_parser() -> argparse.ArgumentParser:
+    """The command line's argument parser (options and defaults of ``captum-coar-demo``)."""
     parser = argparse.ArgumentParser(
         prog="python -m captum_coar.demo",
         description="COAR and component-attribution baselines on a small CNN trained on"
@@ -213,13 +218,21 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--n-masks", type=int, default=None, help="COAR's number of masks")
     parser.add_argument("--n-examples", type=int, default=None, help="test examples explained")
     parser.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch CPU threads (default: torch's choice; 1 is steadier on a"
-                             " busy machine)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch CPU threads (default 1: the demo's batches are small, and"
+                             " more threads than idle cores slow it down many times; 0 = torch's"
+                             " own choice, one per core)")
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Command-line entry point (``captum-coar-demo``); returns the exit status."""
+    parser = build_parser()
     args = parser.parse_args(argv)
-    if args.threads is not None:
-        if args.threads < 1:
-            parser.error(f"--threads must be a positive integer, got {args.threads}")
+    if args.threads < 0:
+        parser.error(f"--threads must be 0 (torch's choice) or a positive integer,"
+                     f" got {args.threads}")
+    if args.threads > 0:
         torch.set_num_threads(args.threads)
     try:
         run_demo(args.output_dir, seed=args.seed, quick=args.quick, ablation_fraction=args.alpha,

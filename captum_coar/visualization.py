@@ -7,20 +7,29 @@ returns that matplotlib ``Axes``; its figure is ``ax.figure``. matplotlib is imp
 the functions, so ``import captum_coar`` never imports it. Nothing is shown or saved: call
 ``ax.figure.savefig(path)`` (``bbox_inches="tight"`` keeps the labels outside the axes).
 
+Every plot names the quantity it explains. Pass ``output=`` (a name accepted by
+:func:`~captum_coar.resolve_output`, an :class:`~captum_coar.OutputFunction` or any label);
+without it the plot uses the ``output`` a result object records, if any, and otherwise
+says "output". Attributions follow one sign convention everywhere: a positive attribution
+means the component supports the output, so ablating it lowers the output.
+
 Implementations
 ---------------
 - :func:`plot_counterfactual_scatter` -- predicted vs actual output under held-out ablations
-  for one example and one method, with the correlation (the COAR paper's scatter).
+  for one example and one method, with the correlation, the line y = x and the
+  least-squares fit (the COAR paper's scatter).
 - :func:`plot_correlation_bars` -- mean counterfactual correlation per method at each test
   ablation fraction, with standard errors (the paper's grouped bars).
 - :func:`plot_component_attributions` -- attributions of one example across the model: one
   heat strip per component group, the top-k components marked and named.
-- :func:`plot_topk_curves` -- output after ablating the top-k components, one curve per method.
+- :func:`plot_topk_curves` -- output after ablating the top-k components, one curve per
+  method; methods whose curves coincide share one line and one legend entry ("A = B").
+- :func:`output_label` -- the readable name of an output function used in the labels.
 """
 
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence
+from typing import Any, List, Optional, Sequence
 
 import torch
 from torch import Tensor
@@ -29,7 +38,50 @@ from .components import ComponentSet
 from .evaluation import CounterfactualCorrelationResult, TopKAblationCurve
 
 __all__ = ["plot_counterfactual_scatter", "plot_correlation_bars", "plot_component_attributions",
-           "plot_topk_curves"]
+           "plot_topk_curves", "output_label"]
+
+_READABLE = {
+    "margin": "correct-class margin",
+    "logit": "target logit",
+    "log_prob": "log-probability of the target",
+    "logprob": "log-probability of the target",
+    "loss": "cross-entropy loss",
+    "sequence_margin": "mean next-token margin",
+}
+
+_STYLES = [("o", "-"), ("s", "--"), ("^", "-."), ("D", ":"), ("v", "-"), ("P", "--"),
+           ("X", "-."), ("*", ":")]
+
+
+def output_label(output: Any = None) -> str:
+    """A readable name for an output function, for axis labels and titles.
+
+    Args:
+        output: a registered name (``"margin"`` gives ``"correct-class margin"``), an
+            :class:`~captum_coar.OutputFunction` (its ``name`` is used), a callable (its
+            ``__name__``), any other string (used as it is) or None (``"output"``).
+
+    Returns:
+        The label, e.g. ``"correct-class margin"`` or ``"mean next-token margin"``.
+    """
+    if output is None:
+        return "output"
+    if isinstance(output, str):
+        return _READABLE.get(output, output)
+    name = getattr(output, "name", None)
+    if not isinstance(name, str):
+        name = getattr(output, "__name__", type(output).__name__)
+    return _READABLE.get(name, name)
+
+
+def _label(output: Any, result: Any) -> str:
+    """``output`` if given, else the output the result records, else "output"."""
+    if output is None:
+        recorded = getattr(result, "output", None)
+        if isinstance(recorded, dict):
+            recorded = recorded.get("name")
+        output = recorded
+    return output_label(output)
 
 
 def _axes(ax: Any, figsize: Sequence[float]) -> Any:
@@ -48,33 +100,57 @@ def plot_counterfactual_scatter(
     alpha: Optional[float] = None,
     ax: Any = None,
     color: str = "C0",
+    output: Any = None,
 ) -> Any:
-    """Scatter of predicted vs actual output of ``example`` under the held-out masks.
+    """Scatter of predicted vs actual output of one example under the held-out masks.
 
-    ``method`` defaults to the first method and ``alpha`` to the first test fraction. The
-    title gives the correlation; the dashed line is the least-squares fit through the points.
+    Each point is one held-out ablation mask: x is the output the method's attributions
+    predict, y the output the ablated model actually gave. The legend names the three lines:
+    the grey dotted diagonal y = x (where a perfectly calibrated prediction would lie), the
+    black dashed least-squares fit (its slope is printed; the correlation in the title
+    measures how close the points are to this line, whatever its slope) and the unablated
+    output (horizontal).
+
+    Args:
+        result: from :func:`~captum_coar.counterfactual_correlation`.
+        method: method name; defaults to the first method.
+        example: column of the batch to show.
+        alpha: test ablation fraction; defaults to the first one.
+        ax: matplotlib axes to draw on; a new figure when None.
+        color: colour of the points.
+        output: what the output is (see :func:`output_label`), e.g. ``"margin"``.
+
+    Returns:
+        The matplotlib ``Axes``.
     """
     a, m = result._index(method, alpha)
     name = result.methods[m]
     if not 0 <= example < result.actual.shape[-1]:
         raise IndexError(f"example {example} is out of range; the result has"
                          f" {result.actual.shape[-1]} examples")
+    what = _label(output, result)
     actual = result.actual[a, :, example].double()
     predicted = result.predicted[a, m, :, example].double()
     ax = _axes(ax, (4.2, 4.0))
-    ax.scatter(predicted.numpy(), actual.numpy(), s=14, alpha=0.7, color=color, edgecolors="none")
+    ax.scatter(predicted.numpy(), actual.numpy(), s=14, alpha=0.7, color=color, edgecolors="none",
+               label=f"one held-out mask (alpha = {result.alphas[a]:g})")
+    low = float(torch.minimum(actual.min(), predicted.min()))
+    high = float(torch.maximum(actual.max(), predicted.max()))
+    ax.plot([low, high], [low, high], color="0.55", lw=1, ls=":", label="y = x")
     if predicted.std() > 0:
         slope = ((predicted - predicted.mean()) * (actual - actual.mean())).sum() / (
             (predicted - predicted.mean()).square().sum())
         xs = torch.stack([predicted.min(), predicted.max()])
-        ax.plot(xs.numpy(), (actual.mean() + slope * (xs - predicted.mean())).numpy(), "k--", lw=1)
-    ax.axhline(float(result.unablated[example]), color="0.6", lw=0.8, ls=":",
+        ax.plot(xs.numpy(), (actual.mean() + slope * (xs - predicted.mean())).numpy(), "k--",
+                lw=1, label=f"least-squares fit (slope {float(slope):.2g})")
+    ax.axhline(float(result.unablated[example]), color="C3", lw=0.8, ls="-.",
                label="unablated output")
     r = float(result.values[a, m, example])
-    ax.set_title(f"{name}, example {example}: {result.correlation} r = {r:.3f}")
-    ax.set_xlabel(f"predicted output (alpha = {result.alphas[a]:g})")
-    ax.set_ylabel("actual output under ablation")
-    ax.legend(loc="upper left", fontsize="small", frameon=False)
+    ax.set_title(f"{name}, example {example}\n{result.correlation.capitalize()} r = {r:.3f}",
+                 fontsize="medium")
+    ax.set_xlabel(f"predicted {what}")
+    ax.set_ylabel(f"actual {what} under ablation")
+    ax.legend(loc="lower right", fontsize="x-small", framealpha=0.8)
     return ax
 
 
@@ -83,11 +159,24 @@ def plot_correlation_bars(
     methods: Optional[Sequence[str]] = None,
     ax: Any = None,
     errorbars: bool = True,
+    output: Any = None,
 ) -> Any:
-    """Grouped bars: mean correlation of every method (bars) at every test fraction (groups)."""
+    """Grouped bars: mean correlation of every method (bars) at every test fraction (groups).
+
+    Args:
+        result: from :func:`~captum_coar.counterfactual_correlation`.
+        methods: the methods to show, in this order; all by default.
+        ax: matplotlib axes to draw on; a new figure when None.
+        errorbars: draw one standard error over examples.
+        output: what the output is (see :func:`output_label`), e.g. ``"margin"``.
+
+    Returns:
+        The matplotlib ``Axes``.
+    """
     names = list(result.methods if methods is None else methods)
     for name in names:
         result._index(name, None)
+    what = _label(output, result)
     mean, err = result.mean(), result.std_error()
     n_alpha, n_meth = len(result.alphas), len(names)
     ax = _axes(ax, (max(5.0, 1.0 + 0.45 * n_alpha * n_meth), 3.8))
@@ -100,9 +189,13 @@ def plot_correlation_bars(
         ax.bar(xs, heights, width=width * 0.95, yerr=yerr, capsize=2, label=name, color=f"C{j % 10}")
     ax.set_xticks(range(n_alpha))
     ax.set_xticklabels([f"alpha = {a:g}" for a in result.alphas])
+    ax.set_xlabel("test ablation fraction (each component ablated with probability alpha)")
     ax.axhline(0.0, color="k", lw=0.8)
-    ax.set_ylabel(f"mean {result.correlation} correlation")
-    ax.set_title(f"Counterfactual correlation ({result.n_masks} held-out masks per fraction)")
+    bars = " ± 1 s.e." if errorbars else ""
+    ax.set_ylabel(f"{result.correlation.capitalize()} r, actual vs predicted\n{what}"
+                  f" (mean over examples{bars})", fontsize="small")
+    ax.set_title(f"Counterfactual correlation of the {what}\n({result.n_masks} held-out masks per"
+                 " fraction; higher = attributions predict ablations better)", fontsize="medium")
     ax.legend(fontsize="small", frameon=False, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     low = min(0.0, float(mean.nan_to_num(0.0).min()) - 0.1)
     ax.set_ylim(low, 1.1)
@@ -117,17 +210,28 @@ def plot_component_attributions(
     ax: Any = None,
     title: Optional[str] = None,
     cmap: str = "RdBu_r",
+    output: Any = None,
 ) -> Any:
     """Heat map of one example's attributions: one strip per group (layer), units along x.
+
+    The colour scale is symmetric around zero. Red (positive) = the component supports the
+    output: ablating it lowers the output. Blue (negative) = ablating it raises the output.
+    The colour bar and a note under the map say so in words.
 
     Args:
         attributions: ``(n_components,)`` or ``(batch, n_components)`` (then ``example``
             picks the row).
         components: the set the columns refer to; its group names label the strips.
+        example: the row of a batch of attributions to show.
         top_k: the ``top_k`` components with the largest absolute attribution are circled,
-            numbered and named (with their values) under the map.
+            numbered and named (with their values) beside the map.
+        ax: matplotlib axes to draw on; a new figure when None.
+        title: the title; by default names the example and the output.
+        cmap: a diverging matplotlib colour map.
+        output: what the output is (see :func:`output_label`), e.g. ``"margin"``.
 
-    The colour scale is symmetric around zero (red = pushes the output up).
+    Returns:
+        The matplotlib ``Axes``.
     """
     values = attributions.detach().double().cpu()
     if values.dim() == 2:
@@ -135,19 +239,21 @@ def plot_component_attributions(
     if values.dim() != 1 or values.numel() != components.n_components:
         raise ValueError(f"attributions must have shape (n_components,) or (batch, n_components) with"
                          f" n_components = {components.n_components}, got {tuple(attributions.shape)}")
+    what = output_label(output)
     groups = components.groups
     width = max(g.n_units for g in groups)
     grid = torch.full((len(groups), width), float("nan"), dtype=torch.float64)
     for pos, g in enumerate(groups):
         grid[pos, : g.n_units] = values[components.group_slice(pos)]
     scale = float(values.abs().max()) or 1.0
-    ax = _axes(ax, (8.0, 1.2 + 0.45 * max(len(groups), 0.4 * top_k)))
+    ax = _axes(ax, (8.0, 1.6 + 0.45 * max(len(groups), 0.4 * top_k)))
     image = ax.imshow(grid.numpy(), aspect="auto", cmap=cmap, vmin=-scale, vmax=scale,
                       interpolation="nearest")
     ax.set_yticks(range(len(groups)))
     ax.set_yticklabels([f"{g.module_name} ({g.n_units} {g.kind}s)" for g in groups], fontsize="small")
-    ax.set_xlabel("unit index within the group")
-    ax.figure.colorbar(image, ax=ax, label="attribution", fraction=0.04, pad=0.02)
+    ax.set_xlabel(f"unit index within the group\nred (+) = supports the {what}: ablating it"
+                  f" lowers the {what};  blue (-) = ablating it raises it", fontsize="small")
+    ax.figure.colorbar(image, ax=ax, label=f"attribution ({what} units)", fraction=0.04, pad=0.02)
     top = values.abs().argsort(descending=True)[: max(0, top_k)].tolist()
     lines = []
     for rank, index in enumerate(top, start=1):
@@ -161,8 +267,24 @@ def plot_component_attributions(
         ax.annotate(f"top {len(lines)} by |attribution|:\n" + "\n".join(lines), xy=(1.0, 1.0),
                     xycoords="axes fraction", xytext=(78, 0), textcoords="offset points",
                     va="top", ha="left", fontsize="small", family="monospace")
-    ax.set_title(title if title is not None else f"Component attributions, example {example}")
+    ax.set_title(title if title is not None
+                 else f"Component attributions to the {what}, example {example}")
     return ax
+
+
+def _coinciding(curves: List[Tensor]) -> List[List[int]]:
+    """Indices of curves grouped so that the curves in a group are (numerically) identical."""
+    groups: List[List[int]] = []
+    for i, y in enumerate(curves):
+        for group in groups:
+            ref = curves[group[0]]
+            scale = float(ref.abs().max()) if ref.numel() else 0.0
+            if torch.allclose(y, ref, rtol=1e-6, atol=1e-9 * max(1.0, scale)):
+                group.append(i)
+                break
+        else:
+            groups.append([i])
+    return groups
 
 
 def plot_topk_curves(
@@ -170,25 +292,52 @@ def plot_topk_curves(
     example: Optional[int] = None,
     ax: Any = None,
     methods: Optional[Sequence[str]] = None,
+    output: Any = None,
 ) -> Any:
-    """Output after ablating the top-k components, one line per method (mean over examples,
-    or one ``example``); the legend gives each method's mean normalised AUC."""
+    """Output after ablating each method's top-k components, one line per method.
+
+    The curves show the mean over examples, or one ``example``. Each legend entry gives the
+    method's average output along its curve (the area under the curve divided by the range
+    of fractions, i.e. the normalised AUC of :meth:`~captum_coar.TopKAblationCurve.auc`);
+    when the highest attributions are ablated first, a lower average means the method found
+    the components that hold the output up. Methods whose curves are identical (for example
+    attribution patching and gradient x parameter under weight ablation) are drawn as one
+    line with one legend entry ``"A = B"``; every line has its own marker and line style.
+
+    Args:
+        curve: from :func:`~captum_coar.topk_ablation_curve`.
+        example: a column of the batch; None for the mean over examples.
+        ax: matplotlib axes to draw on; a new figure when None.
+        methods: the methods to show, in this order; all by default.
+        output: what the output is (see :func:`output_label`), e.g. ``"margin"``.
+
+    Returns:
+        The matplotlib ``Axes``.
+    """
     names = list(curve.methods if methods is None else methods)
+    for name in names:
+        if name not in curve.methods:
+            raise KeyError(f"unknown method {name!r}; methods are {list(curve.methods)}")
+    what = _label(output, curve)
     ax = _axes(ax, (5.5, 3.8))
     auc = curve.auc()
     x = curve.ks.numpy()
-    for j, name in enumerate(names):
-        if name not in curve.methods:
-            raise KeyError(f"unknown method {name!r}; methods are {list(curve.methods)}")
-        i = curve.methods.index(name)
-        y = curve.outputs[i].mean(-1) if example is None else curve.outputs[i, :, example]
+    rows = [curve.methods.index(name) for name in names]
+    ys = [curve.outputs[i].mean(-1) if example is None else curve.outputs[i, :, example]
+          for i in rows]
+    for j, group in enumerate(_coinciding(ys)):
+        i = rows[group[0]]
         a = auc[i].mean() if example is None else auc[i, example]
-        ax.plot(x, y.numpy(), marker="o", ms=3, color=f"C{j % 10}",
-                label=f"{name} (AUC {float(a):.3g})")
+        marker, style = _STYLES[j % len(_STYLES)]
+        label = " = ".join(names[g] for g in group)
+        ax.plot(x, ys[group[0]].numpy(), marker=marker, ms=4, ls=style, color=f"C{j % 10}",
+                label=f"{label}  (avg {float(a):.3g})")
     which = "highest" if curve.largest else "lowest"
     ax.set_xlabel(f"k = components ablated ({which} attributions first; of {curve.n_components})")
-    ax.set_ylabel("output" if example is None else f"output, example {example}")
     scope = "mean over examples" if example is None else f"example {example}"
-    ax.set_title(f"Top-k ablation curves ({scope})")
+    ax.set_ylabel(f"{what} after ablation\n({scope})")
+    better = "lower" if curve.largest else "higher"
+    ax.set_title(f"Top-k ablation curves of the {what}\n(avg = mean {what} along the curve,"
+                 f" i.e. normalised AUC; {better} = better)", fontsize="medium")
     ax.legend(fontsize="small", frameon=False, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     return ax

@@ -40,5 +40,14 @@ def test_quick_demo_runs_and_writes_outputs(tmp_path, capsys):
 def test_command_line_help():
     out = subprocess.run([sys.executable, "-m", "captum_coar.demo", "--help"],
                          capture_output=True, text=True, check=True)
-    for option in ("--output-dir", "--seed", "--quick", "--alpha", "--n-masks", "--no-plots"):
+    for option in ("--output-dir", "--seed", "--quick", "--alpha", "--n-masks", "--no-plots",
+                   "--threads"):
         assert option in out.stdout
+    assert "default 1" in out.stdout
+
+
+def test_threads_default_is_one_and_negative_is_refused():
+    assert demo.build_parser().parse_args([]).threads == 1
+    bad = subprocess.run([sys.executable, "-m", "captum_coar.demo", "--threads", "-2"],
+                         capture_output=True, text=True)
+    assert bad.returncode == 2 and "--threads must be 0" in bad.stderr

@@ -1,4 +1,5 @@
-"""Each plot renders to a PNG (Agg backend), accepts an ``ax`` and returns it."""
+"""Each plot renders to a PNG (Agg backend), accepts an ``ax``, returns it, and says in its labels
+and legend what the output is, the sign convention and what every line means."""
 
 import subprocess
 import sys
@@ -7,7 +8,7 @@ import pytest
 import torch
 from toy_models import AdditiveModel, ConvNet, randomise_batchnorm
 
-from captum_coar import conv_filters, linear_neurons
+from captum_coar import Margin, SequenceMargin, TopKAblationCurve, conv_filters, linear_neurons
 from captum_coar.evaluation import counterfactual_correlation, topk_ablation_curve
 
 matplotlib = pytest.importorskip("matplotlib")
@@ -15,6 +16,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from captum_coar.visualization import (  # noqa: E402
+    output_label,
     plot_component_attributions,
     plot_correlation_bars,
     plot_counterfactual_scatter,
@@ -47,30 +49,69 @@ def _check_png(ax, path):
     plt.close(ax.figure)
 
 
+def _legend(ax):
+    return [t.get_text() for t in ax.get_legend().get_texts()]
+
+
 def test_scatter(scored, tmp_path):
     result, _ = scored
-    ax = plot_counterfactual_scatter(result, method="noisy", example=2, alpha=0.1)
+    ax = plot_counterfactual_scatter(result, method="noisy", example=2, alpha=0.1, output="logit")
     assert "r = " in ax.get_title() and "noisy" in ax.get_title()
+    legend = _legend(ax)
+    assert "y = x" in legend and any(t.startswith("least-squares fit (slope") for t in legend)
+    assert "unablated output" in legend and "one held-out mask (alpha = 0.1)" in legend
+    assert ax.get_xlabel() == "predicted target logit"
+    assert ax.get_ylabel() == "actual target logit under ablation"
     _check_png(ax, tmp_path / "scatter.png")
     with pytest.raises(KeyError, match="unknown method"):
         plot_counterfactual_scatter(result, method="nope")
 
 
+def test_output_labels():
+    assert output_label("margin") == "correct-class margin"
+    assert output_label(Margin()) == "correct-class margin"
+    assert output_label(SequenceMargin(start=3)) == "mean next-token margin"
+    assert output_label(None) == "output" and output_label("my score") == "my score"
+
+    def tail_probability(model_output, target):
+        return model_output[:, 0]
+
+    assert output_label(tail_probability) == "tail_probability"
+
+
 def test_bars(scored, tmp_path):
     result, _ = scored
-    ax = plot_correlation_bars(result)
+    ax = plot_correlation_bars(result, output="margin")
     assert len(ax.patches) == 3 * 3
-    assert [t.get_text() for t in ax.get_legend().get_texts()] == list(result.methods)
+    assert _legend(ax) == list(result.methods)
+    assert "correct-class margin" in ax.get_ylabel() and "correct-class margin" in ax.get_title()
+    assert "test ablation fraction" in ax.get_xlabel()
     _check_png(ax, tmp_path / "bars.png")
 
 
 def test_topk_curves(scored, tmp_path):
     _, curve = scored
-    ax = plot_topk_curves(curve)
+    ax = plot_topk_curves(curve, output="margin")
     assert len(ax.get_lines()) == 3
+    assert ax.get_ylabel().startswith("correct-class margin after ablation")
+    assert "normalised AUC" in ax.get_title()
+    assert all("(avg " in text for text in _legend(ax))
+    assert len({(line.get_marker(), line.get_linestyle()) for line in ax.get_lines()}) == 3
     _check_png(ax, tmp_path / "topk.png")
     ax = plot_topk_curves(curve, example=1, methods=["random"])
-    assert len(ax.get_lines()) == 1
+    assert len(ax.get_lines()) == 1 and "example 1" in ax.get_ylabel()
+    plt.close(ax.figure)
+
+
+def test_topk_curves_merge_identical_methods(scored):
+    _, curve = scored
+    doubled = TopKAblationCurve(ks=curve.ks, methods=curve.methods + ("copy of noisy",),
+                                outputs=torch.cat([curve.outputs, curve.outputs[1:2]]),
+                                n_components=curve.n_components)
+    ax = plot_topk_curves(doubled)
+    assert len(ax.get_lines()) == 3
+    legend = _legend(ax)
+    assert any(text.startswith("noisy = copy of noisy  (avg") for text in legend), legend
     plt.close(ax.figure)
 
 
@@ -81,8 +122,13 @@ def test_component_attributions_on_given_axes(tmp_path):
     attributions = torch.randn(3, components.n_components)
     attributions[1, components.index("conv2", 5)] = 10.0
     fig, axes = plt.subplots(2, 1, figsize=(9, 7), layout="constrained")
-    ax = plot_component_attributions(attributions, components, example=1, top_k=4, ax=axes[0])
+    ax = plot_component_attributions(attributions, components, example=1, top_k=4, ax=axes[0],
+                                     output="margin")
     assert ax is axes[0]
+    assert "red (+) = supports the correct-class margin: ablating it lowers" in ax.get_xlabel()
+    assert "correct-class margin" in ax.get_title()
+    colorbar_labels = [other.get_ylabel() for other in fig.axes if other is not ax]
+    assert "attribution (correct-class margin units)" in colorbar_labels
     texts = " ".join(t.get_text() for t in ax.texts)
     assert "1. conv2/filter[5]" in texts
     assert [t.get_text() for t in ax.get_yticklabels()][1].startswith("conv2 (16 filters)")

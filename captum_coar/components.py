@@ -13,8 +13,12 @@ gives every component a flat index ``0 .. n_components - 1`` (groups in order, u
 order within a group) and a stable label such as ``layer1.0.conv1/filter[17]``.
 
 Selectors for the common kinds live in :mod:`captum_coar.selectors` and are re-exported
-here: :func:`conv_filters`, :func:`linear_neurons`, :func:`attention_heads`;
-:meth:`ComponentSet.from_model` selects by kind and by name pattern. Bad specifications raise
+here: :func:`conv_filters`, :func:`linear_neurons`, :func:`attention_heads`,
+:func:`mlp_neurons`; :meth:`ComponentSet.from_model` selects by kind and by name pattern, and
+:meth:`ComponentSet.subset` filters with the same kind vocabulary (``KINDS``): each unit word
+maps to one kind (``filter`` -> ``conv_filters``, ``neuron`` -> ``linear_neurons``, ``head`` and
+``cross_head`` -> ``attention_heads``, ``mlp_neuron`` -> ``mlp_neurons``).
+:meth:`ComponentSet.summary` prints one screen of groups and counts. Bad specifications raise
 ``ValueError`` / ``TypeError`` naming the module and what was expected.
 
 Weight layouts are explicit: a ``neuron`` of ``nn.Linear`` is row ``weight[j, :]``; a neuron
@@ -34,19 +38,26 @@ from typing import Callable, Dict, Iterator, List, Mapping, Optional, Sequence, 
 import torch
 from torch import Tensor, nn
 
+from ._checks import fail
+
 __all__ = [
     "ComponentGroup",
     "ComponentSet",
     "conv_filters",
     "linear_neurons",
     "attention_heads",
+    "mlp_neurons",
     "is_hf_conv1d",
     "SITES",
     "KINDS",
 ]
 
 SITES: Tuple[str, ...] = ("output", "input")
-KINDS: Tuple[str, ...] = ("conv_filters", "linear_neurons", "attention_heads")
+KINDS: Tuple[str, ...] = ("conv_filters", "linear_neurons", "attention_heads", "mlp_neurons")
+#: unit word of a group -> the selection kind it belongs to (custom words are their own kind)
+UNIT_KINDS: Dict[str, str] = {"filter": "conv_filters", "neuron": "linear_neurons",
+                              "head": "attention_heads", "cross_head": "attention_heads",
+                              "mlp_neuron": "mlp_neurons"}
 
 NamePatterns = Union[None, str, Sequence[str], Callable[[str], bool]]
 
@@ -99,6 +110,11 @@ class ComponentGroup:
 
     def label(self, unit: int) -> str:
         return f"{self.module_name}/{self.kind}[{unit}]"
+
+    @property
+    def selection_kind(self) -> str:
+        """The kind of :data:`KINDS` this group belongs to (its unit word when custom)."""
+        return UNIT_KINDS.get(self.kind, self.kind)
 
 
 class ComponentSet:
@@ -219,28 +235,61 @@ class ComponentSet:
     # ----------------------------------------------------------------- identity
     def subset(
         self,
-        kinds: Optional[Sequence[str]] = None,
+        kinds: Union[None, str, Sequence[str]] = None,
         include: NamePatterns = None,
         exclude: NamePatterns = None,
     ) -> Tuple["ComponentSet", Tensor]:
-        """The groups whose unit kind (``"filter"``, ``"neuron"``, ``"head"``) and module name
-        match, as a new set, with the columns they occupy in this one.
+        """The groups whose kind and module name match, as a new set, with the columns they
+        occupy in this one.
 
-        ``sub, columns = components.subset(kinds=["head"])``: then ``attributions[:, columns]``
-        lines up with ``sub``, and a gate row ``g_sub`` of ``sub`` embeds as
-        ``full = ones; full[:, columns] = g_sub``.
+        ``kinds`` uses :meth:`from_model`'s vocabulary (``"conv_filters"``,
+        ``"linear_neurons"``, ``"attention_heads"``, ``"mlp_neurons"``, or a custom group's
+        unit word); the unit words ``"filter"``, ``"neuron"``, ``"head"`` are read as the kind
+        they belong to. ``sub, columns = components.subset(kinds="attention_heads")``: then
+        ``attributions[:, columns]`` lines up with ``sub``, and a gate row ``g_sub`` of ``sub``
+        embeds as ``full = ones; full[:, columns] = g_sub``.
         """
         from .selectors import name_filter
 
+        wanted = None if kinds is None else {UNIT_KINDS.get(k, k) for k in
+                                             ([kinds] if isinstance(kinds, str) else kinds)}
+        if wanted is not None:
+            allowed = set(KINDS) | {g.selection_kind for g in self.groups}
+            unknown = sorted(wanted - allowed)
+            if unknown:
+                raise fail("kinds", f"kinds from {sorted(allowed)}", list(unknown))
         keep = name_filter(include, exclude)
         chosen = [p for p, g in enumerate(self.groups)
-                  if (kinds is None or g.kind in kinds) and keep(g.module_name)]
+                  if (wanted is None or g.selection_kind in wanted) and keep(g.module_name)]
         if not chosen:
             raise ValueError(
                 f"no group matches kinds={kinds!r}, include={include!r}, exclude={exclude!r};"
-                f" groups are {[(g.module_name, g.kind) for g in self.groups]}")
+                f" groups are {[(g.module_name, g.selection_kind) for g in self.groups]}")
         columns = torch.cat([torch.arange(self.offsets[p], self.offsets[p + 1]) for p in chosen])
         return ComponentSet(self.model, [self.groups[p] for p in chosen]), columns
+
+    def summary(self, print_it: bool = False) -> str:
+        """One screen: the groups and component counts per kind, with first and last module.
+
+        Returns the text (and prints it when ``print_it``).
+        """
+        rows: Dict[Tuple[str, str], List[ComponentGroup]] = {}
+        for g in self.groups:
+            rows.setdefault((g.selection_kind, g.kind), []).append(g)
+        lines = [f"{type(self.model).__name__}: {self.n_components:,} components in"
+                 f" {len(self.groups)} groups"]
+        for (kind, unit), groups in rows.items():
+            sizes = sorted({g.n_units for g in groups})
+            per = str(sizes[0]) if len(sizes) == 1 else f"{sizes[0]}-{sizes[-1]}"
+            span = groups[0].module_name + ("" if len(groups) == 1 else
+                                            f" ... {groups[-1].module_name}")
+            total = sum(g.n_units for g in groups)
+            lines.append(f"  {kind:<16} {unit + 's':<12} {len(groups):>4} groups x {per:>6}"
+                         f" = {total:>9,}  ({span})")
+        text = "\n".join(lines)
+        if print_it:
+            print(text)
+        return text
 
     def describe(self) -> List[dict]:
         return [asdict(g) for g in self.groups]
@@ -261,7 +310,7 @@ class ComponentSet:
     def from_model(
         cls,
         model: nn.Module,
-        kinds: Sequence[str] = KINDS,
+        kinds: Union[None, str, Sequence[str]] = None,
         include: NamePatterns = None,
         exclude: NamePatterns = None,
     ) -> "ComponentSet":
@@ -269,12 +318,17 @@ class ComponentSet:
 
         Args:
             model: the model.
-            kinds: any of ``"conv_filters"``, ``"linear_neurons"``, ``"attention_heads"``.
+            kinds: any of ``"conv_filters"``, ``"linear_neurons"``, ``"attention_heads"``,
+                ``"mlp_neurons"``. None: heads + MLP neurons for a transformer with a Hugging
+                Face style ``config`` (embeddings, ``lm_head``, classifier heads and q/k/v
+                maps are left out); conv filters, Linear neurons and heads for any other model.
             include / exclude: glob patterns (``"layer1.*"``), a list of them, or a predicate
-                on the module name. Heads match on the projection's name (``h.0.attn.c_proj``).
+                on the module name. Heads and MLP neurons match on the name of the projection
+                they feed (``h.0.attn.c_proj``, ``h.0.mlp.c_proj``).
 
         Groups come in the model's module order. Linear maps that serve as attention output
         projections are left out of ``linear_neurons`` when ``attention_heads`` is selected.
+        A selection of more than 50,000 components warns; :meth:`summary` shows what was taken.
         """
         from .selectors import select_groups
 
@@ -299,4 +353,9 @@ def require_module(modules: Mapping[str, nn.Module], name: str) -> nn.Module:
     raise ValueError(f"no module named {name!r} in the model{hint}")
 
 
-from .selectors import attention_heads, conv_filters, linear_neurons  # noqa: E402  (re-export)
+from .selectors import (  # noqa: E402  (re-export)
+    attention_heads,
+    conv_filters,
+    linear_neurons,
+    mlp_neurons,
+)

@@ -5,12 +5,27 @@ Contract
 - :func:`conv_filters`: every output channel of ``nn.Conv1d/2d/3d`` (unit axis 1, output site).
 - :func:`linear_neurons`: every output feature of ``nn.Linear`` (weight row ``[j, :]``) or of
   Hugging Face's ``Conv1D`` (weight stored ``[in, out]``: column ``[:, j]``); output site.
-- :func:`attention_heads`: head ``h`` is the slice ``[h*d, (h+1)*d)`` of the input of an
-  attention output projection (``out_proj``, ``o_proj``, ``c_proj`` or ``proj``), found from
-  the attention module or named directly; head counts come from the module (``num_heads``,
-  ``n_heads``, ``n_head``, ``config.num_attention_heads``) or from the caller.
+- :func:`attention_heads`: head ``h`` is the slice ``[h*d, (h+1)*d)`` of the input of the
+  Linear map that consumes the concatenated heads. Attention modules, their output projection,
+  head count and head dimension are found from the model's structure and config
+  (:mod:`captum_coar._transformers`), whatever the projection is called; grouped-query and
+  multi-query attention give one component per query head; cross-attention heads are labelled
+  ``cross_head``. Projections may also be named directly with their head counts.
+- :func:`mlp_neurons`: MLP hidden unit ``j`` is input feature ``j`` of the MLP's down
+  projection: after the activation (and after the gate product of gated MLPs), so ablating it
+  removes exactly that unit's contribution. Under ``ablation="weights"`` this equals zeroing
+  column ``j`` of the down projection's weight (its bias stays). It is *not* the same as zeroing
+  row ``j`` of the up projection: with a bias ``b_j`` and GELU the unit then outputs
+  ``gelu(b_j) != 0``; only for a bias-free up projection with ``act(0) = 0`` (ReLU, GELU, SiLU
+  gates of Llama-style MLPs) do the two agree.
 - :func:`select_groups`: the kinds above filtered by glob patterns or predicates; used by
-  :meth:`ComponentSet.from_model`.
+  :meth:`ComponentSet.from_model`. With ``kinds=None`` a model with a Hugging Face style
+  ``config`` and attention modules gets heads + MLP neurons (no embeddings, ``lm_head``,
+  classifier heads or q/k/v maps); any other model gets conv filters, Linear neurons and heads.
+
+Tied weights: a Linear map whose weight is shared (GPT-2's ``lm_head`` and the token embedding)
+is gated at *that* use only; zeroing the shared matrix by hand would also change the other use.
+Selecting such a map warns.
 
 Errors name the module and what was expected: unknown names (with close matches), modules of
 the wrong type, head counts that do not divide the projection's width, empty selections.
@@ -19,57 +34,94 @@ the wrong type, head counts that do not divide the projection's width, empty sel
 from __future__ import annotations
 
 import fnmatch
-from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+import warnings
+from typing import Callable, Dict, List, Mapping, Optional, Sequence, Set, Union
 
 from torch import nn
 
+from ._transformers import (
+    AttentionSite,
+    find_attention,
+    find_mlp_down_projections,
+    has_transformer_config,
+    is_linear_like,
+    linear_widths,
+)
 from .components import (
     KINDS,
     ComponentGroup,
     ComponentSet,
     NamePatterns,
-    is_hf_conv1d,
     require_module,
 )
 
-__all__ = ["conv_filters", "linear_neurons", "attention_heads", "select_groups"]
+__all__ = ["conv_filters", "linear_neurons", "attention_heads", "mlp_neurons", "select_groups",
+           "default_kinds", "name_filter"]
 
 _CONV_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
-_PROJECTION_NAMES = ("out_proj", "o_proj", "c_proj", "proj")
-_HEAD_COUNT_ATTRS = ("num_heads", "n_heads", "n_head", "num_attention_heads")
+TRANSFORMER_KINDS = ("attention_heads", "mlp_neurons")
+LARGE_SELECTION = 50_000
+
+
+def default_kinds(model: nn.Module) -> tuple:
+    """Heads + MLP neurons for a transformer with a config, else every kind but MLP neurons."""
+    if has_transformer_config(model) and find_attention(model):
+        return TRANSFORMER_KINDS
+    return ("conv_filters", "linear_neurons", "attention_heads")
 
 
 def select_groups(
     model: nn.Module,
-    kinds: Sequence[str] = KINDS,
+    kinds: Optional[Sequence[str]] = None,
     include: NamePatterns = None,
     exclude: NamePatterns = None,
 ) -> List[ComponentGroup]:
     """The groups of ``kinds`` whose module names pass ``include`` / ``exclude``, in module order."""
+    if kinds is None:
+        kinds = default_kinds(model)
     if isinstance(kinds, str):
         kinds = (kinds,)
     unknown = [k for k in kinds if k not in KINDS]
     if unknown or not kinds:
         raise ValueError(f"kinds={list(kinds)!r} is not allowed; choose from {KINDS}")
     keep = name_filter(include, exclude)
-    groups: List[ComponentGroup] = []
-    head_projections = _find_head_projections(model) if "attention_heads" in kinds else {}
+    sites = find_attention(model) if {"attention_heads", "mlp_neurons"} & set(kinds) else []
+    by_projection = {s.projection_name: s for s in sites} if "attention_heads" in kinds else {}
+    down = set(find_mlp_down_projections(model, sites)) if "mlp_neurons" in kinds else set()
+    if "mlp_neurons" in kinds and sites and not down:
+        raise ValueError(
+            f"found {len(sites)} attention modules in {type(model).__name__} but no MLP down"
+            " projection (a Linear map I -> D right after a map D -> I, with I != D); name them"
+            " with mlp_neurons(model, names=[...])")
     mha_out_projs = {f"{n}.out_proj" for n, m in model.named_modules()
                      if isinstance(m, nn.MultiheadAttention)}
+    groups: List[ComponentGroup] = []
+    linear_chosen: List[str] = []
     for name, module in model.named_modules():
-        if "conv_filters" in kinds and isinstance(module, _CONV_TYPES) and keep(name):
+        if not keep(name):
+            continue
+        if "conv_filters" in kinds and isinstance(module, _CONV_TYPES):
             groups.append(_conv_group(name, module))
-        if name in head_projections and keep(name):
-            groups.append(_head_group(name, module, head_projections[name]))
-        is_linear = isinstance(module, nn.Linear) or is_hf_conv1d(module)
-        if ("linear_neurons" in kinds and is_linear and keep(name)
-                and name not in head_projections and name not in mha_out_projs):
+        if name in by_projection:
+            groups.append(_site_group(by_projection[name], module))
+        if name in down:
+            groups.append(_mlp_group(name, module))
+        if ("linear_neurons" in kinds and is_linear_like(module)
+                and name not in by_projection and name not in mha_out_projs):
             groups.append(_linear_group(name, module))
+            linear_chosen.append(name)
     if not groups:
         raise ValueError(
             f"no components of kinds {list(kinds)} matched include={include!r},"
             f" exclude={exclude!r} in model {type(model).__name__}"
         )
+    _warn_tied(model, linear_chosen)
+    total = sum(g.n_units for g in groups)
+    if total > LARGE_SELECTION:
+        warnings.warn(
+            f"selected {total:,} components in {len(groups)} groups; COAR needs several ablations"
+            " per component, so narrow the selection with kinds=, include= or exclude= (see"
+            " ComponentSet.summary())", stacklevel=3)
     return groups
 
 
@@ -97,13 +149,21 @@ def linear_neurons(model: nn.Module, names: Optional[Sequence[str]] = None) -> C
         return ComponentSet.from_model(model, kinds=("linear_neurons",))
     groups = []
     for name in _as_list(names):
-        module = require_module(modules, name)
-        if not (isinstance(module, nn.Linear) or is_hf_conv1d(module)):
-            raise TypeError(
-                f"module {name!r} is {type(module).__name__}; linear_neurons expects nn.Linear"
-                " or transformers' Conv1D"
-            )
-        groups.append(_linear_group(name, module))
+        _require_linear(modules, name, "linear_neurons")
+        groups.append(_linear_group(name, modules[name]))
+    _warn_tied(model, [g.module_name for g in groups])
+    return ComponentSet(model, groups)
+
+
+def mlp_neurons(model: nn.Module, names: Optional[Sequence[str]] = None) -> ComponentSet:
+    """MLP hidden units: the input features of each MLP's down projection (found or named)."""
+    modules = dict(model.named_modules())
+    if names is None:
+        return ComponentSet.from_model(model, kinds=("mlp_neurons",))
+    groups = []
+    for name in _as_list(names):
+        _require_linear(modules, name, "mlp_neurons (the MLP's down projection)")
+        groups.append(_mlp_group(name, modules[name]))
     return ComponentSet(model, groups)
 
 
@@ -115,36 +175,46 @@ def attention_heads(
     """Attention heads as slices of the input of each attention output projection.
 
     Args:
-        names: attention modules (``"h.0.attn"``, an ``nn.MultiheadAttention``) or their
-            output projections (``"h.0.attn.c_proj"``, ``"blocks.0.attn.proj"``); a mapping
-            ``{name: n_heads}`` gives head counts explicitly. None: every attention module
-            found (one with a head-count attribute and an output projection child).
-        n_heads: head count for names whose module does not say it.
+        names: attention modules (``"h.0.attn"``, ``"encoder.layer.0.attention.self"``, an
+            ``nn.MultiheadAttention``) or output projections (``"h.0.attn.c_proj"``); a mapping
+            ``{projection name: n_heads}`` gives head counts explicitly. None: every attention
+            module found.
+        n_heads: head count for projections that are not part of a found attention module.
     """
     modules = dict(model.named_modules())
+    sites = find_attention(model)
     if names is None:
-        found = _find_head_projections(model)
-        if not found:
+        if not sites:
             raise ValueError(
-                f"found no attention module in {type(model).__name__}: none has a head-count"
-                f" attribute {_HEAD_COUNT_ATTRS} and an output projection named one of"
-                f" {_PROJECTION_NAMES}; pass the projection names and n_heads explicitly"
+                f"found no attention module in {type(model).__name__}: no module states a head"
+                " count or head dimension (num_heads, num_attention_heads, n_head, head_dim, ...)"
+                " and holds its projections; pass the output projections and n_heads explicitly:"
+                " attention_heads(model, names={'<projection>': n_heads})"
             )
-        return ComponentSet(model, [_head_group(n, modules[n], h) for n, h in found.items()])
+        return ComponentSet(model, [_site_group(s, modules[s.projection_name]) for s in sites])
+    by_module = {s.module_name: s for s in sites}
+    by_projection = {s.projection_name: s for s in sites}
     counts = dict(names) if isinstance(names, Mapping) else {n: n_heads for n in _as_list(names)}
     groups = []
     for name, count in counts.items():
         module = require_module(modules, name)
-        projection_name, projection, count = _resolve_projection(name, module, count)
-        parent = modules.get(projection_name.rpartition(".")[0])
-        if count is None and parent is not None:
-            count = _head_count(parent)
+        site = by_module.get(name) or by_projection.get(name)
+        if site is not None and count is None:
+            groups.append(_site_group(site, modules[site.projection_name]))
+            continue
+        if not is_linear_like(module):
+            raise TypeError(
+                f"module {name!r} is {type(module).__name__}; attention_heads expects an attention"
+                " module found in the model (one that states its heads and holds its"
+                " projections) or the Linear / Conv1D output projection that consumes the"
+                " concatenated heads, with n_heads")
         if count is None:
             raise ValueError(
-                f"module {name!r} does not state its number of heads; pass n_heads=... or"
-                " names={name: n_heads}"
-            )
-        groups.append(_head_group(projection_name, projection, int(count)))
+                f"module {name!r} does not state its number of heads (it is not the output"
+                f" projection of an attention module found in the model); pass n_heads=... or"
+                f" names={{{name!r}: n_heads}}")
+        kind = site.unit_kind if site is not None else "head"
+        groups.append(_head_group(name, module, int(count), kind))
     return ComponentSet(model, groups)
 
 
@@ -166,73 +236,58 @@ def name_filter(include: NamePatterns, exclude: NamePatterns) -> Callable[[str],
     return lambda name: bool(name) and inc(name) and not exc(name)
 
 
+def _require_linear(modules: Dict[str, nn.Module], name: str, what: str) -> None:
+    module = require_module(modules, name)
+    if not is_linear_like(module):
+        raise TypeError(f"module {name!r} is {type(module).__name__}; {what} expects nn.Linear"
+                        " or transformers' Conv1D")
+
+
 def _conv_group(name: str, module: nn.Module) -> ComponentGroup:
     return ComponentGroup(name, "filter", int(getattr(module, "out_channels")), "output", unit_axis=1)
 
 
 def _linear_group(name: str, module: nn.Module) -> ComponentGroup:
-    width = int(getattr(module, "nf" if is_hf_conv1d(module) else "out_features"))
-    return ComponentGroup(name, "neuron", width, "output", unit_axis=-1)
+    return ComponentGroup(name, "neuron", linear_widths(module)[1], "output", unit_axis=-1)
 
 
-def _projection_width(name: str, module: nn.Module) -> int:
-    if isinstance(module, nn.Linear):
-        return int(module.in_features)
-    if is_hf_conv1d(module):
-        return int(getattr(module, "nx"))
-    raise TypeError(
-        f"module {name!r} is {type(module).__name__}; an attention output projection must be"
-        " nn.Linear or transformers' Conv1D"
-    )
+def _mlp_group(name: str, module: nn.Module) -> ComponentGroup:
+    return ComponentGroup(name, "mlp_neuron", linear_widths(module)[0], "input", unit_axis=-1)
 
 
-def _head_group(name: str, projection: nn.Module, n_heads: int) -> ComponentGroup:
-    width = _projection_width(name, projection)
+def _site_group(site: AttentionSite, projection: nn.Module) -> ComponentGroup:
+    return _head_group(site.projection_name, projection, site.n_heads, site.unit_kind)
+
+
+def _head_group(name: str, projection: nn.Module, n_heads: int, kind: str = "head") -> ComponentGroup:
+    if not is_linear_like(projection):
+        raise TypeError(
+            f"module {name!r} is {type(projection).__name__}; an attention output projection must"
+            " be nn.Linear or transformers' Conv1D")
+    width = linear_widths(projection)[0]
     if n_heads < 1 or width % n_heads:
         raise ValueError(
             f"module {name!r} has input width {width}, which {n_heads} heads do not divide;"
             " the head count must be a positive divisor of the projection's input width"
         )
-    return ComponentGroup(name, "head", n_heads, "input", unit_axis=-1, unit_size=width // n_heads)
+    return ComponentGroup(name, kind, n_heads, "input", unit_axis=-1, unit_size=width // n_heads)
 
 
-def _head_count(module: nn.Module) -> Optional[int]:
-    for attr in _HEAD_COUNT_ATTRS:
-        value = getattr(module, attr, None)
-        if isinstance(value, int) and value > 0:
-            return value
-    config = getattr(module, "config", None)
-    value = getattr(config, "num_attention_heads", None)
-    return value if isinstance(value, int) else None
-
-
-def _resolve_projection(
-    name: str, module: nn.Module, count: Optional[int]
-) -> Tuple[str, nn.Module, Optional[int]]:
-    """Given an attention module or its projection, return (projection name, module, heads)."""
-    if isinstance(module, nn.Linear) or is_hf_conv1d(module):
-        return name, module, count
-    for child in _PROJECTION_NAMES:
-        projection = getattr(module, child, None)
-        if isinstance(projection, nn.Linear) or (projection is not None and is_hf_conv1d(projection)):
-            return f"{name}.{child}", projection, count or _head_count(module)
-    raise TypeError(
-        f"module {name!r} is {type(module).__name__}; attention_heads expects an attention"
-        f" module with an output projection child named one of {_PROJECTION_NAMES}, or the"
-        " projection itself (nn.Linear / Conv1D)"
-    )
-
-
-def _find_head_projections(model: nn.Module) -> Dict[str, int]:
-    """Map projection name -> head count for every attention module found in ``model``."""
-    found: Dict[str, int] = {}
-    for name, module in model.named_modules():
-        count = _head_count(module)
-        if count is None or not name:
-            continue
-        for child in _PROJECTION_NAMES:
-            projection = getattr(module, child, None)
-            if isinstance(projection, nn.Linear) or (projection is not None and is_hf_conv1d(projection)):
-                found[f"{name}.{child}"] = count
-                break
-    return found
+def _warn_tied(model: nn.Module, names: List[str]) -> None:
+    """Warn when a selected Linear map's weight is also used by another module (tied weights)."""
+    if not names:
+        return
+    owners: Dict[int, Set[str]] = {}
+    for module_name, module in model.named_modules():
+        weight = getattr(module, "weight", None)
+        if isinstance(weight, nn.Parameter):
+            owners.setdefault(id(weight), set()).add(module_name)
+    modules = dict(model.named_modules())
+    for name in names:
+        weight = getattr(modules[name], "weight", None)
+        others = sorted(owners.get(id(weight), set()) - {name}) if weight is not None else []
+        if others:
+            warnings.warn(
+                f"module {name!r} shares its weight with {others} (tied weights); its neurons are"
+                f" gated at {name!r} only, which is not what zeroing rows of the shared matrix"
+                " would do (that also changes the other use)", stacklevel=3)

@@ -1,0 +1,225 @@
+"""Finding attention heads and MLP hidden units in transformers from their structure.
+
+Contract
+--------
+:func:`find_attention` returns one :class:`AttentionSite` per multi-head attention module of
+a model: the module, the Linear (or Hugging Face ``Conv1D``) that consumes the concatenated
+heads (its *output projection*), the number of query heads, the head dimension and whether it
+is self- or cross-attention. Nothing is looked up by the projection's name:
+
+- an *attention core* is an innermost module that states a head dimension (``head_dim``,
+  ``attention_head_size``, ``key_value_proj_dim``, ``head_size``) or a head count
+  (``num_heads``, ``num_attention_heads``, ``n_heads``, ``n_head``); a missing count comes from
+  its ``config`` (``num_attention_heads``), a missing dimension from the count;
+- its first Linear maps are the query/key/value projections when their output widths are
+  ``q + 2 kv`` (one fused map), ``q, kv, kv`` in any order (three maps) or ``q, 2 kv`` (two),
+  where ``q = heads * head_dim`` and ``kv = kv_heads * head_dim`` for a ``kv_heads`` that
+  divides ``heads`` (grouped-query and multi-query attention give one unit per *query* head);
+- the output projection is the next Linear map with input width ``q``, inside the core or,
+  when the core holds only q/k/v (BERT's ``attention.self``), the next one after the core in
+  its parent (``attention.output.dense``).
+
+The one genuine oddity, ``nn.MultiheadAttention`` (projections as parameters, ``out_proj``
+called functionally), is a table entry. Cross-attention is recognised by an
+``is_cross_attention`` flag, a ``CrossAttention`` class name on the module or its parent, or
+the conventional names ``encoder_attn`` / ``EncDecAttention`` / ``crossattention``; it is
+labelled ``cross_head``, self-attention ``head``.
+
+:func:`find_mlp_down_projections` returns, for every MLP, the Linear map that brings the hidden
+units back to the model width (``down_proj``, ``c_proj``, ``fc2``, ``wo``, ``output.dense``):
+a map ``I -> D`` (``D`` = the width of the attention outputs, ``I != D``) directly preceded,
+in module order, by a map ``D -> I`` (the up projection; gated MLPs have two). Its *input*
+holds each hidden unit once, after the activation and after the gate product.
+
+An attention core whose projections do not fit these rules raises ``ValueError`` naming it and
+pointing to the explicit selectors, so a head count is never silently wrong.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Tuple
+
+from torch import nn
+
+from .components import is_hf_conv1d
+
+__all__ = ["AttentionSite", "find_attention", "find_mlp_down_projections", "linear_widths",
+           "is_linear_like", "has_transformer_config"]
+
+_HEAD_DIM_ATTRS = ("head_dim", "attention_head_size", "key_value_proj_dim", "head_size")
+_HEAD_COUNT_ATTRS = ("num_heads", "num_attention_heads", "n_heads", "n_head")
+_CROSS_NAMES = ("encoder_attn", "encdecattention", "crossattention", "cross_attn",
+                "cross_attention")
+
+
+@dataclass(frozen=True)
+class AttentionSite:
+    """One multi-head attention module and the Linear map that consumes its heads."""
+
+    module_name: str
+    projection_name: str
+    n_heads: int
+    head_dim: int
+    cross: bool = False
+
+    @property
+    def unit_kind(self) -> str:
+        return "cross_head" if self.cross else "head"
+
+
+def is_linear_like(module: nn.Module) -> bool:
+    return isinstance(module, nn.Linear) or is_hf_conv1d(module)
+
+
+def linear_widths(module: nn.Module) -> Tuple[int, int]:
+    """``(input width, output width)`` of an ``nn.Linear`` or a ``Conv1D``."""
+    if is_hf_conv1d(module):
+        return int(getattr(module, "nx")), int(getattr(module, "nf"))
+    return int(getattr(module, "in_features")), int(getattr(module, "out_features"))
+
+
+def has_transformer_config(model: nn.Module) -> bool:
+    """True for a model that carries a Hugging Face style ``config`` with attention heads."""
+    config = getattr(model, "config", None)
+    return config is not None and any(
+        isinstance(getattr(config, attr, None), int)
+        for attr in ("num_attention_heads", "n_head", "num_heads", "encoder_attention_heads"))
+
+
+def _int_attr(module: object, names: Tuple[str, ...]) -> Optional[int]:
+    for attr in names:
+        value = getattr(module, attr, None)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value
+    return None
+
+
+def _is_core_candidate(module: nn.Module) -> bool:
+    """States a head shape and holds Linear maps (a rotary cache with ``head_dim`` does not)."""
+    if isinstance(module, nn.MultiheadAttention):
+        return True
+    if _int_attr(module, _HEAD_DIM_ATTRS) is None and _int_attr(module, _HEAD_COUNT_ATTRS) is None:
+        return False
+    return any(is_linear_like(m) for m in module.modules())
+
+
+def _head_shape(name: str, module: nn.Module) -> Tuple[Optional[int], Optional[int]]:
+    heads = _int_attr(module, _HEAD_COUNT_ATTRS)
+    if heads is None:
+        heads = _int_attr(getattr(module, "config", None), ("num_attention_heads",))
+    return heads, _int_attr(module, _HEAD_DIM_ATTRS)
+
+
+def _qkv_prefix(widths: List[int], heads: int, head_dim: int) -> int:
+    """How many leading maps are the q/k/v projections (0 when the widths fit no layout)."""
+    q = heads * head_dim
+    kv_widths = {k * head_dim for k in range(1, heads + 1) if heads % k == 0}
+    if len(widths) >= 3 and any(sorted(widths[:3]) == sorted([q, kv, kv]) for kv in kv_widths):
+        return 3
+    if widths and any(widths[0] == q + 2 * kv for kv in kv_widths):
+        return 1
+    if len(widths) >= 2 and any(sorted(widths[:2]) == sorted([q, 2 * kv]) for kv in kv_widths):
+        return 2
+    return 0
+
+
+def _is_cross(name: str, module: nn.Module, parent: Optional[nn.Module]) -> bool:
+    if getattr(module, "is_cross_attention", False) is True:
+        return True
+    if parent is not None and getattr(parent, "is_cross_attention", False) is True:
+        return True
+    classes = [type(module).__name__] + ([type(parent).__name__] if parent is not None else [])
+    if any("crossattention" in c.lower() for c in classes):
+        return True
+    parts = name.lower().split(".")[-2:]
+    return any(part in _CROSS_NAMES for part in parts)
+
+
+def find_attention(model: nn.Module) -> List[AttentionSite]:
+    """Every multi-head attention module of ``model``, in module order (see module docs)."""
+    named = list(model.named_modules())
+    modules = dict(named)
+    order = {name: position for position, (name, _) in enumerate(named)}
+    candidates = [n for n, m in named if n and _is_core_candidate(m)]
+    # innermost only: FalconDecoderLayer states num_heads but holds the real core
+    cores = [n for n in candidates
+             if not any(o.startswith(n + ".") for o in candidates if o != n)]
+    sites: List[AttentionSite] = []
+    for name in cores:
+        module = modules[name]
+        parent_name = name.rpartition(".")[0]
+        parent = modules.get(parent_name) if parent_name else model
+        if isinstance(module, nn.MultiheadAttention):
+            sites.append(AttentionSite(name, f"{name}.out_proj", int(module.num_heads),
+                                       int(module.head_dim), _is_cross(name, module, parent)))
+            continue
+        site = _core_site(name, module, parent, named, order)
+        if site is not None:
+            sites.append(site)
+    return sites
+
+
+def _linear_after(named: List[Tuple[str, nn.Module]], order: Dict[str, int], scope: str,
+                  after: int) -> List[Tuple[str, nn.Module]]:
+    prefix = scope + "." if scope else ""
+    return [(n, m) for n, m in named
+            if order[n] > after and n.startswith(prefix) and is_linear_like(m)]
+
+
+def _core_site(name: str, module: nn.Module, parent: Optional[nn.Module],
+               named: List[Tuple[str, nn.Module]], order: Dict[str, int]
+               ) -> Optional[AttentionSite]:
+    inside = _linear_after(named, order, name, order[name])
+    heads, head_dim = _head_shape(name, module)
+    in_width = linear_widths(inside[0][1])[0]
+    if heads is None:
+        heads = in_width // head_dim if head_dim and in_width % head_dim == 0 else None
+    if head_dim is None and heads:
+        head_dim = in_width // heads if in_width % heads == 0 else None
+    if not heads or not head_dim:
+        raise _unresolved(name, module, "its head count and head dimension could not be read")
+    widths = [linear_widths(m)[1] for _, m in inside]
+    n_inputs = _qkv_prefix(widths, heads, head_dim)
+    if n_inputs == 0:
+        raise _unresolved(name, module, f"its projections' output widths {widths} fit no"
+                          f" query/key/value layout for {heads} heads of size {head_dim}")
+    q = heads * head_dim
+    later = inside[n_inputs:]
+    scope = name.rpartition(".")[0]
+    last_inside = max((order[n] for n, _ in named if n.startswith(name + ".")), default=order[name])
+    later += _linear_after(named, order, scope, last_inside)
+    for projection_name, projection in later:
+        if linear_widths(projection)[0] == q:
+            return AttentionSite(name, projection_name, heads, head_dim,
+                                 _is_cross(name, module, parent))
+        break
+    raise _unresolved(name, module, f"no Linear map with input width {q} ({heads} heads x"
+                      f" {head_dim}) follows its query/key/value projections")
+
+
+def _unresolved(name: str, module: nn.Module, why: str) -> ValueError:
+    return ValueError(
+        f"attention module {name!r} ({type(module).__name__}) was found but {why}; select its"
+        " heads explicitly with attention_heads(model, names={'<output projection>': n_heads}),"
+        " or leave it out with exclude=...")
+
+
+def find_mlp_down_projections(model: nn.Module, sites: List[AttentionSite]) -> List[str]:
+    """Names of the MLP down projections (``I -> D`` maps right after a ``D -> I`` map)."""
+    modules = dict(model.named_modules())
+    widths = {linear_widths(modules[s.projection_name])[1] for s in sites}
+    attention_scopes = tuple(s.module_name + "." for s in sites)
+    projections = {s.projection_name for s in sites}
+    linears = [(n, m) for n, m in model.named_modules()
+               if n and is_linear_like(m) and not n.startswith(attention_scopes)
+               and n not in projections]
+    found = []
+    for position, (name, module) in enumerate(linears):
+        width_in, width_out = linear_widths(module)
+        if position == 0 or width_out not in widths or width_in == width_out:
+            continue
+        up_in, up_out = linear_widths(linears[position - 1][1])
+        if up_out == width_in and up_in == width_out:
+            found.append(name)
+    return found

@@ -18,20 +18,28 @@ Implementations (names accepted by :func:`resolve_output`):
 - ``"sequence_margin"``: mean next-token margin over a sequence: at position ``t`` the logit of
   token ``target[t + 1]`` minus the largest other logit, averaged over all positions; pass
   ``SequenceMargin(start=s)`` to average only from position ``s`` (e.g. a repeated half);
+  averaged over real tokens only when the model output carries an ``attention_mask``;
 - any callable ``f(model_output, target) -> (batch,)``.
+
+Language-model outputs (``"token_log_prob"``, ``"continuation_log_prob"``,
+``"logit_difference"``) live in :mod:`captum_coar.language_outputs` and register here. The
+one-class-per-row outputs refuse logits ``(batch, seq_len, vocab)`` with a message naming them
+(:func:`class_logits`).
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, Optional, Union
+from typing import Any, Callable, Dict, List, Optional, Union
 
 import torch
 from torch import Tensor
 
+from ._checks import fail
 from ._registry import Registry
 
 __all__ = ["OutputFunction", "Margin", "Logit", "LogProb", "Loss", "SequenceMargin",
-           "CallableOutput", "resolve_output", "logits_of", "OUTPUTS"]
+           "CallableOutput", "resolve_output", "logits_of", "class_logits", "OUTPUTS",
+           "SEQUENCE_OUTPUTS"]
 
 
 def logits_of(model_output: Any) -> Tensor:
@@ -46,6 +54,25 @@ def logits_of(model_output: Any) -> Tensor:
         f"cannot read logits from a model output of type {type(model_output).__name__}; expected a"
         " tensor, a tuple whose first item is a tensor, or an object with .logits"
     )
+
+
+#: names of the outputs that score sequences (language models); :mod:`language_outputs` adds its own
+SEQUENCE_OUTPUTS: List[str] = ["sequence_margin"]
+
+
+def class_logits(model_output: Any, name: str) -> Tensor:
+    """``logits_of(model_output)`` for an output that scores one class per row.
+
+    Logits ``(batch, seq_len, vocab)`` (a language model) raise a ``ValueError`` that names the
+    language-model outputs, instead of an indexing error deep in ``gather``.
+    """
+    logits = logits_of(model_output)
+    if logits.dim() == 3:
+        raise fail("output", f"a language-model output, one of {SEQUENCE_OUTPUTS}, for logits of"
+                   f" shape (batch, seq_len, vocab) = {tuple(logits.shape)}", name,
+                   f"{name!r} scores one class per row; e.g. output='token_log_prob' with"
+                   " target = the next token id per row (captum_coar.language_outputs)")
+    return logits
 
 
 def target_tensor(target: Any, n_rows: int, device: torch.device, name: str) -> Tensor:
@@ -86,7 +113,7 @@ class Margin(OutputFunction):
     name = "margin"
 
     def __call__(self, model_output, target):
-        logits = logits_of(model_output)
+        logits = class_logits(model_output, self.name)
         t = target_tensor(target, logits.shape[0], logits.device, self.name)
         correct = logits.gather(1, t[:, None]).squeeze(1)
         others = logits.scatter(1, t[:, None], float("-inf"))
@@ -100,7 +127,7 @@ class Logit(OutputFunction):
     needs_target = False
 
     def __call__(self, model_output, target):
-        logits = logits_of(model_output)
+        logits = class_logits(model_output, self.name)
         if logits.dim() == 1 or (logits.dim() == 2 and logits.shape[1] == 1 and target is None):
             return logits.reshape(-1)
         t = target_tensor(target, logits.shape[0], logits.device, self.name)
@@ -113,7 +140,7 @@ class LogProb(OutputFunction):
     name = "log_prob"
 
     def __call__(self, model_output, target):
-        logits = logits_of(model_output)
+        logits = class_logits(model_output, self.name)
         t = target_tensor(target, logits.shape[0], logits.device, self.name)
         return torch.log_softmax(logits, dim=1).gather(1, t[:, None]).squeeze(1)
 
@@ -124,7 +151,7 @@ class Loss(OutputFunction):
     name = "loss"
 
     def __call__(self, model_output, target):
-        logits = logits_of(model_output)
+        logits = class_logits(model_output, self.name)
         t = target_tensor(target, logits.shape[0], logits.device, self.name)
         return torch.nn.functional.cross_entropy(logits, t, reduction="none")
 
@@ -159,7 +186,17 @@ class SequenceMargin(OutputFunction):
         nxt = tokens[:, self.start + 1:]
         correct = predicting.gather(2, nxt[..., None]).squeeze(2)
         others = predicting.scatter(2, nxt[..., None], float("-inf")).max(dim=2).values
-        return (correct - others).mean(dim=1)
+        mask = getattr(model_output, "attention_mask", None)
+        if mask is None:
+            return (correct - others).mean(dim=1)
+        # padding-aware: only pairs (t, t + 1) of real tokens count
+        real = mask.to(logits.device).bool()
+        pairs = (real[:, self.start:-1] & real[:, self.start + 1:]).to(logits.dtype)
+        counts = pairs.sum(dim=1)
+        if bool((counts == 0).any()):
+            raise ValueError("output='sequence_margin' found a row with no pair of consecutive"
+                             " real tokens after `start`; every row needs at least two")
+        return ((correct - others) * pairs).sum(dim=1) / counts
 
     def describe(self):
         return {"name": self.name, "start": self.start}

@@ -91,8 +91,9 @@ def test_resume_after_crash_is_bit_identical(setup, reference_store, tmp_path):
     model, components, _, _, loader = setup
     reference, full_calls = reference_store
     path = tmp_path / "store"
-    # 32 rows per chunk, 8 per pass, 3 batches: 12 calls per chunk; call 19 is chunk 1, batch 1
-    crashing = CountingForward(model, fail_after=18)
+    # 32 rows per chunk, 8 per pass, 3 batches: 12 calls per chunk after the probe (call 1);
+    # call 20 is chunk 1, batch 1
+    crashing = CountingForward(model, fail_after=19)
     with pytest.raises(KeyboardInterrupt):
         collect(crashing, components, loader, path, **SETTINGS)
     partial = MemmapStore(path, read_only=True)
@@ -103,10 +104,10 @@ def test_resume_after_crash_is_bit_identical(setup, reference_store, tmp_path):
     collect(resumed, components, loader, path, **SETTINGS)
     _assert_same_store(reference, path)
     # nothing committed is recomputed: chunk 0 and chunk 1's first batch (16 calls) are kept
-    assert full_calls == 45 and resumed.calls == full_calls - 16
+    assert full_calls == 46 and resumed.calls == full_calls - 16
     again = CountingForward(model)
     collect(again, components, loader, path, **SETTINGS)
-    assert again.calls == 0  # complete rows are skipped
+    assert again.calls == 1  # complete rows are skipped: only the probe runs
 
 
 def test_resume_in_memory_store(setup):

@@ -7,18 +7,21 @@ list of batches). :func:`split_batch` reads one batch: ``inputs``, ``(inputs, ta
 ``(inputs, target, *additional_forward_args)`` (``inputs`` a tensor or a tuple of tensors), or
 anything ``batch_fn`` maps to that, as ``(inputs tuple, target, additional_forward_args
 tuple)``. :func:`tensor_batches` makes such a list of batches from tensors held in memory
-(rows sliced as :func:`captum_coar._inputs.example_batches` does).
+(rows sliced as :func:`captum_coar._inputs.example_batches` does). :func:`read_data` passes over
+the data once: batch sizes and fingerprints (:func:`captum_coar.coar._fingerprint.scan_data`)
+and the first batch (for the identity's probe).
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable, List, Optional, Tuple, Union
+from typing import Any, Callable, Iterable, List, Optional, Tuple, Union
 
 from torch import Tensor
 
 from .._inputs import as_tuple, example_batches, input_tuple
+from ._fingerprint import DataScan, check_reiterable, scan_data
 
-__all__ = ["Batch", "BatchFn", "split_batch", "tensor_batches"]
+__all__ = ["Batch", "BatchFn", "split_batch", "tensor_batches", "read_data"]
 
 Batch = Tuple[Tuple[Tensor, ...], Any, Tuple[Any, ...]]
 BatchFn = Callable[[Any], Any]
@@ -56,3 +59,19 @@ def tensor_batches(inputs: Union[Tensor, Tuple[Tensor, ...]], target: Any = None
         raise ValueError(f"batch_size must be a positive integer, got {batch_size}")
     return [(batch, batch_target, extra) for _, batch, extra, batch_target
             in example_batches(inputs_t, additional_forward_args, target, size)]
+
+
+def read_data(data: Iterable[Any], batch_fn: Optional[BatchFn]) -> Tuple[DataScan, Batch]:
+    """One pass over re-iterable ``data``: sizes and fingerprints of every batch, the first batch."""
+    check_reiterable(data)
+    first: List[Batch] = []
+
+    def batches() -> Iterable[Batch]:
+        for item in data:
+            batch = split_batch(item, batch_fn)
+            if not first:
+                first.append(batch)
+            yield batch
+
+    scan = scan_data(batches(), fingerprints=True)
+    return scan, first[0]

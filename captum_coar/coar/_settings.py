@@ -1,14 +1,20 @@
-"""Resolved settings of one collection, and the row split and device they imply.
+"""Resolved settings of one collection, and the row split, device and sizes they imply.
 
 Contract
 --------
 :meth:`CollectionSettings.build` resolves and validates everything that makes collected data
 what it is (components, forward function, mask sampler, ablation strategy, output function,
 seed, number of masks) plus the batching knobs, before any forward pass, with messages that
-say what was given and what is allowed. :meth:`~CollectionSettings.metadata` is what a store
-records and checks on resume; :meth:`~CollectionSettings.chunk_size` the mask rows per pass
-over the data. :func:`validation_split` says how many of the last mask rows are held out, and
-:func:`stats_device` where float64 statistics live.
+say what was given and what is allowed. The sampler and its fraction follow one rule: a
+sampler given by name takes ``ablation_fraction`` (default :data:`DEFAULT_ABLATION_FRACTION`);
+a sampler object carries its own, and an ``ablation_fraction`` given beside it must equal it
+(conflicting values are an error). What identifies the collected data is defined in
+:mod:`captum_coar.coar._identity`; :meth:`~CollectionSettings.extras` are the descriptive
+fields a store records beside it. :meth:`~CollectionSettings.chunk_size` gives the mask rows per
+pass over the data, :func:`check_store_size` the upper bound on ``n_masks`` a store's memory or
+disk allows (refused with the estimate unless the caller raises the bound),
+:func:`validation_split` how many of the last mask rows are held out, and :func:`stats_device`
+where float64 statistics live.
 """
 
 from __future__ import annotations
@@ -23,15 +29,19 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .._checks import check_optional_positive_int, check_positive_int
+from .._checks import check_int, check_optional_positive_int, check_positive_int
 from ..ablation import AblationStrategy, resolve_ablation
 from ..components import ComponentSet
 from ..outputs import OutputFunction, resolve_output
 from ..sampling import BLOCK_ROWS, MaskSampler, resolve_sampler
-from ..stores.base import FORMAT_VERSION
-from ._fingerprint import DataScan, model_fingerprint
+from ._fingerprint import DataScan
+from ._identity import describe_callable
 
-__all__ = ["CollectionSettings", "validation_split", "stats_device"]
+__all__ = ["CollectionSettings", "validation_split", "stats_device", "check_store_size",
+           "store_bytes", "DEFAULT_ABLATION_FRACTION"]
+
+#: The paper's ablation fraction, used when the sampler is given by name without a fraction.
+DEFAULT_ABLATION_FRACTION = 0.05
 
 _CHUNK_ELEMENTS = 1 << 26  # outputs held per chunk (rows x examples) by default
 
@@ -53,7 +63,7 @@ class CollectionSettings:
 
     @classmethod
     def build(cls, forward_func: Callable[..., Any], components: ComponentSet, n_masks: int,
-              ablation_fraction: Optional[float] = 0.05,
+              ablation_fraction: Optional[float] = None,
               sampler: Union[str, MaskSampler] = "bernoulli",
               ablation: Union[str, AblationStrategy] = "weights",
               output: Union[None, str, OutputFunction, Callable[..., Tensor]] = None,
@@ -66,10 +76,9 @@ class CollectionSettings:
         if not callable(forward_func):
             raise TypeError(f"forward_func must be callable, got {type(forward_func).__name__}")
         n_masks = check_positive_int("n_masks", n_masks)
-        if isinstance(sampler, MaskSampler) and ablation_fraction is not None and \
-                float(ablation_fraction) != float(sampler.ablation_fraction):
-            ablation_fraction = None  # the instance's own fraction wins over the default
-        resolved = resolve_sampler(sampler, ablation_fraction)
+        if ablation_fraction is None and not isinstance(sampler, MaskSampler):
+            ablation_fraction = DEFAULT_ABLATION_FRACTION
+        resolved = resolve_sampler(sampler, ablation_fraction)  # conflicting values raise
         resolved.sample(components.n_components, 0, 0, 0)  # validates alpha (and N) up front
         output_fn = resolve_output(output, "target" if has_target else None)
         if not has_target and output_fn.needs_target:
@@ -99,27 +108,78 @@ class CollectionSettings:
         size = min(8192, max(BLOCK_ROWS, _CHUNK_ELEMENTS // max(1, n_examples)))
         return max(BLOCK_ROWS, size // BLOCK_ROWS * BLOCK_ROWS)
 
-    def metadata(self, scan: DataScan) -> Dict[str, Any]:
-        """Store metadata: identity fields and descriptive extras."""
+    def extras(self, scan: DataScan) -> Dict[str, Any]:
+        """Descriptive store metadata beside the identity (never compared)."""
         from .. import __version__
 
         return {
-            "format_version": FORMAT_VERSION,
-            "n_masks": self.n_masks,
-            "n_components": self.components.n_components,
-            "n_examples": scan.n_examples,
-            "components_fingerprint": self.components.fingerprint,
-            "model_fingerprint": model_fingerprint(self.components.model),
-            "data_fingerprint": scan.data_fingerprint,
-            "sampler": self.sampler.describe(),
-            "ablation": self.ablation.describe(),
-            "output": self.output.describe(),
-            "seed": self.seed,
             "batch_sizes": scan.batch_sizes,
             "components": self.components.describe(),
+            "forward": describe_callable(self.forward_func),
             "captum_coar_version": __version__,
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
+
+
+def store_bytes(n_masks: int, n_components: int, n_examples: int, itemsize: int = 4) -> int:
+    """Bytes a store of these sizes holds: packed masks, outputs, progress and checksums."""
+    return int(n_masks) * ((int(n_components) + 7) // 8 + int(n_examples) * itemsize + 8 + 4)
+
+
+def _size(n: float) -> str:
+    for unit in ("bytes", "KiB", "MiB", "GiB", "TiB", "PiB"):
+        if n < 1024 or unit == "PiB":
+            return f"{n:.0f} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} PiB"
+
+
+def check_store_size(n_masks: int, n_components: int, n_examples: int, itemsize: int,
+                     available: int, where: str, max_store_bytes: Optional[int]) -> int:
+    """The store's size in bytes; ``ValueError`` stating it when it exceeds the bound.
+
+    The bound is ``max_store_bytes`` when the caller gives one, else ``available`` (the free
+    disk space at the store's directory, or the machine's memory for an in-memory store).
+    """
+    needed = store_bytes(n_masks, n_components, n_examples, itemsize)
+    bound = available if max_store_bytes is None else check_int("max_store_bytes",
+                                                                max_store_bytes, minimum=1)
+    assert bound is not None
+    if needed > bound:
+        source = f"max_store_bytes={bound}" if max_store_bytes is not None else \
+            f"the {_size(available)} available {where}"
+        raise ValueError(
+            f"n_masks={n_masks} needs a store of {_size(needed)} ({n_masks} rows x"
+            f" ({(n_components + 7) // 8} bytes of packed mask + {n_examples} outputs x"
+            f" {itemsize} bytes + 12 bytes of progress and checksum)), more than {source}."
+            " Lower n_masks, use collect_statistics (its memory does not grow with n_masks), or"
+            " pass max_store_bytes=<bytes> to raise the bound")
+    return needed
+
+
+def check_solver_arguments(solver: Any, with_validation: bool) -> None:
+    """Run ``solver`` (a copy) on tiny synthetic statistics, so that arguments it refuses (a bad
+    penalty grid, a missing validation set) are refused before any forward pass."""
+    import copy
+
+    from ..solvers.statistics import SufficientStatistics
+
+    if not hasattr(solver, "fit") or getattr(solver, "streaming", False):
+        return
+    generator = torch.Generator().manual_seed(0)
+
+    def tiny() -> SufficientStatistics:
+        stats = SufficientStatistics(2, 1)
+        masks = torch.rand(8, 2, generator=generator) > 0.5
+        stats.update(masks, torch.randn(8, 1, generator=generator, dtype=torch.float64))
+        return stats
+
+    trial = copy.deepcopy(solver)
+    try:
+        trial.fit(tiny(), tiny() if with_validation else None)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"solver {solver!r} refuses its arguments (checked before collection,"
+                         f" on tiny synthetic statistics): {error}") from error
 
 
 def stats_device(components: ComponentSet) -> torch.device:

@@ -16,16 +16,25 @@ chunk the data is passed over once and each batch is evaluated under the chunk's
 with ONE entered :class:`~captum_coar.gates.ComponentGates` reused for every batch).
 
 - :func:`collect` writes into a :class:`~captum_coar.stores.base.MaskOutputStore` (in memory or
-  memory-mapped). After each batch the outputs are flushed and then the rows' progress is
-  advanced, so re-running the same call after an interruption resumes: rows and batches
-  already written are skipped, and the result is the same as one uninterrupted run. A store
-  made with a different model, components, data or settings is refused (``ValueError``
-  naming each differing field, given vs stored).
+  memory-mapped), holding the store's write lock. After each batch the outputs are flushed and
+  then the rows' progress is advanced, so re-running the same call after an interruption
+  resumes: rows and batches already written are skipped, and the result is the same as one
+  uninterrupted run. Damaged rows among those asked for (progress out of range, checksums
+  that do not match, stored masks that differ from the sampler's) are reset and recollected,
+  with a warning naming them. A store made with a different identity
+  (:mod:`captum_coar.coar._identity`: model, components, data, sampler, ablation, output,
+  seed, sizes, and the probe outputs that identify functions by behaviour) is refused
+  (``ValueError`` naming each differing field, given vs stored). A new store larger than the
+  free disk (or memory) is refused before anything is written (:func:`check_store_size`).
 - :func:`collect_statistics` accumulates :class:`~captum_coar.solvers.statistics.
   SufficientStatistics` (float64) chunk by chunk, with the last ``validation_rows`` rows
   (see :func:`validation_split`) kept apart as held-out statistics; memory does not grow with
-  ``n_masks``. Results of different row shards can be merged.
+  ``n_masks``. ``CollectedStatistics.settings`` holds the identity, the validation split and
+  the rows covered, so results of different row shards can be checked and merged.
 
+Everything is validated, the strategy fitted and the probe run before the first collecting
+forward pass; the model's parameters and buffers are left as they were
+(:func:`captum_coar._state.model_state_kept`). Setting up chunks is linear in ``n_masks``.
 Non-finite outputs raise ``ValueError`` naming the mask rows and examples. A ``DataLoader``
 that shuffles, or data that changes between passes (random augmentation), is refused.
 
@@ -36,28 +45,48 @@ here from :mod:`captum_coar.coar._batches` and :mod:`captum_coar.coar._settings`
 
 from __future__ import annotations
 
+import os
+import shutil
+import warnings
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Iterable, Optional, Union
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple, Union
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from .._engine import evaluate_masks, progress
+from .._state import model_state_kept
 from ..ablation import AblationStrategy, fitted_ablation
 from ..components import ComponentSet, model_device
 from ..gates import ComponentGates
 from ..outputs import OutputFunction
 from ..sampling import MaskSampler
 from ..solvers.statistics import SufficientStatistics
+from ..stores._integrity import describe_rows
 from ..stores.base import MaskOutputStore, RowSelection, select_rows
 from ..stores.memmap import MemmapStore
-from ._batches import BatchFn, split_batch, tensor_batches
-from ._fingerprint import DataScan, check_reiterable, scan_data
-from ._settings import CollectionSettings, stats_device, validation_split
+from ..stores.memory import InMemoryStore
+from ._batches import Batch, BatchFn, read_data, split_batch, tensor_batches
+from ._fingerprint import DataScan
+from ._identity import collection_identity, identity_differences
+from ._settings import CollectionSettings, check_store_size, stats_device, validation_split
+
+OutputLike = Union[None, str, OutputFunction, Callable[..., Tensor]]
 
 __all__ = ["collect", "collect_statistics", "CollectedStatistics", "CollectionSettings",
-           "tensor_batches", "validation_split", "split_batch", "stats_device"]
+           "tensor_batches", "validation_split", "split_batch", "stats_device", "row_ranges", "identify"]
+
+
+def row_ranges(rows: np.ndarray) -> List[List[int]]:
+    """Sorted unique rows as ``[[start, stop), ...]`` runs (JSON friendly)."""
+    rows = np.asarray(rows, dtype=np.int64)
+    if rows.size == 0:
+        return []
+    breaks = np.nonzero(np.diff(rows) != 1)[0] + 1
+    starts, ends = rows[np.r_[0, breaks]], rows[np.r_[breaks - 1, rows.size - 1]] + 1
+    return [[int(a), int(b)] for a, b in zip(starts, ends)]
 
 
 # --------------------------------------------------------------------------- sinks
@@ -71,7 +100,18 @@ class _StoreSink:
         return self.store.progress(rows)
 
     def start_chunk(self, rows: np.ndarray, masks: Tensor) -> None:
-        todo = self.store.progress(rows) == 0
+        """Write the masks of new rows; recollect written rows whose stored mask differs."""
+        progress = self.store.progress(rows)
+        written = progress > 0
+        if written.any():
+            stored = self.store.read_masks(rows[written])
+            differs = (stored != masks[torch.from_numpy(written)].cpu()).any(dim=1).numpy()
+            if differs.any():
+                bad = rows[written][differs]
+                _warn_recollect(self.store, bad, "their stored masks differ from the sampler's")
+                self.store.reset_rows(bad)
+                progress = self.store.progress(rows)
+        todo = progress == 0
         if todo.any():
             self.store.write_masks(rows[todo], masks[torch.from_numpy(todo)])
 
@@ -81,6 +121,22 @@ class _StoreSink:
 
     def end_chunk(self, rows: np.ndarray, masks: Tensor) -> None:
         pass
+
+
+def _warn_recollect(store: MaskOutputStore, rows: np.ndarray, why: str) -> None:
+    warnings.warn(f"{store.location}: recollecting {describe_rows(rows)} because"
+                  f" {why} (the file was damaged); the result is the same as an undamaged run",
+                  UserWarning, stacklevel=4)
+
+
+def _repair(store: MaskOutputStore, rows: np.ndarray) -> None:
+    """Reset rows whose progress is out of range or whose checksum fails, so they are redone."""
+    out_of_range, mismatch = store.damaged_rows(rows)
+    if out_of_range.size:
+        _warn_recollect(store, out_of_range, "their progress lies outside [0, n_examples]")
+    if mismatch.size:
+        _warn_recollect(store, mismatch, "their masks or outputs do not match their checksums")
+    store.reset_rows(np.concatenate([out_of_range, mismatch]))
 
 
 class _StatisticsSink:
@@ -136,29 +192,32 @@ def _check_finite(outputs: Tensor, rows: np.ndarray, first_example: int) -> None
     )
 
 
-def _run(settings: CollectionSettings, data: Iterable[Any], batch_fn: Optional[BatchFn],
-         scan: DataScan, rows: np.ndarray, sink: Any, show_progress: bool,
-         verify_passes: bool) -> None:
+def chunk_work(rows: np.ndarray, n_masks: int, chunk: int) -> List[np.ndarray]:
+    """The selected (sorted) rows cut at multiples of ``chunk``; linear in ``len(rows)``."""
+    edges = np.searchsorted(rows, np.arange(0, n_masks + chunk, chunk, dtype=np.int64))
+    return [rows[a:b] for a, b in zip(edges[:-1], edges[1:]) if b > a]
+
+
+def _run(settings: CollectionSettings, strategy: AblationStrategy, data: Iterable[Any],
+         batch_fn: Optional[BatchFn], scan: DataScan, rows: np.ndarray, sink: Any,
+         show_progress: bool, verify_passes: bool) -> None:
     N = settings.components.n_components
     n = scan.n_examples
-    chunk = settings.chunk_size(n)
     device = model_device(settings.components.model)
-    work = [(c, rows[(rows >= c) & (rows < c + chunk)]) for c in range(0, settings.n_masks, chunk)]
-    work = [(c, r) for c, r in work if r.size]
-    total = int(sum(int((n - sink.pending(r)).sum()) for _, r in work))
+    work = chunk_work(rows, settings.n_masks, settings.chunk_size(n))
+    total = int(n * len(rows) - int(sink.pending(rows).sum())) if len(rows) else 0
     bar = progress(total, show_progress and total > 0, "COAR ablated outputs")
     try:
-        strategy = fitted_ablation(settings.ablation, settings.forward_func, settings.components)
         with ComponentGates(settings.components, strategy) as hooks:
-            for _, chunk_rows in work:
-                done = sink.pending(chunk_rows)
-                if bool((done == n).all()):
+            for chunk_rows in work:
+                if bool((sink.pending(chunk_rows) == n).all()):
                     continue
                 lo, hi = int(chunk_rows[0]), int(chunk_rows[-1]) + 1
                 masks = settings.sampler.sample(N, lo, hi, settings.seed)[
                     torch.from_numpy(chunk_rows - lo)]
                 gates = masks.to(device=device, dtype=torch.float32)
                 sink.start_chunk(chunk_rows, masks)
+                done = sink.pending(chunk_rows)
                 start = 0
                 for b, batch in enumerate(data):
                     inputs, target, extra = split_batch(batch, batch_fn)
@@ -171,7 +230,7 @@ def _run(settings: CollectionSettings, data: Iterable[Any], batch_fn: Optional[B
                         outputs = evaluate_masks(
                             settings.forward_func, settings.components, inputs, gates[select],
                             target=target, additional_forward_args=extra or None,
-                            output=settings.output, ablation=settings.ablation,
+                            output=settings.output, ablation=strategy,
                             perturbations_per_eval=settings.perturbations_per_eval,
                             max_rows=settings.max_rows, hooks=hooks, example_offset=start)
                         _check_finite(outputs, chunk_rows[todo], start)
@@ -187,55 +246,110 @@ def _run(settings: CollectionSettings, data: Iterable[Any], batch_fn: Optional[B
         bar.close()
 
 
+def _identity(settings: CollectionSettings, strategy: AblationStrategy, scan: DataScan,
+              first: Batch) -> Dict[str, Any]:
+    return collection_identity(
+        components=settings.components, forward_func=settings.forward_func, strategy=strategy,
+        output=settings.output, sampler=settings.sampler, seed=settings.seed,
+        n_masks=settings.n_masks, n_examples=scan.n_examples,
+        data_fingerprint=scan.data_fingerprint, first_batch=first)
+
+
+def identify(forward_func: Callable[..., Any], components: ComponentSet, data: Iterable[Any], *,
+             n_masks: int, ablation_fraction: Optional[float] = None,
+             sampler: Union[str, MaskSampler] = "bernoulli",
+             ablation: Union[str, AblationStrategy] = "weights", output: OutputLike = None,
+             seed: int = 0, batch_fn: Optional[BatchFn] = None) -> Dict[str, Any]:
+    """The identity a collection with these arguments would have (one pass, one probe)."""
+    scan, first = read_data(data, batch_fn)
+    settings = CollectionSettings.build(forward_func, components, n_masks, ablation_fraction,
+                                        sampler, ablation, output, has_target=scan.has_target,
+                                        seed=seed)
+    with model_state_kept(components.model):
+        strategy = fitted_ablation(settings.ablation, forward_func, components)
+        return _identity(settings, strategy, scan, first)
+
+
+def _available_bytes(store: MaskOutputStore) -> Tuple[int, str]:
+    if isinstance(store, MemmapStore):
+        where = Path(store.path).absolute()
+        while not where.exists():
+            where = where.parent
+        return shutil.disk_usage(where).free, f"on the disk at {str(where)!r}"
+    try:
+        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        memory = 1 << 40
+    return int(memory), "in this machine's memory"
+
+
 # --------------------------------------------------------------------------- public API
 def collect(forward_func: Callable[..., Any], components: ComponentSet, data: Iterable[Any],
-            store: Union[MaskOutputStore, str, None] = None, *, n_masks: int,
-            ablation_fraction: Optional[float] = 0.05,
+            store: Union[MaskOutputStore, str, "os.PathLike[str]", None] = None, *,
+            n_masks: int, ablation_fraction: Optional[float] = None,
             sampler: Union[str, MaskSampler] = "bernoulli",
-            ablation: Union[str, AblationStrategy] = "weights",
-            output: Union[None, str, OutputFunction, Callable[..., Tensor]] = None,
+            ablation: Union[str, AblationStrategy] = "weights", output: OutputLike = None,
             seed: int = 0, rows: RowSelection = None,
             perturbations_per_eval: Optional[int] = None, max_rows: Optional[int] = None,
             chunk_rows: Optional[int] = None, batch_fn: Optional[BatchFn] = None,
-            show_progress: bool = False) -> MaskOutputStore:
+            max_store_bytes: Optional[int] = None, show_progress: bool = False) -> MaskOutputStore:
     """Evaluate mask rows ``rows`` on every example of ``data`` into ``store`` (resumable).
 
     Args:
         store: a store object, a directory path (a :class:`MemmapStore` there), or None for a
             new :class:`~captum_coar.stores.memory.InMemoryStore`.
-        rows: the mask rows to collect now: None (all), ``(start, stop)``, a slice or indices.
+        ablation_fraction: probability that a component is ablated (default 0.05 for a sampler
+            given by name; a sampler object carries its own, and a different value here is an
+            error).
+        rows: the mask rows to collect now: None (all), ``(start, stop)``, a slice or integer
+            indices.
         chunk_rows: mask rows per pass over the data (default: about 2**26 outputs per chunk).
+        max_store_bytes: the largest new store allowed (default: the free disk space, or the
+            machine's memory for an in-memory store).
 
-    Returns the store. Raises ``ValueError`` when the store holds data made differently.
+    Returns the store. Raises ``ValueError`` when the store holds data made differently, and
+    ``RuntimeError`` when another process is writing into it.
     """
-    from ..stores.memory import InMemoryStore
-
-    check_reiterable(data)
-    scan = scan_data((split_batch(b, batch_fn) for b in data), fingerprints=True)
+    scan, first = read_data(data, batch_fn)
     settings = CollectionSettings.build(
         forward_func, components, n_masks, ablation_fraction, sampler, ablation, output,
         has_target=scan.has_target, seed=seed, perturbations_per_eval=perturbations_per_eval,
         max_rows=max_rows, chunk_rows=chunk_rows)
+    index = select_rows(rows, settings.n_masks)
     if store is None:
         store = InMemoryStore()
     elif not isinstance(store, MaskOutputStore):
         store = MemmapStore(store)
-    store.open(settings.metadata(scan))
-    _run(settings, data, batch_fn, scan, select_rows(rows, settings.n_masks), _StoreSink(store),
-         show_progress, verify_passes=not isinstance(data, (list, tuple)))
+    with model_state_kept(components.model), store.writing():
+        if not store.is_open:
+            available, where = _available_bytes(store)
+            itemsize = np.dtype(getattr(store, "dtype", "float32")).itemsize
+            check_store_size(settings.n_masks, components.n_components, scan.n_examples,
+                             itemsize, available, where, max_store_bytes)
+        strategy = fitted_ablation(settings.ablation, settings.forward_func, components)
+        identity = _identity(settings, strategy, scan, first)
+        store.open({**settings.extras(scan), **identity}, identity_differences)
+        _repair(store, index)
+        _run(settings, strategy, data, batch_fn, scan, index, _StoreSink(store), show_progress,
+             verify_passes=not isinstance(data, (list, tuple)))
     return store
 
 
 @dataclass
 class CollectedStatistics:
-    """Sufficient statistics of training rows and of held-out (validation) rows."""
+    """Sufficient statistics of training rows and of held-out (validation) rows.
+
+    ``settings`` holds the collection's identity (:mod:`captum_coar.coar._identity`),
+    ``n_validation`` and the ``rows`` covered as ``[start, stop)`` runs.
+    """
 
     train: SufficientStatistics
     validation: Optional[SufficientStatistics]
     settings: Dict[str, Any] = field(default_factory=dict)
 
     def merge(self, other: "CollectedStatistics") -> "CollectedStatistics":
-        """Add another shard's statistics (in place); returns self."""
+        """Add another shard's statistics (in place, unchecked: prefer
+        :func:`captum_coar.coar.shards.merge_statistics`); returns self."""
         self.train.merge(other.train)
         if other.validation is not None:
             if self.validation is None:
@@ -247,36 +361,37 @@ class CollectedStatistics:
 
 def collect_statistics(forward_func: Callable[..., Any], components: ComponentSet,
                        data: Iterable[Any], *, n_masks: int,
-                       ablation_fraction: Optional[float] = 0.05,
+                       ablation_fraction: Optional[float] = None,
                        sampler: Union[str, MaskSampler] = "bernoulli",
                        ablation: Union[str, AblationStrategy] = "weights",
-                       output: Union[None, str, OutputFunction, Callable[..., Tensor]] = None,
-                       seed: int = 0, rows: RowSelection = None, validation_fraction: float = 0.0,
+                       output: OutputLike = None, seed: int = 0, rows: RowSelection = None,
+                       validation_fraction: float = 0.0,
                        perturbations_per_eval: Optional[int] = None, max_rows: Optional[int] = None,
                        chunk_rows: Optional[int] = None, batch_fn: Optional[BatchFn] = None,
-                       dtype: torch.dtype = torch.float64, show_progress: bool = False) -> CollectedStatistics:
+                       dtype: torch.dtype = torch.float64,
+                       show_progress: bool = False) -> CollectedStatistics:
     """Accumulate sufficient statistics over ``data`` without keeping raw outputs.
 
     Rows ``n_masks - validation_split(n_masks, validation_fraction)`` and above go into the
     validation statistics. Statistics live on the model's device in ``dtype`` (float64).
+    Arguments as in :func:`collect`.
     """
-    check_reiterable(data)
-    static = isinstance(data, (list, tuple))
-    scan = scan_data((split_batch(b, batch_fn) for b in data), fingerprints=not static)
+    scan, first = read_data(data, batch_fn)
     settings = CollectionSettings.build(
         forward_func, components, n_masks, ablation_fraction, sampler, ablation, output,
         has_target=scan.has_target, seed=seed, perturbations_per_eval=perturbations_per_eval,
         max_rows=max_rows, chunk_rows=chunk_rows)
     n_val = validation_split(settings.n_masks, validation_fraction)
+    index = select_rows(rows, settings.n_masks)
     device = stats_device(settings.components)
     N, n = settings.components.n_components, scan.n_examples
-    train = SufficientStatistics(N, n, dtype=dtype, device=device)
-    validation = SufficientStatistics(N, n, dtype=dtype, device=device) if n_val else None
-    sink = _StatisticsSink(train, validation, settings.n_masks - n_val, n)
-    _run(settings, data, batch_fn, scan, select_rows(rows, settings.n_masks), sink, show_progress,
-         verify_passes=not static)
-    description = {"n_masks": settings.n_masks, "n_validation": n_val, "seed": settings.seed,
-                   "sampler": settings.sampler.describe(), "ablation": settings.ablation.describe(),
-                   "output": settings.output.describe(), "n_examples": n,
-                   "components_fingerprint": settings.components.fingerprint}
-    return CollectedStatistics(train, validation, description)
+    with model_state_kept(components.model):
+        strategy = fitted_ablation(settings.ablation, settings.forward_func, components)
+        identity = _identity(settings, strategy, scan, first)
+        train = SufficientStatistics(N, n, dtype=dtype, device=device)
+        validation = SufficientStatistics(N, n, dtype=dtype, device=device) if n_val else None
+        sink = _StatisticsSink(train, validation, settings.n_masks - n_val, n)
+        _run(settings, strategy, data, batch_fn, scan, index, sink, show_progress,
+             verify_passes=not isinstance(data, (list, tuple)))
+    return CollectedStatistics(train, validation,
+                               {**identity, "n_validation": n_val, "rows": row_ranges(index)})

@@ -19,7 +19,13 @@ data, all examples in the same order: no ``DistributedSampler``), and
   the same world size); when it returns on any rank, every shard is complete, and
   ``merge_statistics(directory)`` adds them up.
 
-Ranks first compare settings, components, model weights and data (fingerprints), and after
+Signatures: the first argument is the forward function (a
+:class:`~captum_coar.coar.ComponentAblationRegression` offers the same as methods:
+``coar.collect_distributed(data, directory=..., n_masks=...)``), required arguments are
+keyword-only and every option is named.
+
+Ranks first compare the collection's identity (:mod:`captum_coar.coar._identity`: settings,
+components, model weights, data, and the probe outputs that identify functions), and after
 collecting they exchange success or failure, so a problem on one rank raises on every rank
 (the failing rank re-raises its own exception, the others a ``RuntimeError`` naming it)
 instead of leaving them waiting in a collective; disagreements raise ``ValueError`` naming each
@@ -36,20 +42,28 @@ from typing import Any, Callable, Dict, List, Optional, Tuple, TypeVar, Union
 import torch
 import torch.distributed as dist
 
-from ..ablation import resolve_ablation
+from ..ablation import AblationStrategy
 from ..components import ComponentSet
+from ..sampling import MaskSampler
 from ..solvers.statistics import SufficientStatistics
-from ..stores.base import IDENTITY_FIELDS, RowSelection, normalise_metadata, select_rows
+from ..stores.base import RowSelection, select_rows
 from ..stores.memmap import MemmapStore
-from ._fingerprint import model_fingerprint, scan_data, tensor_fingerprint
-from .collection import CollectedStatistics, collect_statistics, split_batch, stats_device
-from .shards import collect_shard, row_ranges, shard_rows, unpack_model
+from ._batches import BatchFn
+from ._fingerprint import tensor_fingerprint
+from ._identity import identity_differences
+from .collection import (
+    CollectedStatistics,
+    OutputLike,
+    collect_statistics,
+    identify,
+    row_ranges,
+    stats_device,
+)
+from .shards import check_forward_func, collect_shard, shard_rows
 
 __all__ = ["collect_statistics_distributed", "all_reduce_statistics", "collect_distributed"]
 
 T = TypeVar("T")
-# arguments that change the statistics (others, like perturbations_per_eval, may differ)
-_RESULT_SETTINGS = ("seed", "validation_fraction", "ablation_fraction", "sampler", "output")
 _SAME_DATA = ("every rank must use the same model weights, components and settings, and the same"
               " data (all examples, same order: ranks split mask rows, not examples, so no"
               " DistributedSampler)")
@@ -101,7 +115,14 @@ def _collective(step: Callable[[], Tuple[T, Dict[str, Any]]], group: Any, what: 
         raise RuntimeError(f"{what} failed on rank(s) {failed}; rank {failed[0]}:"
                            f" {entries[failed[0]]['error']}")
     differing = []
+    for rank, entry in enumerate(entries[1:], start=1):
+        if "identity" in entries[0]["check"]:
+            differing += [f"rank {rank} vs rank 0: {line}" for line in identity_differences(
+                entry["check"].get("identity", {}), entries[0]["check"]["identity"],
+                f"rank {rank}", "rank 0")]
     for key in entries[0]["check"]:
+        if key == "identity":
+            continue
         values = [e["check"].get(key) for e in entries]
         if any(v != values[0] for v in values):
             shown = ", ".join(f"rank {r}: {v!r}" for r, v in enumerate(values[:8]))
@@ -111,58 +132,60 @@ def _collective(step: Callable[[], Tuple[T, Dict[str, Any]]], group: Any, what: 
     return result
 
 
-def _signature(components: ComponentSet, data: Any, n_masks: int, rows: RowSelection,
-               ablation: Any, kwargs: Dict[str, Any]) -> Dict[str, Any]:
-    """What every rank must agree on before collecting (cheap: one read of the data)."""
-    scan = scan_data((split_batch(b, kwargs.get("batch_fn")) for b in data), fingerprints=True)
-    simple = {k: kwargs[k] for k in _RESULT_SETTINGS if k in kwargs and (
-        kwargs[k] is None or isinstance(kwargs[k], (str, int, float)))}
-    return {"n_masks": n_masks, "rows": tensor_fingerprint(select_rows(rows, n_masks)),
-            "settings": simple, "ablation": resolve_ablation(ablation).describe(),
-            "components_fingerprint": components.fingerprint,
-            "model_fingerprint": model_fingerprint(components.model),
-            "n_examples": scan.n_examples, "data_fingerprint": scan.data_fingerprint}
+def _signature(forward_func: Callable[..., Any], components: ComponentSet, data: Any,
+               n_masks: int, rows: RowSelection, identity_options: Dict[str, Any],
+               other: Dict[str, Any]) -> Dict[str, Any]:
+    """What every rank must agree on before collecting (one read of the data, one probe)."""
+    return {"identity": identify(forward_func, components, data, n_masks=n_masks,
+                                 **identity_options),
+            "rows": tensor_fingerprint(select_rows(rows, n_masks)), **other}
 
 
 # --------------------------------------------------------------------------- process group API
 def collect_statistics_distributed(
-        forward_func: Any, components: Optional[ComponentSet] = None, data: Any = None, *,
-        n_masks: int, seed: int = 0, rows: RowSelection = None, validation_fraction: float = 0.0,
-        ablation: Any = None, show_progress: bool = False, verify: bool = True, group: Any = None,
-        **collect_kwargs: Any) -> CollectedStatistics:
+        forward_func: Callable[..., Any], components: ComponentSet, data: Any, *, n_masks: int,
+        rows: RowSelection = None, ablation: Union[str, AblationStrategy] = "weights",
+        ablation_fraction: Optional[float] = None, sampler: Union[str, MaskSampler] = "bernoulli",
+        output: OutputLike = None, seed: int = 0, validation_fraction: float = 0.0,
+        perturbations_per_eval: Optional[int] = None, max_rows: Optional[int] = None,
+        chunk_rows: Optional[int] = None, batch_fn: Optional[BatchFn] = None,
+        dtype: torch.dtype = torch.float64, show_progress: bool = False, verify: bool = True,
+        group: Any = None) -> CollectedStatistics:
     """Collect COAR statistics split over the ranks of ``group``; every rank gets the sum.
 
     Args:
-        forward_func: the model or forward function, or a
-            :class:`~captum_coar.coar.ComponentAblationRegression` (then components and
-            ablation come from it: ``collect_statistics_distributed(coar, data=loader, ...)``).
         data: the same re-iterable of batches on every rank (all examples, same order).
         rows: the rows of the whole collection (default all ``n_masks``), split into
             contiguous blocks, one per rank (:func:`shard_rows`).
-        verify: compare model, components, settings and data fingerprints across ranks first.
+        verify: compare the collection's identity across ranks first.
         group: the process group (default the world).
-        collect_kwargs: ``ablation_fraction``, ``sampler``, ``output``,
-            ``perturbations_per_eval``, ``max_rows``, ``chunk_rows``, ``batch_fn``, ``dtype``
-            as in :func:`~captum_coar.coar.collection.collect_statistics`.
+        Other options as in :func:`~captum_coar.coar.collection.collect_statistics`.
 
     Returns the all-reduced statistics; ``settings["rows"]`` lists the rows as runs
     ``[start, stop)`` and ``settings["distributed"]`` the world size and backend.
     """
     what = "collect_statistics_distributed"
+    check_forward_func(forward_func, components, what)
     rank, world, backend = _group_info(group, what)
-    func, comps, abl = unpack_model(forward_func, components, data, ablation)
+    identity_options = dict(ablation=ablation, ablation_fraction=ablation_fraction,
+                            sampler=sampler, output=output, seed=seed, batch_fn=batch_fn)
 
     def precheck() -> Tuple[None, Dict[str, Any]]:
-        _reduce_device(backend, stats_device(comps))
-        kwargs = dict(collect_kwargs, seed=seed, validation_fraction=validation_fraction)
-        return None, _signature(comps, data, n_masks, rows, abl, kwargs) if verify else {}
+        _reduce_device(backend, stats_device(components))
+        if not verify:
+            return None, {}
+        return None, _signature(forward_func, components, data, n_masks, rows, identity_options,
+                                {"validation_fraction": validation_fraction})
 
     def run() -> Tuple[CollectedStatistics, Dict[str, Any]]:
         stats = collect_statistics(
-            func, comps, data, n_masks=n_masks, seed=seed, validation_fraction=validation_fraction,
-            rows=shard_rows(n_masks, rank, world, rows), ablation=abl,
-            show_progress=show_progress and rank == 0, **collect_kwargs)
-        return stats, {"settings": normalise_metadata(stats.settings)}
+            forward_func, components, data, n_masks=n_masks,
+            rows=shard_rows(n_masks, rank, world, rows), validation_fraction=validation_fraction,
+            perturbations_per_eval=perturbations_per_eval, max_rows=max_rows,
+            chunk_rows=chunk_rows, dtype=dtype, show_progress=show_progress and rank == 0,
+            **identity_options)
+        check = {key: value for key, value in stats.settings.items() if key != "rows"}
+        return stats, {"identity": check, "n_validation": stats.settings["n_validation"]}
 
     _collective(precheck, group, what)
     stats = _collective(run, group, what)
@@ -206,27 +229,36 @@ def all_reduce_statistics(stats: Union[CollectedStatistics, SufficientStatistics
     return stats
 
 
-def collect_distributed(forward_func: Any, components: Optional[ComponentSet] = None,
-                        data: Any = None, directory: Union[str, "os.PathLike[str]", None] = None,
-                        *, n_masks: int, rows: RowSelection = None, ablation: Any = None,
-                        show_progress: bool = False, group: Any = None,
-                        **collect_kwargs: Any) -> MemmapStore:
+def collect_distributed(forward_func: Callable[..., Any], components: ComponentSet, data: Any,
+                        *, directory: Union[str, "os.PathLike[str]"], n_masks: int,
+                        rows: RowSelection = None,
+                        ablation: Union[str, AblationStrategy] = "weights",
+                        ablation_fraction: Optional[float] = None,
+                        sampler: Union[str, MaskSampler] = "bernoulli", output: OutputLike = None,
+                        seed: int = 0, perturbations_per_eval: Optional[int] = None,
+                        max_rows: Optional[int] = None, chunk_rows: Optional[int] = None,
+                        batch_fn: Optional[BatchFn] = None, max_store_bytes: Optional[int] = None,
+                        show_progress: bool = False, group: Any = None) -> MemmapStore:
     """Each rank collects its rows into ``directory/shard-RRRRR-of-WWWWW``; returns its store.
 
-    Ranks compare fingerprints first and wait for each other at the end, so when this returns
-    every shard is complete. ``directory`` must be visible to the rank that merges. Other
-    arguments as in :func:`captum_coar.shards.collect_shard`.
+    Ranks compare identities first and wait for each other at the end, so when this returns
+    every shard is complete. ``directory`` must be visible to the rank that merges. Options as
+    in :func:`captum_coar.coar.shards.collect_shard`.
     """
     what = "collect_distributed"
+    check_forward_func(forward_func, components, what)
     rank, world, _ = _group_info(group, what)
-    func, comps, abl = unpack_model(forward_func, components, data, ablation)
-    _collective(lambda: (None, _signature(comps, data, n_masks, rows, abl, collect_kwargs)),
-                group, what)
+    identity_options = dict(ablation=ablation, ablation_fraction=ablation_fraction,
+                            sampler=sampler, output=output, seed=seed, batch_fn=batch_fn)
+    _collective(lambda: (None, _signature(forward_func, components, data, n_masks, rows,
+                                          identity_options, {})), group, what)
 
     def run() -> Tuple[MemmapStore, Dict[str, Any]]:
-        store = collect_shard(func, comps, data, directory, n_masks=n_masks, shard=rank,
-                              n_shards=world, rows=rows, ablation=abl,
-                              show_progress=show_progress and rank == 0, **collect_kwargs)
-        return store, {key: store.metadata.get(key) for key in IDENTITY_FIELDS}
+        store = collect_shard(forward_func, components, data, directory=directory,
+                              n_masks=n_masks, shard=rank, n_shards=world, rows=rows,
+                              perturbations_per_eval=perturbations_per_eval, max_rows=max_rows,
+                              chunk_rows=chunk_rows, max_store_bytes=max_store_bytes,
+                              show_progress=show_progress and rank == 0, **identity_options)
+        return store, {"identity": store.metadata}
 
     return _collective(run, group, what)

@@ -37,7 +37,8 @@ from captum.log import log_usage
 from torch import Tensor
 
 from .._inputs import TensorOrTuple
-from ..ablation import AblationStrategy
+from .._state import keeps_model_state
+from ..ablation import AblationStrategy, resolve_ablation
 from ..components import ComponentSet
 from ..outputs import OutputFunction
 from ..sampling import MaskSampler
@@ -46,7 +47,10 @@ from ..solvers.statistics import SufficientStatistics
 from ..stores.base import MaskOutputStore, RowSelection
 from ..stores.memmap import MemmapStore
 from ..stores.memory import InMemoryStore
+from ._entry_points import CollectionEntryPoints
 from ._fingerprint import model_fingerprint
+from ._identity import ESTIMATOR_FIELDS, check_same_identity, describe_ablation
+from ._settings import check_solver_arguments
 from .collection import (
     CollectedStatistics,
     CollectionSettings,
@@ -119,7 +123,7 @@ class COARResult:
                 f" n_masks={self.n_masks}, n_validation={self.n_validation})")
 
 
-class ComponentAblationRegression(PerturbationAttribution):
+class ComponentAblationRegression(PerturbationAttribution, CollectionEntryPoints):
     """Component attribution via regression (COAR; Shah, Ilyas & Madry, 2024).
 
     Args:
@@ -147,13 +151,14 @@ class ComponentAblationRegression(PerturbationAttribution):
 
     # ------------------------------------------------------------------ one batch
     @log_usage()
+    @keeps_model_state
     def attribute(
         self,
         inputs: TensorOrTuple,
         target: Any = None,
         additional_forward_args: Any = None,
         n_masks: Optional[int] = None,
-        ablation_fraction: float = 0.05,
+        ablation_fraction: Optional[float] = None,
         output: OutputLike = None,
         solver: SolverLike = "least_squares",
         sampler: Union[str, MaskSampler] = "bernoulli",
@@ -173,7 +178,9 @@ class ComponentAblationRegression(PerturbationAttribution):
             additional_forward_args: extra forward arguments (rows repeated with the inputs).
             n_masks: number of ablations ``m`` (default ``10 * n_components``); least squares
                 needs more training masks than components.
-            ablation_fraction: probability ``alpha`` in (0, 1) that a component is ablated.
+            ablation_fraction: probability ``alpha`` in (0, 1) that a component is ablated
+                (default 0.05; a sampler object carries its own, and a different value here
+                is an error).
             output: ``"margin"`` (default with a target), ``"logit"`` (default without),
                 ``"log_prob"``, ``"loss"``, ``"sequence_margin"`` or a callable
                 ``(model_output, target) -> (batch,)``.
@@ -243,15 +250,7 @@ class ComponentAblationRegression(PerturbationAttribution):
         if isinstance(source, (str, MaskOutputStore)):
             store = MemmapStore(source, read_only=True) if isinstance(source, str) else source
             meta = store.metadata
-            if meta.get("components_fingerprint") != self.components.fingerprint:
-                raise ValueError(
-                    "the store was made for other components: components_fingerprint: given"
-                    f" {self.components.fingerprint!r}, stored {meta.get('components_fingerprint')!r}")
-            if meta.get("model_fingerprint") != model_fingerprint(self.components.model):
-                warnings.warn(
-                    "the store was collected from a model with other parameter values (model"
-                    " fingerprints differ); the fit describes the stored model", UserWarning,
-                    stacklevel=2)
+            self._check_identity(meta, store.location)
             fit, n_train, n_val = self._fit_store(store, resolved, validation_fraction, rows)
             settings = {k: meta.get(k) for k in ("seed", "sampler", "ablation", "output",
                                                  "model_fingerprint", "components_fingerprint")}
@@ -270,6 +269,8 @@ class ComponentAblationRegression(PerturbationAttribution):
             if validation_fraction:
                 raise ValueError("validation rows of statistics are chosen at collection; pass"
                                  " validation_fraction to collect_statistics instead")
+            if source.settings:  # bare statistics carry no identity to check
+                self._check_identity(source.settings, "the statistics")
             self._check_enough_masks(resolved, source.train.count, source.train.count)
             fit = resolved.fit(source.train, source.validation)
             _note_constant_columns(fit, source.train)
@@ -285,6 +286,17 @@ class ComponentAblationRegression(PerturbationAttribution):
     def _default_n_masks(self, n_masks: Optional[int]) -> int:
         return 10 * self.components.n_components if n_masks is None else n_masks
 
+    def _check_identity(self, record: Dict[str, Any], where: str) -> None:
+        """Refuse data collected for other components, model weights or ablation."""
+        mine = {"n_components": self.components.n_components,
+                "components_fingerprint": self.components.fingerprint,
+                "model_fingerprint": model_fingerprint(self.components.model),
+                "ablation": describe_ablation(resolve_ablation(self.ablation))}
+        check_same_identity(mine, record, f"{where} was collected differently from this"
+                            " estimator", "estimator", "data", fields=ESTIMATOR_FIELDS,
+                            advice="Fit with the model, components and ablation the data was"
+                            " collected with")
+
     def _prepare(self, n_masks: int, ablation_fraction: float, sampler: Any, output: OutputLike,
                  has_target: bool, seed: int, perturbations_per_eval: Optional[int],
                  max_rows: Optional[int], solver: SolverLike,
@@ -298,6 +310,8 @@ class ComponentAblationRegression(PerturbationAttribution):
         resolved = resolve_solver(solver)
         n_val = validation_split(n_masks, validation_fraction)
         self._check_enough_masks(resolved, n_masks - n_val, n_masks)
+        if isinstance(resolved, Solver):
+            check_solver_arguments(resolved, with_validation=n_val > 0)
         return resolved
 
     def _check_enough_masks(self, solver: Any, n_train: int, n_masks: int) -> None:

@@ -22,10 +22,18 @@ Independent jobs (e.g. a SLURM array, no process group) use
 
 and :func:`merge_statistics` adds stores, shard directories, saved files and statistics
 objects into one :class:`~captum_coar.collection.CollectedStatistics` (fit it with
-``ComponentAblationRegression.fit``). It refuses, with a ``ValueError`` naming what differs,
-sources made with other settings, components, model or data, rows counted twice, and (by
-default) missing rows. Inside a ``torch.distributed`` process group see
-:mod:`captum_coar.distributed`.
+``ComponentAblationRegression.fit``). It compares every source's identity
+(:mod:`captum_coar.coar._identity`: a field missing on one side is a difference) and refuses,
+with a ``ValueError`` naming what differs, sources made with other settings, components,
+model, data or functions, rows counted twice, and (by default) missing rows. Bare
+``SufficientStatistics`` carry no identity and are refused unless the caller passes
+``allow_unidentified=True``. Stores' checksums are verified as they are read.
+
+Signatures: the first argument is the forward function, required arguments are
+keyword-only, every option is named. A :class:`~captum_coar.coar.ComponentAblationRegression`
+offers the same as methods (``coar.collect_shard(data, directory=..., ...)``); this module
+does not import the estimator. Inside a ``torch.distributed`` process group see
+:mod:`captum_coar.coar.distributed`.
 """
 
 from __future__ import annotations
@@ -39,49 +47,41 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 import torch
 
+from .._checks import check_int
+from ..ablation import AblationStrategy
 from ..components import ComponentSet
+from ..sampling import MaskSampler
 from ..solvers.statistics import SufficientStatistics
-from ..stores.base import (
-    MaskOutputStore,
-    RowSelection,
-    normalise_metadata,
-    select_rows,
-)
+from ..stores._files import unique_temp_path
+from ..stores.base import MaskOutputStore, RowSelection, select_rows
 from ..stores.memmap import METADATA_FILE, MemmapStore
-from .collection import CollectedStatistics, collect, collect_statistics, validation_split
-from .estimator import ComponentAblationRegression
+from ._batches import BatchFn
+from ._identity import identity_differences
+from .collection import (
+    CollectedStatistics,
+    OutputLike,
+    collect,
+    collect_statistics,
+    row_ranges,
+    validation_split,
+)
 
 __all__ = ["shard_rows", "collect_shard", "collect_statistics_shard", "save_statistics",
-           "load_statistics", "merge_statistics"]
+           "load_statistics", "merge_statistics", "row_ranges", "check_forward_func"]
 
 Source = Union[str, "os.PathLike[str]", MaskOutputStore, CollectedStatistics, SufficientStatistics]
 _SHARD_NAME = "shard-{:05d}-of-{:05d}"
 _SHARD_RE = re.compile(r"^shard-(\d+)-of-(\d+)$")
 _FORMAT = "captum_coar.statistics"
-# settings that must agree for statistics to be added up
-_CHECKED = ("n_masks", "n_validation", "seed", "sampler", "ablation", "output", "n_examples",
-            "components_fingerprint", "model_fingerprint", "data_fingerprint")
 
 
 # --------------------------------------------------------------------------- rows
 def shard_rows(n_masks: int, shard: int, n_shards: int, rows: RowSelection = None) -> np.ndarray:
     """Rows of shard ``shard`` of ``n_shards``: the ``shard``-th contiguous block of ``rows``."""
-    for name, value, low in (("n_masks", n_masks, 1), ("n_shards", n_shards, 1),
-                             ("shard", shard, 0)):
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
-            raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
-    if shard >= n_shards:
-        raise ValueError(f"shard must be in [0, n_shards={n_shards}), got {shard}")
-    return np.array_split(select_rows(rows, int(n_masks)), int(n_shards))[int(shard)]
-
-
-def row_ranges(rows: np.ndarray) -> List[List[int]]:
-    """Sorted unique rows as ``[[start, stop), ...]`` runs (JSON friendly)."""
-    if rows.size == 0:
-        return []
-    breaks = np.nonzero(np.diff(rows) != 1)[0] + 1
-    starts, ends = rows[np.r_[0, breaks]], rows[np.r_[breaks - 1, rows.size - 1]] + 1
-    return [[int(a), int(b)] for a, b in zip(starts, ends)]
+    n_masks = check_int("n_masks", n_masks, minimum=1)
+    n_shards = check_int("n_shards", n_shards, minimum=1)
+    shard = check_int("shard", shard, minimum=0, maximum=n_shards - 1)
+    return np.array_split(select_rows(rows, n_masks), n_shards)[shard]
 
 
 def _rows_of(ranges: Sequence[Sequence[int]]) -> np.ndarray:
@@ -89,42 +89,39 @@ def _rows_of(ranges: Sequence[Sequence[int]]) -> np.ndarray:
     return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
 
 
-def unpack_model(forward_func: Any, components: Optional[ComponentSet], data: Any,
-                 ablation: Any) -> Tuple[Callable[..., Any], ComponentSet, Any]:
-    """(forward_func, components, ablation) from a function + components or a COAR object."""
-    if data is None:
-        raise TypeError("data is required (a re-iterable of batches, the same on every worker)")
-    if isinstance(forward_func, ComponentAblationRegression):
-        coar = forward_func
-        if components is not None and components is not coar.components:
-            raise ValueError("components are taken from the ComponentAblationRegression; pass"
-                             " components=None (or its own .components)")
-        if ablation is not None:
-            raise ValueError("ablation is taken from the ComponentAblationRegression; set it"
-                             " there, not here")
-        return coar.forward_func, coar.components, coar.ablation
+def check_forward_func(forward_func: Any, components: Any, what: str) -> None:
+    """One type for the first argument: a callable forward function, with a ComponentSet."""
+    if hasattr(forward_func, "collect_shard") and hasattr(forward_func, "components"):
+        raise TypeError(
+            f"{what}: the first argument is the forward function; for a"
+            f" ComponentAblationRegression call its method instead: coar.{what}(data, ...)")
+    if not callable(forward_func):
+        raise TypeError(f"{what}: `forward_func` must be callable; got"
+                        f" {type(forward_func).__name__}")
     if not isinstance(components, ComponentSet):
-        raise TypeError(f"components must be a ComponentSet, got {type(components).__name__}"
-                        " (or pass a ComponentAblationRegression as the first argument)")
-    return forward_func, components, "weights" if ablation is None else ablation
+        raise TypeError(f"{what}: `components` must be a ComponentSet; got"
+                        f" {type(components).__name__}")
 
 
 # --------------------------------------------------------------------------- shards
-def collect_shard(forward_func: Any, components: Optional[ComponentSet] = None, data: Any = None,
-                  directory: Union[str, "os.PathLike[str]", None] = None, *, n_masks: int,
-                  shard: int, n_shards: int, rows: RowSelection = None, ablation: Any = None,
-                  show_progress: bool = False, **collect_kwargs: Any) -> MemmapStore:
+def collect_shard(forward_func: Callable[..., Any], components: ComponentSet, data: Any, *,
+                  directory: Union[str, "os.PathLike[str]"], n_masks: int, shard: int,
+                  n_shards: int, rows: RowSelection = None,
+                  ablation: Union[str, AblationStrategy] = "weights",
+                  ablation_fraction: Optional[float] = None,
+                  sampler: Union[str, MaskSampler] = "bernoulli", output: OutputLike = None,
+                  seed: int = 0, perturbations_per_eval: Optional[int] = None,
+                  max_rows: Optional[int] = None, chunk_rows: Optional[int] = None,
+                  batch_fn: Optional[BatchFn] = None, max_store_bytes: Optional[int] = None,
+                  show_progress: bool = False) -> MemmapStore:
     """Collect shard ``shard`` of ``n_shards`` into its own store ``directory/shard-SSSSS-of-KKKKK``.
 
-    ``forward_func`` may be a :class:`~captum_coar.coar.ComponentAblationRegression` (then
-    components and ablation come from it). Re-running resumes. Other arguments as in
-    :func:`~captum_coar.coar.collection.collect`. Merge with ``merge_statistics(directory)``.
+    Re-running resumes. Options as in :func:`~captum_coar.coar.collection.collect`. Merge with
+    ``merge_statistics(directory)``.
 
     Raises ``ValueError`` when ``directory`` holds shards of a run split another number of ways.
     """
-    if directory is None:
-        raise TypeError("directory is required (where the shard stores go)")
-    func, comps, abl = unpack_model(forward_func, components, data, ablation)
+    check_forward_func(forward_func, components, "collect_shard")
     own_rows = shard_rows(n_masks, shard, n_shards, rows)
     root = Path(directory)
     layouts = sorted({int(m.group(2)) for m in _shard_dirs(root)} - {int(n_shards)})
@@ -133,28 +130,42 @@ def collect_shard(forward_func: Any, components: Optional[ComponentSet] = None, 
             f"world sizes mismatch: {str(root)!r} holds shards of a run split {layouts} way(s),"
             f" but this run has n_shards={n_shards}; resume with the same number of processes"
             " (shards), or use a new directory")
-    store = collect(func, comps, data, str(root / _SHARD_NAME.format(shard, n_shards)),
-                    n_masks=n_masks, rows=own_rows, ablation=abl,
-                    show_progress=show_progress, **collect_kwargs)
+    store = collect(forward_func, components, data, str(root / _SHARD_NAME.format(shard, n_shards)),
+                    n_masks=n_masks, rows=own_rows, ablation=ablation,
+                    ablation_fraction=ablation_fraction, sampler=sampler, output=output,
+                    seed=seed, perturbations_per_eval=perturbations_per_eval, max_rows=max_rows,
+                    chunk_rows=chunk_rows, batch_fn=batch_fn, max_store_bytes=max_store_bytes,
+                    show_progress=show_progress)
     assert isinstance(store, MemmapStore)
     return store
 
 
-def collect_statistics_shard(forward_func: Any, components: Optional[ComponentSet] = None,
-                             data: Any = None, *, n_masks: int, shard: int, n_shards: int,
-                             rows: RowSelection = None, ablation: Any = None,
-                             **collect_kwargs: Any) -> CollectedStatistics:
+def collect_statistics_shard(forward_func: Callable[..., Any], components: ComponentSet,
+                             data: Any, *, n_masks: int, shard: int, n_shards: int,
+                             rows: RowSelection = None,
+                             ablation: Union[str, AblationStrategy] = "weights",
+                             ablation_fraction: Optional[float] = None,
+                             sampler: Union[str, MaskSampler] = "bernoulli",
+                             output: OutputLike = None, seed: int = 0,
+                             validation_fraction: float = 0.0,
+                             perturbations_per_eval: Optional[int] = None,
+                             max_rows: Optional[int] = None, chunk_rows: Optional[int] = None,
+                             batch_fn: Optional[BatchFn] = None,
+                             dtype: torch.dtype = torch.float64,
+                             show_progress: bool = False) -> CollectedStatistics:
     """Statistics of shard ``shard`` of ``n_shards`` (one job of many, no process group).
 
     ``settings["rows"]`` records the rows, so :func:`merge_statistics` detects overlapping and
-    missing shards. Other arguments as in :func:`~captum_coar.coar.collection.collect_statistics`.
+    missing shards. Options as in :func:`~captum_coar.coar.collection.collect_statistics`.
     """
-    func, comps, abl = unpack_model(forward_func, components, data, ablation)
+    check_forward_func(forward_func, components, "collect_statistics_shard")
     own_rows = shard_rows(n_masks, shard, n_shards, rows)
-    stats = collect_statistics(func, comps, data, n_masks=n_masks, rows=own_rows, ablation=abl,
-                               **collect_kwargs)
-    stats.settings["rows"] = row_ranges(own_rows)
-    return stats
+    return collect_statistics(
+        forward_func, components, data, n_masks=n_masks, rows=own_rows, ablation=ablation,
+        ablation_fraction=ablation_fraction, sampler=sampler, output=output, seed=seed,
+        validation_fraction=validation_fraction, perturbations_per_eval=perturbations_per_eval,
+        max_rows=max_rows, chunk_rows=chunk_rows, batch_fn=batch_fn, dtype=dtype,
+        show_progress=show_progress)
 
 
 def _shard_dirs(root: Path) -> List["re.Match[str]"]:
@@ -181,22 +192,35 @@ def save_statistics(stats: Union[CollectedStatistics, SufficientStatistics],
                "validation": tensors(stats.validation),
                "settings": json.dumps(stats.settings, sort_keys=True, default=str)}
     target = Path(path)
-    tmp = target.with_name(target.name + ".tmp")
-    torch.save(payload, tmp)
-    os.replace(tmp, target)
+    tmp = unique_temp_path(target)
+    try:
+        torch.save(payload, tmp)
+        os.replace(tmp, target)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
 
 
 def load_statistics(path: Union[str, "os.PathLike[str]"],
                     device: Optional[Union[str, torch.device]] = None) -> CollectedStatistics:
     """Read a :func:`save_statistics` file (``weights_only=True``) onto ``device`` (CPU)."""
-    payload = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # noqa: BLE001 - any unreadable file: name it
+        raise ValueError(f"{str(path)!r} cannot be read as a captum_coar statistics file"
+                         f" ({type(error).__name__}: {error}); it is damaged or of another"
+                         " kind") from error
     if not isinstance(payload, dict) or payload.get("format") != _FORMAT:
         raise ValueError(f"{str(path)!r} is not a captum_coar statistics file (save_statistics)")
-    validation = payload["validation"]
-    return CollectedStatistics(
-        SufficientStatistics.from_dict(payload["train"], device=device),
-        None if validation is None else SufficientStatistics.from_dict(validation, device=device),
-        json.loads(payload["settings"]))
+    try:
+        validation = payload["validation"]
+        return CollectedStatistics(
+            SufficientStatistics.from_dict(payload["train"], device=device),
+            None if validation is None else SufficientStatistics.from_dict(validation,
+                                                                           device=device),
+            json.loads(payload["settings"]))
+    except (KeyError, TypeError, ValueError, RuntimeError) as error:
+        raise ValueError(f"{str(path)!r} is damaged: {type(error).__name__}: {error}") from error
 
 
 # --------------------------------------------------------------------------- merging
@@ -240,28 +264,32 @@ def _from_store(store: MaskOutputStore, validation_fraction: float, device: Any
     train_rows, val_rows = done[done < n_masks - n_val], done[done >= n_masks - n_val]
     train = store.statistics(train_rows, device=device)
     validation = store.statistics(val_rows, device=device) if n_val else None
-    settings = {k: meta.get(k) for k in _CHECKED if k in meta}
+    settings = dict(meta)
     settings.update(n_validation=n_val, rows=row_ranges(done))
     return CollectedStatistics(train, validation, settings), done
 
 
 def merge_statistics(sources: Union[Source, Sequence[Source]], *, validation_fraction: float = 0.0,
-                     require_complete: bool = True,
+                     require_complete: bool = True, allow_unidentified: bool = False,
                      device: Optional[Union[str, torch.device]] = None) -> CollectedStatistics:
     """Add up statistics of shards made by independent jobs (or saved by several runs).
 
     Args:
         sources: one or a list of: store objects, store directories, directories of
             :func:`collect_shard` stores, :func:`save_statistics` files, ``CollectedStatistics``
-            or ``SufficientStatistics`` (the last carry no settings: unchecked).
+            or ``SufficientStatistics``.
         validation_fraction: for stores, the last rows of ``n_masks`` held out (as in a single
             ``collect_statistics(validation_fraction=...)``); statistics bring their own split,
             which must agree.
         require_complete: raise unless every row of ``n_masks`` is present exactly once.
+        allow_unidentified: accept sources without an identity (bare ``SufficientStatistics``,
+            statistics whose settings lost it); they are added unchecked, so only pass it for
+            statistics you know belong together.
         device: where the merged statistics live (default: the first statistics' device or CPU).
 
-    Raises ``ValueError`` naming the differing settings, rows counted twice, or missing rows.
-    The inputs are left unchanged.
+    Raises ``ValueError`` naming each identity field that differs between two sources (a field
+    missing on one side included), rows counted twice, or missing rows. The inputs are left
+    unchanged.
     """
     parts: List[Tuple[str, CollectedStatistics, Optional[np.ndarray]]] = []
     for label, item in _expand(sources):
@@ -273,23 +301,34 @@ def merge_statistics(sources: Union[Source, Sequence[Source]], *, validation_fra
             known = stats.settings.get("rows")
             rows = None if known is None else _rows_of(known)
         parts.append((label, stats, rows))
-    settings: Dict[str, Any] = {}
-    seen_in: Dict[str, str] = {}  # setting -> label of the first source that had it
-    for label, stats, _ in parts:
-        given = normalise_metadata(stats.settings)
-        diffs = [f"{k}: {seen_in[k]} has {json.dumps(settings[k])}, {label} has"
-                 f" {json.dumps(given[k])}" for k in _CHECKED
-                 if k in given and k in settings and given[k] != settings[k]]
-        if diffs:
-            raise ValueError("these statistics were made differently and cannot be added: "
-                             + "; ".join(diffs) + " (for stores, n_validation follows"
-                             f" validation_fraction={validation_fraction})")
-        for key, value in given.items():
-            if key not in settings:
-                settings[key], seen_in[key] = value, label
+    identified = [(label, stats) for label, stats, _ in parts if "probe" in stats.settings]
+    unidentified = [label for label, stats, _ in parts if "probe" not in stats.settings]
+    if unidentified and not allow_unidentified:
+        raise ValueError(
+            f"{unidentified} carry no collection identity (bare SufficientStatistics, or"
+            " statistics whose settings were replaced), so nothing says they were made with the"
+            " same model, data and settings as the others; merge what collect_statistics,"
+            " collect_statistics_shard or a store returned, or pass allow_unidentified=True to"
+            " add them unchecked")
+    fields = ("n_validation",)
+    if identified:
+        first_label, first_stats = identified[0]
+        for label, stats in identified[1:]:
+            lines = identity_differences(first_stats.settings, stats.settings, first_label, label)
+            lines += identity_differences(first_stats.settings, stats.settings, first_label,
+                                          label, fields=fields)
+            if lines:
+                raise ValueError("these statistics were made differently and cannot be added: "
+                                 + "; ".join(lines) + " (for stores, n_validation follows"
+                                 f" validation_fraction={validation_fraction})")
+    settings: Dict[str, Any] = dict(identified[0][1].settings) if identified else {}
     first = parts[0][1]
     where = device if device is not None else first.train.device
     N, n = first.train.n_components, first.train.n_outputs
+    for label, stats, _ in parts:
+        if (stats.train.n_components, stats.train.n_outputs) != (N, n):
+            raise ValueError(f"{label} holds statistics of {stats.train.n_components} components"
+                             f" x {stats.train.n_outputs} outputs, {parts[0][0]} of {N} x {n}")
     train = SufficientStatistics(N, n, device=where)
     has_val = any(s.validation is not None for _, s, _ in parts)
     validation = SufficientStatistics(N, n, device=where) if has_val else None
@@ -297,7 +336,8 @@ def merge_statistics(sources: Union[Source, Sequence[Source]], *, validation_fra
         train.merge(stats.train)
         if stats.validation is not None and validation is not None:
             validation.merge(stats.validation)
-    settings.pop("distributed", None)
+    for key in ("distributed", "files", "checksum", "progress_semantics", "created"):
+        settings.pop(key, None)
     if "n_masks" in settings:
         total = train.count + (validation.count if validation is not None else 0)
         _check_rows(parts, int(settings["n_masks"]), total, require_complete, settings)

@@ -1,4 +1,4 @@
-"""The store contract: raw COAR data, (keep masks, outputs), resumable row by row.
+"""The store contract: raw COAR data, (keep masks, outputs), resumable row by row, self-verifying.
 
 Contract
 --------
@@ -11,15 +11,21 @@ A :class:`MaskOutputStore` holds, for ``m`` mask rows, ``N`` components and ``n`
   written. Row ``r`` is *complete* when ``progress[r] == n``. Progress is committed only after
   the data it covers has been written and flushed, so after a crash every row's progress
   understates, never overstates, what is on disk;
-- ``metadata``: a JSON-serialisable dict describing how the data was made: the identity fields
-  :data:`IDENTITY_FIELDS` (components' and model's fingerprints, data fingerprint, sampler,
-  ablation, output function, seed, sizes) plus free-form extras.
+- ``checksums``: ``(m,)`` uint32, the CRC-32 of a complete row's packed mask and outputs
+  (:mod:`captum_coar.stores._integrity`), written after the row's data and before the progress
+  that completes it;
+- ``metadata``: a JSON-serialisable dict describing how the data was made: the collection's
+  identity (defined once, in :mod:`captum_coar.coar._identity`) plus free-form extras.
 
 Lifecycle: a store is created empty; :meth:`MaskOutputStore.open` binds it to a metadata dict,
-allocating the arrays the first time and, when data already exists, checking that every
-identity field matches (a ``ValueError`` names each field that differs, given vs stored).
-:mod:`captum_coar.coar.collection` fills a store; the solvers read it through
-:meth:`MaskOutputStore.iter_chunks` or :meth:`MaskOutputStore.statistics`.
+allocating the arrays the first time and, when data already exists, comparing identities with
+the function the caller passes (a ``ValueError`` names each field that differs, given vs
+stored). Writers hold :meth:`MaskOutputStore.writing` (one writer at a time for on-disk
+stores). Reading complete rows (:meth:`iter_chunks`, :meth:`statistics`, hence every fit)
+verifies their checksums and raises ``ValueError`` naming damaged rows; :meth:`verify` reports
+every damaged row (progress out of range, checksum mismatch, and, given the sampler, masks that
+differ from the regenerated ones); :meth:`damaged_rows` and :meth:`reset_rows` let a resumed
+collection recollect them.
 
 Implementations: :class:`~captum_coar.stores.memory.InMemoryStore` (numpy arrays in RAM) and
 :class:`~captum_coar.stores.memmap.MemmapStore` (``.npy`` memory-mapped files plus
@@ -30,35 +36,25 @@ from __future__ import annotations
 
 import json
 from abc import ABC, abstractmethod
-from typing import Any, Dict, Iterator, Optional, Sequence, Tuple, Union
+from contextlib import contextmanager
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from .._checks import check_integer_values, fail
 from ..solvers.statistics import SufficientStatistics
+from ._integrity import StoreReport, describe_rows, row_checksums
 
-__all__ = ["MaskOutputStore", "IDENTITY_FIELDS", "FORMAT_VERSION", "pack_masks", "unpack_masks",
-           "RowSelection", "normalise_metadata", "select_rows"]
+__all__ = ["MaskOutputStore", "FORMAT_VERSION", "pack_masks", "unpack_masks", "RowSelection",
+           "normalise_metadata", "select_rows", "StoreReport"]
 
-FORMAT_VERSION = 1
-
-#: Metadata fields that must agree for new data to join an existing store.
-IDENTITY_FIELDS = (
-    "format_version",
-    "n_masks",
-    "n_components",
-    "n_examples",
-    "components_fingerprint",
-    "model_fingerprint",
-    "data_fingerprint",
-    "sampler",
-    "ablation",
-    "output",
-    "seed",
-)
+#: Version of the store's file layout (2: per-row checksums).
+FORMAT_VERSION = 2
 
 RowSelection = Union[None, slice, Tuple[int, int], Sequence[int], np.ndarray, Tensor]
+IdentityCompare = Callable[[Dict[str, Any], Dict[str, Any]], List[str]]
 
 
 def select_rows(rows: RowSelection, n_masks: int) -> np.ndarray:
@@ -71,12 +67,13 @@ def select_rows(rows: RowSelection, n_masks: int) -> np.ndarray:
                                                           for v in rows):
         start, stop = int(rows[0]), int(rows[1])
         if not 0 <= start <= stop <= n_masks:
-            raise ValueError(f"rows=({start}, {stop}) must satisfy 0 <= start <= stop <="
-                             f" n_masks={n_masks}")
+            raise fail("rows", f"(start, stop) with 0 <= start <= stop <= n_masks={n_masks}",
+                       rows)
         return np.arange(start, stop, dtype=np.int64)
-    index = np.unique(np.asarray(torch.as_tensor(rows).cpu().numpy(), dtype=np.int64).reshape(-1))
+    index = np.unique(check_integer_values("rows", rows).cpu().numpy().reshape(-1))
     if index.size and (index[0] < 0 or index[-1] >= n_masks):
-        raise ValueError(f"rows must lie in [0, {n_masks}), got {index[0]} .. {index[-1]}")
+        raise fail("rows", f"row indices in [0, {n_masks})", rows,
+                   f"found {index[0]} .. {index[-1]}")
     return index
 
 
@@ -98,13 +95,14 @@ def normalise_metadata(metadata: Dict[str, Any]) -> Dict[str, Any]:
 
 
 class MaskOutputStore(ABC):
-    """Base class of the stores; subclasses provide the three arrays and persistence."""
+    """Base class of the stores; subclasses provide the arrays and persistence."""
 
     def __init__(self) -> None:
         self._metadata: Optional[Dict[str, Any]] = None
         self._masks: Any = None  # uint8 (m, ceil(N/8))
         self._outputs: Any = None  # float (m, n)
         self._progress: Any = None  # int64 (m,)
+        self._checksums: Any = None  # uint32 (m,)
 
     # ------------------------------------------------------------------ persistence hooks
     @abstractmethod
@@ -116,7 +114,7 @@ class MaskOutputStore(ABC):
         """Create zeroed arrays for ``metadata`` and persist the metadata."""
 
     def _flush_data(self) -> None:
-        """Make written masks and outputs durable (no-op in memory)."""
+        """Make written masks, outputs and checksums durable (no-op in memory)."""
         return None
 
     def _flush_progress(self) -> None:
@@ -126,34 +124,44 @@ class MaskOutputStore(ABC):
     def _describe_location(self) -> str:
         return type(self).__name__
 
+    @property
+    def location(self) -> str:
+        """Where the store lives, for messages (e.g. ``"the store at '/data/run1'"``)."""
+        return self._describe_location()
+
+    def _before_write(self) -> None:
+        """Refuse writing without the right to write (on-disk stores: the lock)."""
+        return None
+
+    @contextmanager
+    def writing(self) -> Iterator["MaskOutputStore"]:
+        """Hold the right to write (on-disk stores: an exclusive lock) for the ``with`` block."""
+        yield self
+
     # ------------------------------------------------------------------ lifecycle
-    def open(self, metadata: Dict[str, Any]) -> "MaskOutputStore":
-        """Bind to ``metadata``: allocate on first use, else check the identity fields.
+    def open(self, metadata: Dict[str, Any], differences: IdentityCompare) -> "MaskOutputStore":
+        """Bind to ``metadata``: allocate on first use, else compare identities.
+
+        ``differences(given, stored)`` returns one line per identity field that differs
+        (:func:`captum_coar.coar._identity.identity_differences`).
 
         Raises:
-            ValueError: existing data was made with different identity fields; the message
-                lists each one as ``field: given ..., stored ...``.
+            ValueError: existing data was made with a different identity; the message lists
+                each differing field as ``field: given ..., stored ...``.
         """
         given = normalise_metadata(metadata)
-        missing = [f for f in IDENTITY_FIELDS if f not in given]
-        if missing:
-            raise ValueError(f"store metadata is missing the identity fields {missing}")
         stored = self._metadata if self._metadata is not None else self._existing_metadata()
         if stored is None:
             self._allocate(given)
             self._metadata = given
             return self
-        differences = [
-            f"{field}: given {json.dumps(given.get(field), sort_keys=True)}, stored"
-            f" {json.dumps(stored.get(field), sort_keys=True)}"
-            for field in IDENTITY_FIELDS if given.get(field) != stored.get(field)
-        ]
-        if differences:
+        lines = differences(given, stored)
+        if lines:
             raise ValueError(
                 f"{self._describe_location()} holds data made with different settings, so it"
-                " cannot be resumed or extended: " + "; ".join(differences)
-                + ". Use a new store (or path), or the model, components and settings the store"
-                " was made with."
+                " cannot be resumed or extended: " + "; ".join(lines)
+                + ". Use a new store (or path), or the model, components, data and settings the"
+                " store was made with."
             )
         self._metadata = stored
         return self
@@ -196,9 +204,9 @@ class MaskOutputStore(ABC):
         return select_rows(rows, self.n_masks)
 
     def progress(self, rows: RowSelection = None) -> np.ndarray:
-        """Examples written per row (int64 copy)."""
+        """Examples written per row (int64 copy; may be out of range if the file is damaged)."""
         self._require()
-        return np.array(self._progress[self.rows(rows)], dtype=np.int64)
+        return np.array(self._progress[_as_index(self.rows(rows))], dtype=np.int64)
 
     def completed(self, rows: RowSelection = None) -> np.ndarray:
         """Bool array: which of the selected rows hold outputs for every example."""
@@ -212,10 +220,69 @@ class MaskOutputStore(ABC):
     def is_complete(self) -> bool:
         return bool(self.completed().all())
 
+    # ------------------------------------------------------------------ integrity
+    def _checksum_mismatch(self, index: np.ndarray) -> np.ndarray:
+        """Rows of ``index`` (all complete) whose checksum does not match their bytes."""
+        bad = []
+        for start in range(0, len(index), 4096):
+            part = index[start:start + 4096]
+            sel = _as_index(part)
+            computed = row_checksums(self._masks[sel], self._outputs[sel])
+            bad.append(part[computed != np.asarray(self._checksums[sel])])
+        return np.concatenate(bad) if bad else np.zeros(0, dtype=np.int64)
+
+    def damaged_rows(self, rows: RowSelection = None) -> Tuple[np.ndarray, np.ndarray]:
+        """``(progress out of range, checksum mismatch)`` row indices among the selection."""
+        index = self.rows(rows)
+        progress = self.progress(index)
+        out_of_range = index[(progress < 0) | (progress > self.n_examples)]
+        complete = index[progress == self.n_examples]
+        return out_of_range, self._checksum_mismatch(complete)
+
+    def verify(self, sampler: Any = None, seed: Optional[int] = None,
+               chunk_rows: int = 4096) -> StoreReport:
+        """Check every row; returns a :class:`StoreReport` listing damaged rows by index.
+
+        With ``sampler`` (a :class:`~captum_coar.sampling.MaskSampler`; ``seed`` defaults to
+        the stored seed) the masks of written rows are also compared with the regenerated ones.
+        """
+        out_of_range, mismatch = self.damaged_rows()
+        report = StoreReport(self.n_masks, self.n_completed, out_of_range.tolist(),
+                             mismatch.tolist())
+        if sampler is not None:
+            seed = int(self._require().get("seed", 0)) if seed is None else int(seed)
+            written = self.rows()[self.progress() > 0]
+            report.mask_mismatch = self.mask_mismatch(written, sampler, seed, chunk_rows).tolist()
+            report.masks_checked = True
+        return report
+
+    def mask_mismatch(self, rows: np.ndarray, sampler: Any, seed: int,
+                      chunk_rows: int = 4096) -> np.ndarray:
+        """Rows of ``rows`` whose stored mask differs from ``sampler``'s row ``(seed, r)``."""
+        rows = np.asarray(rows, dtype=np.int64)
+        bad = []
+        for start in range(0, len(rows), chunk_rows):
+            part = rows[start:start + chunk_rows]
+            lo, hi = int(part[0]), int(part[-1]) + 1
+            expected = sampler.sample(self.n_components, lo, hi, seed)[torch.from_numpy(part - lo)]
+            stored = unpack_masks(self._masks[_as_index(part)], self.n_components)
+            bad.append(part[(stored != expected.cpu()).any(dim=1).numpy()])
+        return np.concatenate(bad) if bad else np.zeros(0, dtype=np.int64)
+
+    def reset_rows(self, rows: np.ndarray) -> None:
+        """Mark ``rows`` as not written (progress 0) so that a collection recollects them."""
+        self._require()
+        self._before_write()
+        rows = np.asarray(rows, dtype=np.int64)
+        if rows.size:
+            self._progress[_as_index(rows)] = 0
+            self._flush_progress()
+
     # ------------------------------------------------------------------ writing
     def write_masks(self, rows: np.ndarray, masks: Tensor) -> None:
         """Store keep masks ``(len(rows), N)`` for ``rows``."""
         self._require()
+        self._before_write()
         masks = torch.as_tensor(masks)
         if masks.shape != (len(rows), self.n_components):
             raise ValueError(f"masks must have shape {(len(rows), self.n_components)}, got"
@@ -225,6 +292,7 @@ class MaskOutputStore(ABC):
     def write_outputs(self, rows: np.ndarray, examples: slice, values: Tensor) -> None:
         """Store outputs ``(len(rows), examples)`` for ``rows`` and a slice of examples."""
         self._require()
+        self._before_write()
         array = torch.as_tensor(values).detach().to("cpu").numpy().astype(self._outputs.dtype,
                                                                           copy=False)
         index = _as_index(rows)
@@ -234,10 +302,17 @@ class MaskOutputStore(ABC):
             self._outputs[np.ix_(index, np.arange(self.n_examples)[examples])] = array
 
     def commit(self, rows: np.ndarray, examples_done: int) -> None:
-        """Flush the data, then record that ``rows`` hold their first ``examples_done`` examples."""
+        """Flush the data, then record that ``rows`` hold their first ``examples_done`` examples.
+
+        When the rows become complete their checksums are written (and flushed) first.
+        """
         self._require()
+        self._before_write()
+        index = _as_index(rows)
+        if int(examples_done) == self.n_examples:
+            self._checksums[index] = row_checksums(self._masks[index], self._outputs[index])
         self._flush_data()
-        self._progress[_as_index(rows)] = int(examples_done)
+        self._progress[index] = int(examples_done)
         self._flush_progress()
 
     # ------------------------------------------------------------------ reading
@@ -252,7 +327,15 @@ class MaskOutputStore(ABC):
         return torch.from_numpy(np.array(self._outputs[_as_index(self.rows(rows))]))
 
     def _require_complete(self, index: np.ndarray) -> None:
-        done = self.completed(index)
+        progress = self.progress(index)
+        out_of_range = index[(progress < 0) | (progress > self.n_examples)]
+        if out_of_range.size:
+            raise ValueError(
+                f"{self._describe_location()}: the progress of {describe_rows(out_of_range)} lies"
+                f" outside [0, {self.n_examples}] (progress.npy is damaged); re-run the same"
+                " collection to recollect them (it resets and redoes damaged rows), or select"
+                " other rows")
+        done = progress == self.n_examples
         if not done.all():
             raise ValueError(
                 f"{int((~done).sum())} of the {len(index)} requested rows are not complete"
@@ -260,19 +343,32 @@ class MaskOutputStore(ABC):
                 " collection (re-run it: it resumes) or select complete rows"
             )
 
+    def _check_rows(self, part: np.ndarray) -> None:
+        bad = self._checksum_mismatch(part)
+        if bad.size:
+            raise ValueError(
+                f"{self._describe_location()} is damaged: the masks or outputs of"
+                f" {describe_rows(bad)} do not match their checksums. Re-run the same collection"
+                " into the store to recollect them (damaged rows are detected and redone), or"
+                " fit on other rows (rows=...); store.verify() lists every damaged row")
+
     def iter_chunks(self, rows: RowSelection = None,
                     chunk_rows: int = 4096) -> Iterator[Tuple[Tensor, Tensor]]:
-        """``(masks bool (r, N), outputs (r, n))`` chunks over complete selected rows."""
+        """``(masks bool (r, N), outputs (r, n))`` chunks over complete selected rows.
+
+        Every chunk's checksums are verified before it is returned.
+        """
         index = self.rows(rows)
         self._require_complete(index)
         for start in range(0, len(index), chunk_rows):
             part = index[start:start + chunk_rows]
+            self._check_rows(part)
             yield self.read_masks(part), self.read_outputs(part)
 
     def statistics(self, rows: RowSelection = None, dtype: torch.dtype = torch.float64,
                    device: Optional[Union[str, torch.device]] = None,
                    chunk_rows: int = 4096) -> SufficientStatistics:
-        """Sufficient statistics of the selected (complete) rows."""
+        """Sufficient statistics of the selected (complete, verified) rows."""
         stats = SufficientStatistics(self.n_components, self.n_examples, dtype=dtype, device=device)
         for masks, outputs in self.iter_chunks(rows, chunk_rows):
             stats.update(masks, outputs)

@@ -4,36 +4,44 @@ Contract
 --------
 :class:`MemmapStore` (``path`` is a directory) holds::
 
-    metadata.json   identity fields (see base.IDENTITY_FIELDS), array shapes and dtypes,
-                    extras; written atomically (temp file + rename) after the arrays exist
+    metadata.json   the collection's identity, array shapes and dtypes, extras, and a CRC-32
+                    of its own content; written atomically (unique temp file + rename) after
+                    the arrays exist
     masks.npy       uint8 (m, ceil(N / 8)): keep masks, bit-packed along components
     outputs.npy     float32 (m, n): the output of every example under every mask
     progress.npy    int64 (m,): examples written per row; row r is complete when it equals n
+    checksums.npy   uint32 (m,): CRC-32 of each complete row's packed mask and outputs
+    .lock           advisory lock held while a process writes
 
-Every file is a standard ``.npy`` that ``numpy.load(..., mmap_mode="r")`` opens without pickle.
-Writes go to the memory maps; :meth:`commit` flushes masks and outputs to disk *before* it
-advances and flushes ``progress``, so a killed process leaves rows that are either recorded as
-done (their data is on disk) or redone on resume. A directory whose ``metadata.json`` is
-missing holds no valid data and is re-initialised. Opening existing data with different
-identity fields raises ``ValueError`` naming each field (given vs stored).
+Every array file is a standard ``.npy`` that ``numpy.load(..., mmap_mode="r")`` opens without
+pickle. Opening checks every file before mapping it (a regular file, not a link; header, dtype,
+shape and exact size as the metadata says: :func:`captum_coar.stores._files.open_checked_npy`),
+and never pads a short file. Writes go to the memory maps; :meth:`commit` flushes masks,
+outputs and checksums to disk *before* it advances and flushes ``progress``, so a killed
+process leaves rows that are either recorded as done (their data is on disk) or redone on
+resume. A directory without ``metadata.json`` holds no valid data and is re-initialised (under
+the lock). Writing requires :meth:`writing` (one writer at a time); a second writer is refused
+with ``RuntimeError``. Errors about damaged files name the file.
 """
 
 from __future__ import annotations
 
-import json
 import os
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Dict, Optional, Union
+from typing import Any, Dict, Iterator, Optional, Union
 
 import numpy as np
 from numpy.lib.format import open_memmap
 
-from .base import MaskOutputStore
+from ._files import DirectoryLock, open_checked_npy, read_json, write_json_atomic
+from .base import FORMAT_VERSION, MaskOutputStore
 from .memory import _output_dtype
 
-__all__ = ["MemmapStore"]
+__all__ = ["MemmapStore", "METADATA_FILE"]
 
-_FILES = {"masks": "masks.npy", "outputs": "outputs.npy", "progress": "progress.npy"}
+_FILES = {"masks": "masks.npy", "outputs": "outputs.npy", "progress": "progress.npy",
+          "checksums": "checksums.npy"}
 METADATA_FILE = "metadata.json"
 
 
@@ -53,6 +61,7 @@ class MemmapStore(MaskOutputStore):
         self.path = Path(path)
         self.dtype = dtype
         self.read_only = read_only
+        self._lock = DirectoryLock(self.path)
 
     def _describe_location(self) -> str:
         return f"the store at {str(self.path)!r}"
@@ -61,60 +70,85 @@ class MemmapStore(MaskOutputStore):
     def metadata_path(self) -> Path:
         return self.path / METADATA_FILE
 
+    @contextmanager
+    def writing(self) -> Iterator["MemmapStore"]:
+        """Hold the directory's exclusive lock; re-read the files under it."""
+        if self.read_only:
+            raise ValueError(f"{self._describe_location()} was opened read-only; open it with"
+                             " read_only=False to write")
+        self._lock.acquire()
+        try:
+            self._metadata = None  # another writer may have changed the files before the lock
+            yield self
+        finally:
+            self._lock.release()
+
+    def _before_write(self) -> None:
+        if not self.read_only and not self._lock.held:
+            raise RuntimeError(f"{self._describe_location()}: writing needs the store's lock;"
+                               " write inside `with store.writing():` (collect does this)")
+
     def _existing_metadata(self) -> Optional[Dict[str, Any]]:
         if self._metadata is not None:
             return self._metadata
-        if not self.metadata_path.is_file():
+        if not self.metadata_path.exists() and not self.metadata_path.is_symlink():
             return None
-        with open(self.metadata_path, encoding="utf-8") as handle:
-            metadata = json.load(handle)
+        what = self._describe_location()
+        metadata = read_json(self.metadata_path, what)
+        version = metadata.get("format_version")
+        if version != FORMAT_VERSION:
+            raise ValueError(
+                f"{what}: {str(self.metadata_path)!r} has format_version {version!r}, this"
+                f" version of captum_coar reads {FORMAT_VERSION} (stores of format 1 carry no"
+                " checksums); collect again into a new directory")
+        try:
+            m, N, n = (int(metadata[k]) for k in ("n_masks", "n_components", "n_examples"))
+            dtype = np.dtype(metadata["files"]["outputs"]["dtype"])
+        except (KeyError, TypeError, ValueError) as error:
+            raise ValueError(f"{what}: {str(self.metadata_path)!r} lacks the sizes or dtypes of"
+                             f" the arrays ({error!r}); the store is damaged") from error
+        _output_dtype(dtype)
+        expected = {"masks": ((m, (N + 7) // 8), np.uint8), "outputs": ((m, n), dtype),
+                    "progress": ((m,), np.int64), "checksums": ((m,), np.uint32)}
         mode = "r" if self.read_only else "r+"
-        arrays = {}
-        for key, name in _FILES.items():
-            file = self.path / name
-            if not file.is_file():
-                raise FileNotFoundError(f"the store at {str(self.path)!r} has metadata but no {name}")
-            arrays[key] = open_memmap(file, mode=mode)
-        m, N, n = (int(metadata[k]) for k in ("n_masks", "n_components", "n_examples"))
-        expected = {"masks": (m, (N + 7) // 8), "outputs": (m, n), "progress": (m,)}
-        for key, shape in expected.items():
-            if arrays[key].shape != shape:
-                raise ValueError(f"the store at {str(self.path)!r}: {_FILES[key]} has shape"
-                                 f" {arrays[key].shape}, metadata implies {shape}")
-        self._masks, self._outputs, self._progress = arrays["masks"], arrays["outputs"], arrays["progress"]
+        arrays = {key: open_checked_npy(self.path / _FILES[key], shape, np.dtype(dt), mode, what)
+                  for key, (shape, dt) in expected.items()}
+        self._masks, self._outputs = arrays["masks"], arrays["outputs"]
+        self._progress, self._checksums = arrays["progress"], arrays["checksums"]
         self._metadata = metadata
         return metadata
 
     def _allocate(self, metadata: Dict[str, Any]) -> None:
         if self.read_only:
             raise ValueError(f"the store at {str(self.path)!r} is empty and was opened read-only")
+        self._before_write()
         dtype = _output_dtype(self.dtype)
         m, N, n = (int(metadata[k]) for k in ("n_masks", "n_components", "n_examples"))
         self.path.mkdir(parents=True, exist_ok=True)
-        self._masks = open_memmap(self.path / _FILES["masks"], mode="w+", dtype=np.uint8,
-                                  shape=(m, (N + 7) // 8))
-        self._outputs = open_memmap(self.path / _FILES["outputs"], mode="w+", dtype=dtype,
-                                    shape=(m, n))
-        self._progress = open_memmap(self.path / _FILES["progress"], mode="w+", dtype=np.int64,
-                                     shape=(m,))
-        for array in (self._masks, self._outputs, self._progress):
-            array.flush()
+        specs = {"masks": ((m, (N + 7) // 8), np.uint8), "outputs": ((m, n), dtype),
+                 "progress": ((m,), np.int64), "checksums": ((m,), np.uint32)}
+        arrays = {}
+        for key, (shape, dt) in specs.items():
+            file = self.path / _FILES[key]
+            if file.is_symlink():
+                file.unlink()  # never write through a link into another store
+            arrays[key] = open_memmap(file, mode="w+", dtype=dt, shape=shape)
+            arrays[key].flush()
+        self._masks, self._outputs = arrays["masks"], arrays["outputs"]
+        self._progress, self._checksums = arrays["progress"], arrays["checksums"]
         record = dict(metadata)
-        record["files"] = {key: {"file": name, "shape": list(getattr(self, f"_{key}").shape),
-                                 "dtype": str(getattr(self, f"_{key}").dtype)}
-                           for key, name in _FILES.items()}
+        record["files"] = {key: {"file": _FILES[key], "shape": list(arrays[key].shape),
+                                 "dtype": str(arrays[key].dtype)} for key in _FILES}
         record["progress_semantics"] = ("progress[r] = examples written for mask row r; row r is"
                                         " complete when progress[r] == n_examples")
-        tmp = self.metadata_path.with_suffix(".json.tmp")
-        with open(tmp, "w", encoding="utf-8") as handle:
-            json.dump(record, handle, indent=1, sort_keys=True)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, self.metadata_path)
+        write_json_atomic(self.metadata_path, record)
 
     def _flush_data(self) -> None:
+        self._before_write()
         self._masks.flush()
         self._outputs.flush()
+        self._checksums.flush()
 
     def _flush_progress(self) -> None:
+        self._before_write()
         self._progress.flush()

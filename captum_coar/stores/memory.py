@@ -40,6 +40,7 @@ class InMemoryStore(MaskOutputStore):
         self._masks = np.zeros((m, (N + 7) // 8), dtype=np.uint8)
         self._outputs = np.zeros((m, n), dtype=dtype)
         self._progress = np.zeros((m,), dtype=np.int64)
+        self._checksums = np.zeros((m,), dtype=np.uint32)
 
 
 def _output_dtype(dtype: Union[str, np.dtype]) -> np.dtype:

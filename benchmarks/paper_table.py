@@ -74,7 +74,7 @@ def _summary(result: Any, name: str) -> Dict[str, Dict[str, float]]:
     mean, err = result.mean(), result.std_error()
     j = result.methods.index(name)
     return {f"{a:g}": {"mean": float(mean[i, j]), "se": float(err[i, j])}
-            for i, a in enumerate(result.alphas)}
+            for i, a in enumerate(result.ablation_fractions)}
 
 
 # ---------------------------------------------------------------------- cost estimate

@@ -16,7 +16,7 @@ their own module, so every message reads the same.
 from __future__ import annotations
 
 import numbers
-from typing import Any, Collection, Optional, Tuple, Type, Union
+from typing import Any, Collection, Literal, Optional, Tuple, Type, Union, overload
 
 import numpy as np
 import torch
@@ -48,6 +48,16 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
+@overload
+def check_int(name: str, value: Any, minimum: Optional[int] = ..., maximum: Optional[int] = ...,
+              optional: Literal[False] = ...) -> int: ...
+
+
+@overload
+def check_int(name: str, value: Any, minimum: Optional[int] = ..., maximum: Optional[int] = ...,
+              optional: bool = ...) -> Optional[int]: ...
+
+
 def check_int(name: str, value: Any, minimum: Optional[int] = None,
               maximum: Optional[int] = None, optional: bool = False) -> Optional[int]:
     """``value`` as an int in ``[minimum, maximum]`` (None allowed when ``optional``)."""
@@ -65,9 +75,7 @@ def check_int(name: str, value: Any, minimum: Optional[int] = None,
 
 def check_positive_int(name: str, value: Any) -> int:
     """``value`` as an int >= 1."""
-    result = check_int(name, value, minimum=1)
-    assert result is not None
-    return result
+    return check_int(name, value, minimum=1)
 
 
 def check_optional_positive_int(name: str, value: Any) -> Optional[int]:
@@ -85,8 +93,8 @@ def check_float(name: str, value: Any, low: Optional[float] = None, high: Option
     right = ")" if high_open else "]"
     allowed = "a finite number"
     if low is not None or high is not None:
-        allowed += (f" in {left}{low if low is not None else '-inf'},"
-                    f" {high if high is not None else 'inf'}{right}")
+        allowed += (f" in {left}{'-inf' if low is None else format(low, 'g')},"
+                    f" {'inf' if high is None else format(high, 'g')}{right}")
     if optional:
         allowed += " or None"
     if isinstance(value, bool) or not isinstance(value, numbers.Real):

@@ -40,17 +40,17 @@ class CounterfactualCorrelationResult:
     """Correlations between actual and predicted outputs under held-out ablations.
 
     Attributes:
-        alphas: test ablation fractions.
+        ablation_fractions: test ablation fractions.
         methods: method names, in the order given.
-        values: ``(n_alphas, n_methods, batch)`` per-example correlations (NaN where undefined).
-        actual: ``(n_alphas, n_masks, batch)`` outputs under ablation.
-        predicted: ``(n_alphas, n_methods, n_masks, batch)`` outputs the attributions predict.
+        values: ``(n_fractions, n_methods, batch)`` per-example correlations (NaN where undefined).
+        actual: ``(n_fractions, n_masks, batch)`` outputs under ablation.
+        predicted: ``(n_fractions, n_methods, n_masks, batch)`` outputs the attributions predict.
         unablated: ``(batch,)`` outputs with nothing ablated.
         seed, n_masks, correlation, sampler: how the masks were drawn and scored.
-        masks: ``(n_alphas, n_masks, n_components)`` keep masks, when kept.
+        masks: ``(n_fractions, n_masks, n_components)`` keep masks, when kept.
     """
 
-    alphas: Tuple[float, ...]
+    ablation_fractions: Tuple[float, ...]
     methods: Tuple[str, ...]
     values: Tensor
     actual: Tensor
@@ -62,28 +62,33 @@ class CounterfactualCorrelationResult:
     sampler: Dict[str, Any] = field(default_factory=dict)
     masks: Optional[Tensor] = None
 
-    def _index(self, method: Optional[str], alpha: Optional[float]) -> Tuple[int, int]:
+    def index(self, method: Optional[str] = None,
+              ablation_fraction: Optional[float] = None) -> Tuple[int, int]:
+        """``(fraction index, method index)``; None = the first fraction / the first method."""
         m = 0 if method is None else self.methods.index(method) if method in self.methods else -1
         if m < 0:
             raise KeyError(f"unknown method {method!r}; methods are {list(self.methods)}")
-        if alpha is None:
+        if ablation_fraction is None:
             return 0, m
-        matches = [i for i, a in enumerate(self.alphas) if math.isclose(a, float(alpha))]
+        matches = [i for i, a in enumerate(self.ablation_fractions)
+                   if math.isclose(a, float(ablation_fraction))]
         if not matches:
-            raise KeyError(f"no test ablation fraction {alpha!r}; fractions are {list(self.alphas)}")
+            raise KeyError(f"no test ablation fraction {ablation_fraction!r}; fractions are"
+                           f" {list(self.ablation_fractions)}")
         return matches[0], m
 
-    def per_example(self, method: Optional[str] = None, alpha: Optional[float] = None) -> Tensor:
+    def per_example(self, method: Optional[str] = None,
+                    ablation_fraction: Optional[float] = None) -> Tensor:
         """Per-example correlations ``(batch,)`` of one method at one fraction."""
-        a, m = self._index(method, alpha)
+        a, m = self.index(method, ablation_fraction)
         return self.values[a, m]
 
     def mean(self) -> Tensor:
-        """Mean correlation over examples, ``(n_alphas, n_methods)`` (NaNs ignored)."""
+        """Mean correlation over examples, ``(n_fractions, n_methods)`` (NaNs ignored)."""
         return self.values.nanmean(dim=-1)
 
     def std_error(self) -> Tensor:
-        """Standard error of :meth:`mean`, ``(n_alphas, n_methods)``."""
+        """Standard error of :meth:`mean`, ``(n_fractions, n_methods)``."""
         finite = torch.isfinite(self.values)
         n = finite.sum(-1).clamp(min=1)
         centred = torch.where(finite, self.values - self.mean()[..., None], torch.zeros_like(self.values))
@@ -91,14 +96,14 @@ class CounterfactualCorrelationResult:
         return (var / n).sqrt()
 
     def means(self) -> Dict[float, Dict[str, float]]:
-        """``{alpha: {method: mean correlation}}``."""
+        """``{ablation fraction: {method: mean correlation}}``."""
         mean = self.mean()
         return {a: {m: float(mean[i, j]) for j, m in enumerate(self.methods)}
-                for i, a in enumerate(self.alphas)}
+                for i, a in enumerate(self.ablation_fractions)}
 
     def to_dict(self) -> Dict[str, Any]:
         """A JSON-serialisable summary (means, per-example values, mask provenance)."""
-        return {"alphas": list(self.alphas), "methods": list(self.methods), "seed": self.seed,
+        return {"ablation_fractions": list(self.ablation_fractions), "methods": list(self.methods), "seed": self.seed,
                 "n_masks": self.n_masks, "correlation": self.correlation, "sampler": self.sampler,
                 "mean": self.mean().tolist(), "per_example": self.values.tolist()}
 
@@ -108,13 +113,13 @@ class CounterfactualCorrelationResult:
         ``run_times`` (seconds per method) adds a column, e.g. the attribution times.
         """
         mean, err = self.mean(), self.std_error()
-        head = ["method"] + [f"alpha={a:g}" for a in self.alphas]
+        head = ["method"] + [f"alpha={a:g}" for a in self.ablation_fractions]
         if run_times is not None:
             head.append("time (s)")
         rows = []
         for j, name in enumerate(self.methods):
             cells = [name] + [f"{float(mean[i, j]):.{digits}f} ± {float(err[i, j]):.{digits}f}"
-                              for i in range(len(self.alphas))]
+                              for i in range(len(self.ablation_fractions))]
             if run_times is not None:
                 t = run_times.get(name)
                 cells.append("" if t is None else f"{t:.3g}")

@@ -142,11 +142,11 @@ def _n_examples(inputs: Any) -> int:
 
 
 def _fractions(ablation_fractions: Union[float, Sequence[float]]) -> Tuple[float, ...]:
-    alphas = (ablation_fractions,) if isinstance(ablation_fractions, (int, float)) else ablation_fractions
-    alphas = tuple(float(a) for a in alphas)
-    if not alphas or any(not 0.0 < a < 1.0 for a in alphas):
+    fractions = (ablation_fractions,) if isinstance(ablation_fractions, (int, float)) else ablation_fractions
+    fractions = tuple(float(a) for a in fractions)
+    if not fractions or any(not 0.0 < a < 1.0 for a in fractions):
         raise ValueError(f"ablation_fractions must be numbers in (0, 1), got {ablation_fractions!r}")
-    return alphas
+    return fractions
 
 
 # ---------------------------------------------------------------------- counterfactual correlation
@@ -188,7 +188,7 @@ def counterfactual_correlation(
             with: a warning is raised when ``seed`` is in ``fit_seeds`` or equals the
             ``seed`` a result object given in ``attributions`` reports.
         correlation: ``"pearson"`` (the paper's) or ``"spearman"``.
-        keep_masks: keep the masks in the result (``n_alphas * n_masks * N`` booleans).
+        keep_masks: keep the masks in the result (``n_fractions * n_masks * N`` booleans).
 
     Cost: one ablated forward per (mask, example) and fraction, whatever the number of
     methods, plus one unablated forward.
@@ -200,7 +200,7 @@ def counterfactual_correlation(
     forward_func = components.model if forward_func is None else forward_func
     n_examples, n_comp = _n_examples(inputs), components.n_components
     methods = _methods(attributions, n_examples, n_comp)
-    alphas = _fractions(ablation_fractions)
+    fractions = _fractions(ablation_fractions)
     used = set(int(s) for s in fit_seeds) | {s for _, _, s in methods.values() if s is not None}
     if int(seed) in used:
         warnings.warn(
@@ -221,8 +221,8 @@ def counterfactual_correlation(
         full = torch.ones(1, n_comp, dtype=torch.bool)
         unablated = evaluate_masks(forward_func, components, inputs, full, hooks=hooks,
                                    **common)[0].detach().double().cpu()
-        for alpha in alphas:
-            smp = resolve_sampler(sampler, alpha if isinstance(sampler, str) else None)
+        for fraction in fractions:
+            smp = resolve_sampler(sampler, fraction if isinstance(sampler, str) else None)
             describe = smp.describe()
             masks = smp.sample(n_comp, 0, n_masks, int(seed))
             outs = evaluate_masks(forward_func, components, inputs, masks, hooks=hooks,
@@ -241,7 +241,7 @@ def counterfactual_correlation(
             all_masks.append(masks)
     describe = {k: v for k, v in describe.items() if k != "ablation_fraction"}
     return CounterfactualCorrelationResult(
-        alphas=alphas, methods=tuple(methods), values=torch.stack(values),
+        ablation_fractions=fractions, methods=tuple(methods), values=torch.stack(values),
         actual=torch.stack(actual), predicted=torch.stack(predicted), unablated=unablated,
         seed=int(seed), n_masks=n_masks, correlation=correlation, sampler=describe,
         masks=torch.stack(all_masks) if keep_masks else None)

@@ -30,13 +30,12 @@ Implementations
 from __future__ import annotations
 
 import math
-import numbers
 from abc import ABC, abstractmethod
 from typing import Any, Dict, Optional, Union
 
 import torch
 
-from ._checks import fail
+from ._checks import check_fraction, check_int, check_positive_int, fail
 from ._registry import Registry
 
 __all__ = [
@@ -72,15 +71,6 @@ def _block_generator(seed: int, block: int) -> torch.Generator:
     return gen
 
 
-def _check_int(name: str, value: Any, minimum: Optional[int] = None) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be an integer, got {value!r} ({type(value).__name__}).")
-    value = int(value)
-    if minimum is not None and value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}.")
-    return value
-
-
 class MaskSampler(ABC):
     """Base class of mask samplers (True = component kept).
 
@@ -96,22 +86,10 @@ class MaskSampler(ABC):
 
     # -- validation -------------------------------------------------------------------
     def _validated_fraction(self) -> float:
-        alpha = self.ablation_fraction
-        if isinstance(alpha, bool) or not isinstance(alpha, numbers.Real):
-            raise TypeError(
-                f"{type(self).__name__}: ablation_fraction must be a real number in the open "
-                f"interval (0, 1), got {alpha!r} ({type(alpha).__name__})."
-            )
-        alpha = float(alpha)
-        if not (0.0 < alpha < 1.0) or math.isnan(alpha):
-            raise ValueError(
-                f"{type(self).__name__}: ablation_fraction must be in the open interval "
-                f"(0, 1), got {alpha!r}."
-            )
-        return alpha
+        return check_fraction(f"{type(self).__name__}.ablation_fraction", self.ablation_fraction)
 
     def _validate_n_components(self, n_components: Any) -> int:
-        return _check_int("n_components", n_components, minimum=1)
+        return check_positive_int("n_components", n_components)
 
     # -- public API -------------------------------------------------------------------
     def sample(
@@ -129,11 +107,9 @@ class MaskSampler(ABC):
         """
         alpha = self._validated_fraction()
         n = self._validate_n_components(n_components)
-        start = _check_int("start", start, minimum=0)
-        stop = _check_int("stop", stop, minimum=0)
-        if stop < start:
-            raise ValueError(f"start must be <= stop, got start={start}, stop={stop}.")
-        seed = _check_int("seed", seed)
+        start = check_int("start", start, minimum=0)
+        stop = check_int("stop", stop, minimum=start)
+        seed = check_int("seed", seed)
         out = torch.empty((stop - start, n), dtype=torch.bool)
         if stop > start:
             blocks = list(range(start // BLOCK_ROWS, (stop - 1) // BLOCK_ROWS + 1))

@@ -97,7 +97,7 @@ def plot_counterfactual_scatter(
     result: CounterfactualCorrelationResult,
     method: Optional[str] = None,
     example: int = 0,
-    alpha: Optional[float] = None,
+    ablation_fraction: Optional[float] = None,
     ax: Any = None,
     color: str = "C0",
     output: Any = None,
@@ -115,7 +115,7 @@ def plot_counterfactual_scatter(
         result: from :func:`~captum_coar.counterfactual_correlation`.
         method: method name; defaults to the first method.
         example: column of the batch to show.
-        alpha: test ablation fraction; defaults to the first one.
+        ablation_fraction: test ablation fraction; defaults to the first one.
         ax: matplotlib axes to draw on; a new figure when None.
         color: colour of the points.
         output: what the output is (see :func:`output_label`), e.g. ``"margin"``.
@@ -123,7 +123,7 @@ def plot_counterfactual_scatter(
     Returns:
         The matplotlib ``Axes``.
     """
-    a, m = result._index(method, alpha)
+    a, m = result.index(method, ablation_fraction)
     name = result.methods[m]
     if not 0 <= example < result.actual.shape[-1]:
         raise IndexError(f"example {example} is out of range; the result has"
@@ -133,7 +133,7 @@ def plot_counterfactual_scatter(
     predicted = result.predicted[a, m, :, example].double()
     ax = _axes(ax, (4.2, 4.0))
     ax.scatter(predicted.numpy(), actual.numpy(), s=14, alpha=0.7, color=color, edgecolors="none",
-               label=f"one held-out mask (alpha = {result.alphas[a]:g})")
+               label=f"one held-out mask (alpha = {result.ablation_fractions[a]:g})")
     low = float(torch.minimum(actual.min(), predicted.min()))
     high = float(torch.maximum(actual.max(), predicted.max()))
     ax.plot([low, high], [low, high], color="0.55", lw=1, ls=":", label="y = x")
@@ -175,10 +175,10 @@ def plot_correlation_bars(
     """
     names = list(result.methods if methods is None else methods)
     for name in names:
-        result._index(name, None)
+        result.index(name, None)
     what = _label(output, result)
     mean, err = result.mean(), result.std_error()
-    n_alpha, n_meth = len(result.alphas), len(names)
+    n_alpha, n_meth = len(result.ablation_fractions), len(names)
     ax = _axes(ax, (max(5.0, 1.0 + 0.45 * n_alpha * n_meth), 3.8))
     width = 0.8 / max(1, n_meth)
     for j, name in enumerate(names):
@@ -188,7 +188,7 @@ def plot_correlation_bars(
         yerr = [float(err[i, col]) for i in range(n_alpha)] if errorbars else None
         ax.bar(xs, heights, width=width * 0.95, yerr=yerr, capsize=2, label=name, color=f"C{j % 10}")
     ax.set_xticks(range(n_alpha))
-    ax.set_xticklabels([f"alpha = {a:g}" for a in result.alphas])
+    ax.set_xticklabels([f"alpha = {a:g}" for a in result.ablation_fractions])
     ax.set_xlabel("test ablation fraction (each component ablated with probability alpha)")
     ax.axhline(0.0, color="k", lw=0.8)
     bars = " ± 1 s.e." if errorbars else ""

@@ -104,15 +104,15 @@ def test_bad_fraction_type(bad: object) -> None:
 
 def test_bad_ranges() -> None:
     s = BernoulliSampler(0.1)
-    with pytest.raises(ValueError, match="start=5, stop=3"):
+    with pytest.raises(ValueError, match=r"`stop` must be an integer >= 5; got 3"):
         s.sample(10, 5, 3, seed=0)
-    with pytest.raises(ValueError, match="n_components must be >= 1, got 0"):
+    with pytest.raises(ValueError, match=r"`n_components` must be an integer >= 1; got 0"):
         s.sample(0, 0, 3, seed=0)
-    with pytest.raises(ValueError, match="start must be >= 0, got -1"):
+    with pytest.raises(ValueError, match=r"`start` must be an integer >= 0; got -1"):
         s.sample(10, -1, 3, seed=0)
-    with pytest.raises(TypeError, match="seed must be an integer"):
+    with pytest.raises(TypeError, match=r"`seed` must be an integer; got float 1.5"):
         s.sample(10, 0, 3, seed=1.5)  # type: ignore[arg-type]
-    with pytest.raises(TypeError, match="n_components must be an integer"):
+    with pytest.raises(TypeError, match=r"`n_components` must be an integer >= 1; got float 10.0"):
         s.sample(10.0, 0, 3, seed=0)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="n_components >= 2.*got n_components=1"):
         FixedFractionSampler(0.5).sample(1, 0, 3, seed=0)

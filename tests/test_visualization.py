@@ -55,7 +55,7 @@ def _legend(ax):
 
 def test_scatter(scored, tmp_path):
     result, _ = scored
-    ax = plot_counterfactual_scatter(result, method="noisy", example=2, alpha=0.1, output="logit")
+    ax = plot_counterfactual_scatter(result, method="noisy", example=2, ablation_fraction=0.1, output="logit")
     assert "r = " in ax.get_title() and "noisy" in ax.get_title()
     legend = _legend(ax)
     assert "y = x" in legend and any(t.startswith("least-squares fit (slope") for t in legend)

@@ -10,6 +10,17 @@ instance-level forward that asks ``F.multi_head_attention_forward`` for the conc
 ``out_proj``'s input, and neuron gates at its output, apply as everywhere else. A module that
 is already patched (by an enclosing context) is left alone and not returned, so nested
 contexts each remove only their own patches; :func:`unpatch_multihead_attention` removes them.
+
+The patched forward returns its output with the memory layout PyTorch's own forward gives (a
+transposed view for ``batch_first``), so a dropout after it draws the same mask: with all gates
+at 1 and the same seed, a model in train mode is reproduced bit for bit.
+
+PyTorch's transformer fast paths (nested tensors for padded ``nn.TransformerEncoder`` input,
+the fused encoder layer and attention kernels) bypass module hooks and cannot be transposed
+or gated. While any grouped module lies inside an ``nn.MultiheadAttention`` or a
+``nn.TransformerEncoderLayer`` / ``nn.TransformerDecoderLayer``, the outermost patch turns them
+off (``torch.backends.mha.set_fastpath_enabled(False)``) and the matching unpatch restores the
+previous setting; results are those of PyTorch's standard path.
 """
 
 from __future__ import annotations
@@ -25,15 +36,39 @@ from .components import ComponentSet
 __all__ = ["patch_multihead_attention", "unpatch_multihead_attention"]
 
 
-def patch_multihead_attention(components: ComponentSet) -> List[nn.MultiheadAttention]:
-    """Patch every ``nn.MultiheadAttention`` whose ``out_proj`` is grouped; return those patched."""
+_FAST_PATH_TYPES = (nn.MultiheadAttention, nn.TransformerEncoderLayer,
+                    nn.TransformerDecoderLayer)
+_fast_path_holders: List[object] = []
+
+
+class PatchedModules(List[nn.MultiheadAttention]):
+    """The modules one :func:`patch_multihead_attention` call patched, and whether it turned
+    PyTorch's transformer fast path off (to be restored by the matching unpatch)."""
+
+    fast_path_previous: Optional[bool] = None
+
+
+def patch_multihead_attention(components: ComponentSet) -> PatchedModules:
+    """Patch every ``nn.MultiheadAttention`` whose ``out_proj`` is grouped; return those patched.
+
+    Also turns PyTorch's transformer fast path off while grouped modules lie inside attention
+    or transformer layers (restored by :func:`unpatch_multihead_attention`).
+    """
     grouped = {g.module_name for g in components.groups}
-    patched = []
+    patched = PatchedModules()
+    inside_fast_path = False
     for name, module in components.model.named_modules():
+        if isinstance(module, _FAST_PATH_TYPES) and any(
+                g == name or g.startswith(name + ".") for g in grouped):
+            inside_fast_path = True
         if (isinstance(module, nn.MultiheadAttention) and f"{name}.out_proj" in grouped
                 and "forward" not in module.__dict__):
             module.forward = _module_out_proj_forward(module)  # type: ignore[method-assign]
             patched.append(module)
+    if inside_fast_path and not _fast_path_holders:
+        patched.fast_path_previous = torch.backends.mha.get_fastpath_enabled()
+        torch.backends.mha.set_fastpath_enabled(False)
+        _fast_path_holders.append(patched)
     return patched
 
 
@@ -42,6 +77,11 @@ def unpatch_multihead_attention(patched: List[nn.MultiheadAttention]) -> None:
     for mha in patched:
         mha.__dict__.pop("forward", None)
     patched.clear()
+    if isinstance(patched, PatchedModules) and patched.fast_path_previous is not None:
+        if patched in _fast_path_holders:
+            _fast_path_holders.remove(patched)
+        torch.backends.mha.set_fastpath_enabled(patched.fast_path_previous)
+        patched.fast_path_previous = None
 
 
 def _module_out_proj_forward(mha: nn.MultiheadAttention) -> Callable[..., Tuple[Tensor, Any]]:
@@ -71,6 +111,8 @@ def _module_out_proj_forward(mha: nn.MultiheadAttention) -> Callable[..., Tuple[
             **extra,
         )
         output = mha.out_proj(heads.transpose(0, 1))  # batch first, so gates see batch on axis 0
-        return (output if mha.batch_first else output.transpose(0, 1)), weights
+        # PyTorch's own layout: (L, N, E) contiguous, seen transposed when batch_first
+        output = output.transpose(0, 1).contiguous()
+        return (output.transpose(0, 1) if mha.batch_first else output), weights
 
     return forward

@@ -12,9 +12,20 @@ place (no second activation is allocated); everywhere else a new tensor is retur
 ``nn.MultiheadAttention`` patch below) are removed in ``finally``, after success or an
 exception; model parameters are never written.
 
+A module whose output (or, at an input site, first input) is not a tensor (``nn.LSTM``'s
+``(output, state)`` tuple) raises a ``TypeError`` naming it and pointing to ``site="input"``
+on the module that consumes the tensor.
+
 ``nn.MultiheadAttention`` computes its output projection functionally, so hooks on its
 ``out_proj`` never fire; while gates are active such modules are patched by
 :mod:`captum_coar._attention_patch` so that ``out_proj`` runs as a module.
+
+Every gated module must run: the hooks record which groups fired while gates were set, and
+:meth:`ComponentGates.check_all_ran`, called after the first gated forward pass (by
+:func:`captum_coar._engine.gates_applied`, ``GatedForward`` and :func:`ablated`), raises a
+``ValueError`` naming the modules that did not run and the likely causes (components declared
+on another model, a module never called, weights used functionally through ``F.linear``),
+instead of returning ablations that changed nothing.
 
 Entering gates never runs the model: a strategy that needs fitting (mean, resample) must
 already be fitted (:func:`captum_coar.ablation.fitted_ablation`, which every method calls when
@@ -88,6 +99,8 @@ class ComponentGates:
         self.example_index: Optional[Tensor] = None
         self._handles: List[Any] = []
         self._patched: List[nn.MultiheadAttention] = []
+        self._ran: set = set()  # groups whose hook fired while gates were set
+        self._all_ran = False
 
     # ------------------------------------------------------------------ lifecycle
     def __enter__(self) -> "ComponentGates":
@@ -125,6 +138,8 @@ class ComponentGates:
                         activation: Tensor) -> Tensor:
         if self.values is None:
             return activation
+        if not self._all_ran:
+            self._ran.add(position)
         columns = self.values[:, self.components.group_slice(position)]
         # Gates may be given on the CPU (ablated(), GatedForward) for a model on an accelerator.
         gate = expand_gate(columns.to(device=activation.device, dtype=activation.dtype), group,
@@ -139,6 +154,34 @@ class ComponentGates:
                                        device=activation.device)
         # lerp(r, a, g) = r + g * (a - r), exactly a at g = 1 and exactly r at g = 0.
         return torch.lerp(replacement, activation, gate, out=out)
+
+    @property
+    def ran_any(self) -> bool:
+        """Whether any group's module ran while gates were set."""
+        return bool(self._ran) or self._all_ran
+
+    def check_all_ran(self) -> None:
+        """After a gated forward pass: ``ValueError`` unless every group's module ran.
+
+        Checked until it first passes (the first gated pass); later passes cost nothing.
+        """
+        if self._all_ran:
+            return
+        groups = self.components.groups
+        missing = [g.module_name for i, g in enumerate(groups) if i not in self._ran]
+        if not missing:
+            self._all_ran = True
+            return
+        self._ran.clear()
+        raise ValueError(
+            f"the gated forward pass did not run {len(missing)} of the {len(groups)} component"
+            f" modules: {missing[:10]}{' ...' if len(missing) > 10 else ''}; their gates had no"
+            " effect, so every ablation of them would silently change nothing. Likely causes:"
+            " the components were declared on another model (or a copy of it) than the one"
+            f" forward_func runs (components.model is a {type(self.components.model).__name__});"
+            " the module is never called in forward (an unused or skipped branch); or its"
+            " weights are used functionally (F.linear(x, module.weight)) instead of calling the"
+            " module. Declare the components on the modules forward_func actually calls")
 
     def _may_overwrite(self, group: ComponentGroup, module: nn.Module, activation: Tensor,
                        gate: Tensor) -> bool:
@@ -158,12 +201,31 @@ class ComponentGates:
     def _make_hook(self, position: int, group: ComponentGroup, module: nn.Module) -> Callable:
         if group.site == "output":
             def output_hook(mod: nn.Module, args: Any, output: Tensor) -> Tensor:
-                return self.gate_activation(position, group, mod, output)
+                return self.gate_activation(position, group, mod, _gated_tensor(group, mod, output))
             return output_hook
 
         def input_hook(mod: nn.Module, args: Tuple[Any, ...]) -> Tuple[Any, ...]:
-            return (self.gate_activation(position, group, mod, args[0]),) + tuple(args[1:])
+            first = _gated_tensor(group, mod, args[0] if args else None)
+            return (self.gate_activation(position, group, mod, first),) + tuple(args[1:])
         return input_hook
+
+def _gated_tensor(group: ComponentGroup, module: nn.Module, value: Any) -> Tensor:
+    """``value`` when it is a tensor; a TypeError naming the module and the alternative else.
+
+    Modules such as ``nn.LSTM`` / ``nn.GRU`` return tuples ``(output, state)``; gating "the"
+    output of such a module has no single meaning, so it is refused.
+    """
+    if isinstance(value, Tensor):
+        return value
+    where = "output" if group.site == "output" else "first positional input"
+    shown = (f"a {type(value).__name__} of {len(value)} items" if isinstance(value, (tuple, list))
+             else type(value).__name__)
+    raise TypeError(
+        f"module {group.module_name!r} ({type(module).__name__}) gave {shown} as its {where};"
+        " only tensors are gated, tuple outputs are not. Gate the module that consumes the tensor"
+        f" you mean instead: ComponentGroup('<next module>', {group.kind!r}, {group.n_units},"
+        " site='input'), e.g. the Linear map after an LSTM")
+
 
 @contextmanager
 def ablated(
@@ -189,3 +251,5 @@ def ablated(
     with ComponentGates(components, strategy) as hooks:
         hooks.values = gates if gates.is_floating_point() else gates.float()
         yield hooks
+        if hooks.ran_any:  # the model ran under the gates: every component must have run
+            hooks.check_all_ran()

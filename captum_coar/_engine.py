@@ -14,7 +14,8 @@ the model's own batched arithmetic.
 
 Also here, for the attribution classes: the row budget (:func:`default_max_rows`,
 :func:`rows_per_pass`), setting the per-row gates of entered hooks for one forward pass
-(:func:`gates_applied`) and checking that an output function gave one value per row
+(:func:`gates_applied`, which checks after the first gated pass that every component's
+module ran) and checking that an output function gave one value per row
 (:func:`checked_outputs`). Input conventions live in :mod:`captum_coar._inputs`.
 """
 
@@ -35,6 +36,7 @@ from ._inputs import (
     repeat_rows,
     row_chunks,
 )
+from ._state import keeps_model_state
 from .ablation import AblationStrategy, fitted_ablation
 from .components import ComponentSet, model_device
 from .gates import ComponentGates
@@ -101,6 +103,8 @@ def gates_applied(hooks: Optional[ComponentGates], values: Optional[Tensor],
     hooks.values, hooks.example_index = values, example_index
     try:
         yield
+        if values is not None:
+            hooks.check_all_ran()  # the first gated pass must have run every component
     finally:
         hooks.values, hooks.example_index = None, None
 
@@ -150,6 +154,7 @@ def gated_outputs(
                                                                                n_examples)
 
 
+@keeps_model_state
 def evaluate_masks(
     forward_func: Callable[..., Any],
     components: ComponentSet,

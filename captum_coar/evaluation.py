@@ -38,6 +38,7 @@ from torch import Tensor
 from ._engine import evaluate_masks, gated_outputs, progress, rows_per_pass
 from ._evaluation_results import CounterfactualCorrelationResult, TopKAblationCurve
 from ._inputs import as_tuple, input_tuple
+from ._state import keeps_model_state
 from .ablation import AblationStrategy, fitted_ablation
 from .components import ComponentSet, model_device
 from .gates import ComponentGates
@@ -150,6 +151,7 @@ def _fractions(ablation_fractions: Union[float, Sequence[float]]) -> Tuple[float
 
 
 # ---------------------------------------------------------------------- counterfactual correlation
+@keeps_model_state
 def counterfactual_correlation(
     forward_func: Optional[Callable[..., Any]],
     components: ComponentSet,
@@ -253,6 +255,7 @@ def _default_ks(n_components: int, max_fraction: float, n_steps: int) -> Tensor:
     return torch.unique(torch.linspace(0, top, max(2, n_steps)).round().long())
 
 
+@keeps_model_state
 def topk_ablation_curve(
     forward_func: Optional[Callable[..., Any]],
     components: ComponentSet,

@@ -40,6 +40,7 @@ import torch
 from torch import Tensor
 
 from ._inputs import as_tuple, expand_target, repeat_rows
+from ._state import keeps_model_state
 from .ablation import AblationStrategy, fitted_ablation, resolve_ablation
 from .components import ComponentSet, model_device
 from .gates import ComponentGates
@@ -97,6 +98,7 @@ class GatedForward:
             self.output_fn_ = resolve_output(self.output, 0)
             self._output_key = self.output
 
+    @keeps_model_state
     def __call__(self, gates: Tensor, *args: Any) -> Any:
         self._prepare()
         if self.output is not None:
@@ -117,6 +119,7 @@ class GatedForward:
             hooks.values = gates.to(model_device(self.components.model))
             hooks.example_index = index
             result = self.forward_func(*model_args)
+            hooks.check_all_ran()
         if self.output is None:
             return result
         return self.output_fn_(result, target)

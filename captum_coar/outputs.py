@@ -34,7 +34,7 @@ from typing import Any, Callable, Dict, List, Optional, Union
 import torch
 from torch import Tensor
 
-from ._checks import fail
+from ._checks import check_integer_values, fail
 from ._registry import Registry
 
 __all__ = ["OutputFunction", "Margin", "Logit", "LogProb", "Loss", "SequenceMargin",
@@ -78,14 +78,16 @@ def class_logits(model_output: Any, name: str) -> Tensor:
 def target_tensor(target: Any, n_rows: int, device: torch.device, name: str) -> Tensor:
     """Class indices ``(n_rows,)`` from an int, a sequence or a tensor."""
     if target is None:
+        alternative = ("a callable output" if name == "logit" else
+                       "output='logit' for a model with one output per example, or a callable")
         raise ValueError(
-            f"output={name!r} needs a target (the class index per example); pass target=..., or"
-            " use output='logit' for a model with one output per example"
+            f"output={name!r} needs a target (the class index per example) for a model with"
+            f" several outputs per example; pass target=..., or use {alternative}"
         )
-    t = torch.as_tensor(target, device=device)
+    t = check_integer_values("target", target).to(device)  # 1.7 is refused, never truncated
     if t.dim() == 0:
         t = t.expand(n_rows)
-    t = t.reshape(-1).long()
+    t = t.reshape(-1)
     if t.numel() != n_rows:
         raise ValueError(f"target has {t.numel()} entries but the batch has {n_rows} rows")
     return t

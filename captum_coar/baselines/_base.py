@@ -29,6 +29,7 @@ from torch import Tensor
 
 from .._checks import check_optional_positive_int, check_positive_int
 from .._inputs import as_tuple, input_tuple, slice_target
+from .._state import keeps_model_state
 from ..ablation import AblationStrategy, fitted_ablation, resolve_ablation
 from ..components import ComponentSet
 from ..gates import ComponentGates
@@ -111,6 +112,12 @@ class ComponentMethod:
     components: ComponentSet
     ablation: Union[str, AblationStrategy]
     forward_func: Callable[..., Any]
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """Every subclass's ``attribute`` leaves the model's parameters and buffers as they were."""
+        super().__init_subclass__(**kwargs)
+        if "attribute" in cls.__dict__:
+            cls.attribute = keeps_model_state(cls.__dict__["attribute"])  # type: ignore[method-assign]
 
     def _init_components(self, components: ComponentSet,
                          ablation: Union[str, AblationStrategy]) -> None:

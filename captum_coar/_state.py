@@ -14,7 +14,9 @@ the same model copy nothing again. Copies live on the buffers' own devices.
 
 :func:`keeps_model_state` decorates a public entry point: the model is found as
 ``components.model`` of the first :class:`~captum_coar.components.ComponentSet` among the
-arguments (or ``self.components``).
+arguments (or ``self.components``). When the function wraps another (``__wrapped__``, as
+Captum's ``log_usage`` leaves it, and which Captum's ``NoiseTunnel`` calls), that one is
+wrapped too.
 """
 
 from __future__ import annotations
@@ -91,8 +93,16 @@ def _find_model(args: Tuple[Any, ...], kwargs: Dict[str, Any]) -> Optional[nn.Mo
 
 def keeps_model_state(function: F) -> F:
     """Run ``function`` inside :func:`model_state_kept` for the model its arguments name."""
+    if getattr(function, "keeps_model_state", False):
+        return function
+
     @functools.wraps(function)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         with model_state_kept(_find_model(args, kwargs)):
             return function(*args, **kwargs)
+
+    inner = getattr(function, "__wrapped__", None)
+    if inner is not None:  # e.g. captum's log_usage: Captum's NoiseTunnel calls __wrapped__
+        wrapper.__wrapped__ = keeps_model_state(inner)  # type: ignore[attr-defined]
+    wrapper.keeps_model_state = True  # type: ignore[attr-defined]
     return wrapper  # type: ignore[return-value]

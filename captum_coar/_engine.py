@@ -12,6 +12,12 @@ the budget, examples are split too. The model's weights are never modified: gate
 the hooks of :mod:`captum_coar.gates`. Results do not depend on ``p`` beyond float rounding of
 the model's own batched arithmetic.
 
+When a forward pass runs out of memory (an accelerator's out-of-memory error), the rows per
+pass are halved and the pass retried; rows already computed are kept, and the input rows per
+pass that fit are remembered for the model (:mod:`captum_coar._memory`), capping the budget
+of later calls. Only one gate row that still does not fit raises, asking for a smaller
+``max_rows`` (which splits the examples too).
+
 Also here, for the attribution classes: the row budget (:func:`default_max_rows`,
 :func:`rows_per_pass`), setting the per-row gates of entered hooks for one forward pass
 (:func:`gates_applied`, which checks after the first gated pass that every component's
@@ -34,8 +40,8 @@ from ._inputs import (
     expand_target,
     input_tuple,
     repeat_rows,
-    row_chunks,
 )
+from ._memory import ROW_BUDGETS, is_out_of_memory, release_cached
 from ._state import keeps_model_state
 from .ablation import AblationStrategy, fitted_ablation
 from .components import ComponentSet, model_device
@@ -155,6 +161,23 @@ def gated_outputs(
 
 
 @keeps_model_state
+def _halved(error: Exception, rows: slice, examples: slice, components: ComponentSet) -> int:
+    """Gate rows per pass after ``error``: half of ``rows`` for an out-of-memory error (the
+    input rows per pass that fit are remembered for the model); any other error is re-raised."""
+    if not is_out_of_memory(error):
+        raise error
+    n_rows = rows.stop - rows.start
+    n_examples = examples.stop - examples.start
+    if n_rows == 1:
+        raise RuntimeError(
+            f"out of memory with one gate row of {n_examples} examples per forward pass; pass"
+            f" max_rows below {n_examples} to split the examples as well") from error
+    release_cached()
+    per_pass = max(1, n_rows // 2)
+    ROW_BUDGETS.remember(components.model, per_pass * n_examples)
+    return per_pass
+
+
 def evaluate_masks(
     forward_func: Callable[..., Any],
     components: ComponentSet,
@@ -200,6 +223,8 @@ def evaluate_masks(
     gates_all = masks.to(device=device, dtype=torch.float32)
     if max_rows is None:
         max_rows = default_max_rows(device)
+    if perturbations_per_eval is None:  # a size that ran out of memory before is not retried
+        max_rows = ROW_BUDGETS.cap(components.model, max_rows)
     example_chunk = min(n_examples, max_rows) if perturbations_per_eval is None else n_examples
     per_pass = rows_per_pass(example_chunk, perturbations_per_eval, max_rows)
     results = torch.empty(n_masks, n_examples)
@@ -213,14 +238,21 @@ def evaluate_masks(
         with torch.no_grad():
             for examples, batch, extra, chunk_target in example_batches(
                     inputs_t, additional_forward_args, target, example_chunk):
-                for rows in row_chunks(n_masks, per_pass):
-                    values = gated_outputs(forward_func, context, batch, extra, gates_all[rows],
-                                           chunk_target, output_fn,
-                                           example_offset=example_offset + examples.start)
+                start = 0
+                while start < n_masks:
+                    rows = slice(start, min(start + per_pass, n_masks))
+                    try:
+                        values = gated_outputs(forward_func, context, batch, extra,
+                                               gates_all[rows], chunk_target, output_fn,
+                                               example_offset=example_offset + examples.start)
+                    except Exception as error:  # out of memory: halve the rows per pass
+                        per_pass = _halved(error, rows, examples, components)
+                        continue
                     if results.device != values.device or results.dtype != values.dtype:
                         results = results.to(device=values.device, dtype=values.dtype)
                     results[rows, examples] = values
                     bar.update(values.numel())
+                    start = rows.stop
     finally:
         if owns_context:
             context.__exit__(None, None, None)

@@ -209,6 +209,7 @@ class ComponentGates:
             return (self.gate_activation(position, group, mod, first),) + tuple(args[1:])
         return input_hook
 
+
 def _gated_tensor(group: ComponentGroup, module: nn.Module, value: Any) -> Tensor:
     """``value`` when it is a tensor; a TypeError naming the module and the alternative else.
 

@@ -27,8 +27,7 @@ import torch
 from captum.attr import GradientAttribution
 from torch import Tensor
 
-from .._checks import check_optional_positive_int, check_positive_int
-from .._inputs import as_tuple, input_tuple, slice_target
+from .._inputs import as_tuple, input_tuple
 from .._state import keeps_model_state
 from ..ablation import AblationStrategy, fitted_ablation, resolve_ablation
 from ..components import ComponentSet
@@ -36,8 +35,7 @@ from ..gates import ComponentGates
 from ..outputs import OutputFunction, resolve_output
 
 __all__ = ["ComponentMethod", "ComponentGradientMethod", "require_float_inputs",
-           "check_positive_int", "check_optional_positive_int", "format_inputs",
-           "format_baselines", "OutputSpec", "slice_target", "format_result", "Attributions",
+           "format_inputs", "format_baselines", "OutputSpec", "format_result", "Attributions",
            "AttributionsWithDelta"]
 
 OutputSpec = Union[None, str, OutputFunction, Callable[..., Tensor]]

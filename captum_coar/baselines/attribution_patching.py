@@ -23,13 +23,13 @@ import torch
 from captum.log import log_usage
 from torch import Tensor
 
+from .._checks import check_optional_positive_int
 from .._inputs import example_batches
 from ..components import model_device
 from ._base import (
     Attributions,
     ComponentGradientMethod,
     OutputSpec,
-    check_optional_positive_int,
     format_inputs,
     format_result,
 )

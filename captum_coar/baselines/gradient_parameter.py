@@ -27,6 +27,7 @@ import torch
 from captum.log import log_usage
 from torch import Tensor, nn
 
+from .._checks import check_optional_positive_int
 from .._inputs import example_batches
 from ..ablation import along_axis
 from ..components import ComponentGroup, is_hf_conv1d
@@ -34,7 +35,6 @@ from ._base import (
     Attributions,
     ComponentGradientMethod,
     OutputSpec,
-    check_optional_positive_int,
     format_inputs,
     format_result,
 )

@@ -25,13 +25,12 @@ import torch
 from captum.log import log_usage
 from torch import Tensor
 
+from .._checks import check_optional_positive_int, check_positive_int
 from .._compat import integration_points
 from ._base import (
     Attributions,
     ComponentGradientMethod,
     OutputSpec,
-    check_optional_positive_int,
-    check_positive_int,
     format_baselines,
     format_inputs,
     format_result,

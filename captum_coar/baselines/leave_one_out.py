@@ -23,6 +23,7 @@ from captum.attr import PerturbationAttribution
 from captum.log import log_usage
 from torch import Tensor
 
+from .._checks import check_optional_positive_int
 from .._engine import evaluate_masks, progress, rows_per_pass
 from ..ablation import AblationStrategy
 from ..components import ComponentSet, model_device
@@ -30,7 +31,6 @@ from ._base import (
     Attributions,
     ComponentMethod,
     OutputSpec,
-    check_optional_positive_int,
     format_inputs,
     format_result,
 )

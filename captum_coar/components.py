@@ -344,6 +344,13 @@ def model_device(model: nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
+def result_dtype(model: nn.Module) -> torch.dtype:
+    """Attributions' dtype: float64 for a model whose first floating parameter is float64,
+    else float32 (the one dtype rule, used wherever results are returned)."""
+    param = next((p for p in model.parameters() if p.is_floating_point()), None)
+    return torch.float64 if param is not None and param.dtype == torch.float64 else torch.float32
+
+
 def require_module(modules: Mapping[str, nn.Module], name: str) -> nn.Module:
     """``modules[name]``, or a ValueError naming the closest module names."""
     if name in modules and name != "":

@@ -11,6 +11,8 @@ import torch
 
 from captum_coar.sampling import BernoulliSampler, FixedFractionSampler
 from captum_coar.solvers import (
+    AutoLasso,
+    AutoRidge,
     FitResult,
     Lasso,
     LeastSquares,
@@ -336,6 +338,9 @@ def test_resolve_solver_and_describe() -> None:
     assert isinstance(resolve_solver("ridge"), Ridge)
     assert isinstance(resolve_solver("lasso"), Lasso)
     assert isinstance(resolve_solver("streaming"), StreamingSolver)
+    assert isinstance(resolve_solver("ridge_auto"), AutoRidge)
+    assert isinstance(resolve_solver("auto"), AutoRidge)
+    assert isinstance(resolve_solver("lasso_auto"), AutoLasso)
     r = Ridge(alpha=2.0)
     assert resolve_solver(r) is r and isinstance(r, Solver)
     assert r.describe() == {
@@ -344,6 +349,7 @@ def test_resolve_solver_and_describe() -> None:
         "alphas": None,
         "selection": "global",
         "rcond": 1e-10,
+        "standard_errors": True,
     }
     assert MinibatchRidge().describe()["dtype"] == "torch.float64"
     with pytest.raises(ValueError, match=r"`solver` must be one of .*'lasso'.*; got 'sgd'"):

@@ -16,6 +16,12 @@ Implementations
 - :class:`Lasso` -- L1 penalty (sklearn ``Lasso`` objective), batched FISTA on the Gram
   matrix, warm-started path.
 - :class:`MinibatchRidge` -- streaming Adam on standardised masks, memory ``O(N n)``.
+- :class:`AutoRidge` -- ridge with its penalty chosen on held-out rows or by generalised
+  cross-validation, optionally shrunk toward a prior attribution (``prior=``).
+- :class:`AutoLasso` -- lasso with its penalty chosen on held-out rows, refitted on all rows.
+
+Least squares, ridge and AutoRidge attach standard errors (``FitResult.standard_errors``);
+:mod:`captum_coar.solvers.uncertainty` says what they mean and computes confidence intervals.
 
 :func:`resolve_solver` maps a name or an instance to a solver.
 """
@@ -28,8 +34,10 @@ from .._registry import Registry
 from .base import ChunkSource, FitResult, Solver, StreamingSolver
 from .lasso import ConvergenceWarning, Lasso
 from .least_squares import LeastSquares, Ridge, SingularMatrixWarning
+from .selection import AutoLasso, AutoRidge
 from .statistics import SufficientStatistics
 from .streaming import MinibatchRidge
+from .uncertainty import confidence_interval, sandwich_standard_errors
 
 __all__ = [
     "SufficientStatistics",
@@ -41,6 +49,10 @@ __all__ = [
     "Ridge",
     "Lasso",
     "MinibatchRidge",
+    "AutoRidge",
+    "AutoLasso",
+    "confidence_interval",
+    "sandwich_standard_errors",
     "SingularMatrixWarning",
     "ConvergenceWarning",
     "resolve_solver",
@@ -53,13 +65,16 @@ SOLVERS.register("least_squares", LeastSquares, "lstsq", "ols")
 SOLVERS.register("ridge", Ridge)
 SOLVERS.register("lasso", Lasso)
 SOLVERS.register("streaming", MinibatchRidge, "minibatch_ridge")
+SOLVERS.register("ridge_auto", AutoRidge, "auto")
+SOLVERS.register("lasso_auto", AutoLasso)
 
 
 def resolve_solver(
     name_or_solver: Union[str, Solver, StreamingSolver] = "least_squares",
 ) -> Union[Solver, StreamingSolver]:
     """A solver from a name (``"least_squares"``/``"lstsq"``/``"ols"``, ``"ridge"``,
-    ``"lasso"``, ``"streaming"``) with default parameters, or an instance returned as is.
+    ``"lasso"``, ``"streaming"``, ``"ridge_auto"``/``"auto"``, ``"lasso_auto"``) with default
+    parameters, or an instance returned as is.
 
     Callers check ``isinstance(solver, StreamingSolver)`` to know whether to pass chunks
     instead of :class:`SufficientStatistics`.

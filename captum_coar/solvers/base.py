@@ -53,6 +53,10 @@ class FitResult:
     validation_mse_path: (len(alphas), n) validation mse for every alpha, or None.
     n_iter: iterations (iterative solvers; summed over the path), else None.
     converged: (n,) bool, whether each example met the tolerance (iterative solvers).
+    standard_errors: (n, N) standard errors of ``coef`` from the finite sample of masks (see
+        :mod:`captum_coar.solvers.uncertainty` for what they mean), or None when the solver
+        gives none (lasso) or no residual degree of freedom is left.
+    residual_dof: (n,) residual degrees of freedom behind ``standard_errors``, or None.
     diagnostics: solver-specific extras (e.g. the factorisation used).
     """
 
@@ -67,6 +71,8 @@ class FitResult:
     n_iter: Optional[int] = None
     converged: Optional[torch.Tensor] = None
     diagnostics: Dict[str, Any] = field(default_factory=dict)
+    standard_errors: Optional[torch.Tensor] = None
+    residual_dof: Optional[torch.Tensor] = None
 
     def predict(self, X: torch.Tensor) -> torch.Tensor:
         """Predicted outputs (r, n) for keep masks ``X`` (r, N)."""

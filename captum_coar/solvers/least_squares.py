@@ -35,6 +35,7 @@ from .base import (
     _resolve_alphas,
 )
 from .statistics import SufficientStatistics
+from .uncertainty import attach_standard_errors
 
 __all__ = ["LeastSquares", "Ridge", "SingularMatrixWarning"]
 
@@ -76,12 +77,15 @@ class LeastSquares(Solver):
     rcond:
         Relative threshold below which the Gram matrix counts as singular (Cholesky pivot
         or eigenvalue, relative to the largest diagonal entry / eigenvalue).
+    standard_errors:
+        Also compute classical standard errors (one extra eigendecomposition of ``Sxx``).
     """
 
     name = "least_squares"
 
-    def __init__(self, rcond: float = 1e-10) -> None:
+    def __init__(self, rcond: float = 1e-10, standard_errors: bool = True) -> None:
         self.rcond = rcond
+        self.standard_errors = standard_errors
 
     def _fit(
         self, stats: SufficientStatistics, validation_stats: Optional[SufficientStatistics]
@@ -112,7 +116,7 @@ class LeastSquares(Solver):
                 stacklevel=3,
             )
         coef, intercept = _finish(stats, W)
-        return FitResult(
+        result = FitResult(
             coef=coef,
             intercept=intercept,
             solver=self.name,
@@ -123,6 +127,9 @@ class LeastSquares(Solver):
             else validation_stats.mse(coef, intercept),
             diagnostics=diagnostics,
         )
+        if self.standard_errors:
+            attach_standard_errors(result, stats, 0.0, rcond)
+        return result
 
 
 class Ridge(Solver):
@@ -141,6 +148,9 @@ class Ridge(Solver):
     rcond:
         Eigenvalues of ``Sxx + alpha I`` below ``rcond`` times the largest count as zero
         (only matters for alpha = 0 on singular data).
+    standard_errors:
+        Also compute classical standard errors at the chosen alpha (they describe the
+        sampling noise around the penalised fit; the penalty's bias is not included).
     """
 
     name = "ridge"
@@ -151,11 +161,13 @@ class Ridge(Solver):
         alphas: Optional[Sequence[float]] = None,
         selection: str = "global",
         rcond: float = 1e-10,
+        standard_errors: bool = True,
     ) -> None:
         self.alpha = alpha
         self.alphas = alphas
         self.selection = selection
         self.rcond = rcond
+        self.standard_errors = standard_errors
 
     def _fit(
         self, stats: SufficientStatistics, validation_stats: Optional[SufficientStatistics]
@@ -201,4 +213,7 @@ class Ridge(Solver):
 
         result = _fit_path(self.name, stats, validation_stats, alphas, solve, selection)
         result.diagnostics["factorization"] = factorization
+        if self.standard_errors:
+            assert result.alpha is not None
+            attach_standard_errors(result, stats, result.alpha, rcond)
         return result

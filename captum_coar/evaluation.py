@@ -161,7 +161,7 @@ def counterfactual_correlation(
     additional_forward_args: Any = None,
     output: OutputSpec = None,
     ablation: Union[str, AblationStrategy] = "weights",
-    ablation_fractions: Union[float, Sequence[float]] = (0.05,),
+    ablation_fractions: Union[None, float, Sequence[float]] = None,
     n_masks: int = 100,
     seed: int = EVALUATION_SEED,
     sampler: Union[str, MaskSampler] = "bernoulli",
@@ -184,7 +184,9 @@ def counterfactual_correlation(
         target, additional_forward_args, output, ablation: as for the attribution (use the
             same output and ablation the attributions were computed for).
         ablation_fractions: test fraction(s) ``alpha``; masks ablate each component
-            independently with that probability (or as ``sampler`` says).
+            independently with that probability (or as ``sampler`` says). Default 0.05, or the
+            fraction of a sampler object; a value that contradicts a sampler object's fraction
+            is an error.
         n_masks: held-out masks per fraction (the paper's notebooks use 100).
         seed: seed of the held-out masks. Never reuse the seed a COAR fit drew its masks
             with: a warning is raised when ``seed`` is in ``fit_seeds`` or equals the
@@ -202,7 +204,12 @@ def counterfactual_correlation(
     forward_func = components.model if forward_func is None else forward_func
     n_examples, n_comp = _n_examples(inputs), components.n_components
     methods = _methods(attributions, n_examples, n_comp)
+    if ablation_fractions is None:  # one rule: a sampler object carries its own fraction
+        ablation_fractions = (sampler.ablation_fraction if isinstance(sampler, MaskSampler)
+                              else 0.05)
     fractions = _fractions(ablation_fractions)
+    for fraction in fractions:  # conflicting values are an error (before any forward pass)
+        resolve_sampler(sampler, fraction)
     used = set(int(s) for s in fit_seeds) | {s for _, _, s in methods.values() if s is not None}
     if int(seed) in used:
         warnings.warn(
@@ -224,7 +231,7 @@ def counterfactual_correlation(
         unablated = evaluate_masks(forward_func, components, inputs, full, hooks=hooks,
                                    **common)[0].detach().double().cpu()
         for fraction in fractions:
-            smp = resolve_sampler(sampler, fraction if isinstance(sampler, str) else None)
+            smp = resolve_sampler(sampler, fraction)
             describe = smp.describe()
             masks = smp.sample(n_comp, 0, n_masks, int(seed))
             outs = evaluate_masks(forward_func, components, inputs, masks, hooks=hooks,

@@ -209,7 +209,7 @@ def test_fit_from_path_streaming_and_incomplete(setup, reference_store, tmp_path
     assert corr[0, 1] > 0.95
     partial = tmp_path / "partial"
     collect(model, components, loader, partial, rows=(0, 64), **SETTINGS)
-    with pytest.raises(ValueError, match="56 of the 120 selected rows are not complete"):
+    with pytest.raises(ValueError, match="56 of the 120 requested rows are not complete"):
         coar.fit(str(partial), solver="ridge")
     result = coar.fit(str(partial), solver="ridge", rows=(0, 64))
     assert result.n_masks == 64

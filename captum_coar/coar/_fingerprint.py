@@ -13,7 +13,7 @@ machines for the same bytes. Tensors on an accelerator are copied to the CPU to 
 
 :func:`scan_data` reads a stream of ``(inputs, target, additional_forward_args)`` batches once
 and returns a :class:`DataScan` (batch sizes, per-batch fingerprints, a fingerprint of the
-whole stream); :meth:`DataScan.verify` checks a later pass against it, and
+whole stream, the first batch whose target holds fractional numbers); :meth:`DataScan.verify` checks a later pass against it, and
 :func:`check_reiterable` refuses one-shot iterators and shuffling ``DataLoader`` objects.
 """
 
@@ -111,6 +111,7 @@ class DataScan:
     batch_sizes: List[int]
     fingerprints: Optional[List[str]]
     has_target: bool
+    fractional_target_batch: Optional[int] = None  # first batch whose target has fractions
 
     @property
     def n_examples(self) -> int:
@@ -145,11 +146,25 @@ def scan_data(batches: Iterable[Tuple[Tuple[Tensor, ...], Any, Tuple[Any, ...]]]
     sizes: List[int] = []
     prints: List[str] = []
     has_target = True
-    for inputs, target, extra in batches:
+    fractional: Optional[int] = None
+    for index, (inputs, target, extra) in enumerate(batches):
         has_target = has_target and target is not None
+        if fractional is None and _has_fractions(target):
+            fractional = index
         sizes.append(int(inputs[0].shape[0]))
         if fingerprints:
             prints.append(tensor_fingerprint([inputs, target, extra]))
     if not sizes or sum(sizes) == 0:
         raise ValueError("data yielded no examples")
-    return DataScan(sizes, prints if fingerprints else None, has_target)
+    return DataScan(sizes, prints if fingerprints else None, has_target, fractional)
+
+
+def _has_fractions(target: Any) -> bool:
+    """Whether ``target`` holds numbers that are not whole (1.7; never truncated silently)."""
+    if target is None or isinstance(target, (bool, int, str)):
+        return False
+    try:
+        t = torch.as_tensor(target)
+    except (TypeError, ValueError, RuntimeError):
+        return False
+    return bool(t.is_floating_point() and t.numel() and not bool((t == t.round()).all()))

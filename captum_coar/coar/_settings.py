@@ -31,8 +31,8 @@ from torch import Tensor
 
 from .._checks import check_int, check_optional_positive_int, check_positive_int
 from ..ablation import AblationStrategy, resolve_ablation
-from ..components import ComponentSet
-from ..outputs import OutputFunction, resolve_output
+from ..components import ComponentSet, model_device
+from ..outputs import CallableOutput, OutputFunction, resolve_output
 from ..sampling import BLOCK_ROWS, MaskSampler, resolve_sampler
 from ._fingerprint import DataScan
 from ._identity import describe_callable
@@ -67,7 +67,7 @@ class CollectionSettings:
               sampler: Union[str, MaskSampler] = "bernoulli",
               ablation: Union[str, AblationStrategy] = "weights",
               output: Union[None, str, OutputFunction, Callable[..., Tensor]] = None,
-              has_target: bool = True, seed: int = 0,
+              has_target: bool = True, seed: int = 0, fractional_target_batch: Optional[int] = None,
               perturbations_per_eval: Optional[int] = None, max_rows: Optional[int] = None,
               chunk_rows: Optional[int] = None) -> "CollectionSettings":
         """Resolve and validate every setting (messages say what was given and allowed)."""
@@ -87,6 +87,12 @@ class CollectionSettings:
                 " pass target=... (or batches of (inputs, target)), or use output='logit' for"
                 " a model with one output per example, or a callable"
             )
+        if fractional_target_batch is not None and not isinstance(output_fn, CallableOutput):
+            raise ValueError(
+                f"`target` must be whole numbers (class indices or token ids) for"
+                f" output={output_fn.name!r}; got fractional values in batch"
+                f" {fractional_target_batch}. Fractions are never truncated; pass integer"
+                " targets, or a callable output that takes real-valued targets")
         perturbations_per_eval = check_optional_positive_int("perturbations_per_eval",
                                                              perturbations_per_eval)
         chunk_rows = check_optional_positive_int("chunk_rows", chunk_rows)
@@ -184,8 +190,7 @@ def check_solver_arguments(solver: Any, with_validation: bool) -> None:
 
 def stats_device(components: ComponentSet) -> torch.device:
     """Where float64 statistics live: the model's device, unless it lacks float64 (MPS)."""
-    param = next(components.model.parameters(), None)
-    device = param.device if param is not None else torch.device("cpu")
+    device = model_device(components.model)
     return torch.device("cpu") if device.type == "mps" else device
 
 

@@ -106,11 +106,14 @@ class _StoreSink:
         if written.any():
             stored = self.store.read_masks(rows[written])
             differs = (stored != masks[torch.from_numpy(written)].cpu()).any(dim=1).numpy()
-            if differs.any():
+            if differs.any():  # redo the whole chunk: the same passes as an undamaged run
                 bad = rows[written][differs]
                 _warn_recollect(self.store, bad, "their stored masks differ from the sampler's")
-                self.store.reset_rows(bad)
+                self.store.reset_rows(rows)
                 progress = self.store.progress(rows)
+        if progress.min() != progress.max():  # uneven (a kill mid-commit, a damaged file):
+            self.store.reset_rows(rows, int(progress.min()))  # redo as one undamaged pass
+            progress = self.store.progress(rows)
         todo = progress == 0
         if todo.any():
             self.store.write_masks(rows[todo], masks[torch.from_numpy(todo)])
@@ -124,19 +127,22 @@ class _StoreSink:
 
 
 def _warn_recollect(store: MaskOutputStore, rows: np.ndarray, why: str) -> None:
-    warnings.warn(f"{store.location}: recollecting {describe_rows(rows)} because"
-                  f" {why} (the file was damaged); the result is the same as an undamaged run",
+    warnings.warn(f"{store.location}: recollecting {describe_rows(rows)} (with the rest of their"
+                  f" chunk, so every pass is the one an undamaged run makes) because {why} (the"
+                  " file was damaged); the result is the same as an undamaged run",
                   UserWarning, stacklevel=4)
 
 
-def _repair(store: MaskOutputStore, rows: np.ndarray) -> None:
-    """Reset rows whose progress is out of range or whose checksum fails, so they are redone."""
+def _repair(store: MaskOutputStore, rows: np.ndarray, chunk: int) -> None:
+    """Reset the chunks of rows whose progress is out of range or whose checksum fails."""
     out_of_range, mismatch = store.damaged_rows(rows)
     if out_of_range.size:
         _warn_recollect(store, out_of_range, "their progress lies outside [0, n_examples]")
     if mismatch.size:
         _warn_recollect(store, mismatch, "their masks or outputs do not match their checksums")
-    store.reset_rows(np.concatenate([out_of_range, mismatch]))
+    damaged = np.concatenate([out_of_range, mismatch])
+    if damaged.size:
+        store.reset_rows(rows[np.isin(rows // chunk, damaged // chunk)])
 
 
 class _StatisticsSink:
@@ -264,7 +270,8 @@ def identify(forward_func: Callable[..., Any], components: ComponentSet, data: I
     scan, first = read_data(data, batch_fn)
     settings = CollectionSettings.build(forward_func, components, n_masks, ablation_fraction,
                                         sampler, ablation, output, has_target=scan.has_target,
-                                        seed=seed)
+                                        seed=seed,
+                                        fractional_target_batch=scan.fractional_target_batch)
     with model_state_kept(components.model):
         strategy = fitted_ablation(settings.ablation, forward_func, components)
         return _identity(settings, strategy, scan, first)
@@ -314,7 +321,8 @@ def collect(forward_func: Callable[..., Any], components: ComponentSet, data: It
     settings = CollectionSettings.build(
         forward_func, components, n_masks, ablation_fraction, sampler, ablation, output,
         has_target=scan.has_target, seed=seed, perturbations_per_eval=perturbations_per_eval,
-        max_rows=max_rows, chunk_rows=chunk_rows)
+        max_rows=max_rows, chunk_rows=chunk_rows,
+        fractional_target_batch=scan.fractional_target_batch)
     index = select_rows(rows, settings.n_masks)
     if store is None:
         store = InMemoryStore()
@@ -329,7 +337,7 @@ def collect(forward_func: Callable[..., Any], components: ComponentSet, data: It
         strategy = fitted_ablation(settings.ablation, settings.forward_func, components)
         identity = _identity(settings, strategy, scan, first)
         store.open({**settings.extras(scan), **identity}, identity_differences)
-        _repair(store, index)
+        _repair(store, index, settings.chunk_size(scan.n_examples))
         _run(settings, strategy, data, batch_fn, scan, index, _StoreSink(store), show_progress,
              verify_passes=not isinstance(data, (list, tuple)))
     return store
@@ -380,7 +388,8 @@ def collect_statistics(forward_func: Callable[..., Any], components: ComponentSe
     settings = CollectionSettings.build(
         forward_func, components, n_masks, ablation_fraction, sampler, ablation, output,
         has_target=scan.has_target, seed=seed, perturbations_per_eval=perturbations_per_eval,
-        max_rows=max_rows, chunk_rows=chunk_rows)
+        max_rows=max_rows, chunk_rows=chunk_rows,
+        fractional_target_batch=scan.fractional_target_batch)
     n_val = validation_split(settings.n_masks, validation_fraction)
     index = select_rows(rows, settings.n_masks)
     device = stats_device(settings.components)

@@ -328,12 +328,7 @@ class ComponentAblationRegression(PerturbationAttribution, CollectionEntryPoints
     def _fit_store(self, store: MaskOutputStore, solver: Union[Solver, StreamingSolver],
                    validation_fraction: float, rows: RowSelection) -> Any:
         index = store.rows(rows)
-        done = store.completed(index)
-        if not done.all():
-            raise ValueError(
-                f"{int((~done).sum())} of the {len(index)} selected rows are not complete"
-                f" ({store.n_completed} of {store.n_masks} in the store); finish the collection"
-                " (re-running it resumes) or pass rows=... with complete rows")
+        store.check_complete(index)  # names incomplete rows and damaged progress
         n_val = validation_split(len(index), validation_fraction)
         train_rows, val_rows = index[:len(index) - n_val], index[len(index) - n_val:]
         self._check_enough_masks(solver, len(train_rows), len(index))

@@ -63,7 +63,7 @@ def _read_header(path: Path) -> Tuple[Tuple[int, ...], bool, np.dtype, int]:
             else:
                 raise ValueError(f"unsupported .npy version {version}")
             offset = handle.tell()
-    except (ValueError, OSError, SyntaxError, EOFError) as error:
+    except Exception as error:  # noqa: BLE001 - numpy raises many kinds for a damaged header
         raise ValueError(f"{str(path)!r} is damaged: its .npy header cannot be read ({error});"
                          " the store cannot be used (collect into a new directory)") from error
     return tuple(shape), bool(fortran), np.dtype(dtype), offset
@@ -119,9 +119,10 @@ def read_json(path: Path, what: str) -> Dict[str, Any]:
     return record
 
 
-def write_json_atomic(path: Path, record: Dict[str, Any]) -> None:
-    """Write ``record`` plus its checksum to ``path`` atomically (unique temp file + rename)."""
-    record = dict(record)
+def write_json_atomic(path: Path, record: Dict[str, Any]) -> int:
+    """Write ``record`` plus its checksum to ``path`` atomically (unique temp file + rename);
+    returns the checksum."""
+    record = json.loads(json.dumps(record, sort_keys=True))
     record["checksum"] = _content_checksum(record)
     tmp = unique_temp_path(path)
     try:
@@ -133,6 +134,7 @@ def write_json_atomic(path: Path, record: Dict[str, Any]) -> None:
     finally:
         if tmp.exists():
             tmp.unlink()
+    return int(record["checksum"])
 
 
 class DirectoryLock:

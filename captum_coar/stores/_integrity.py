@@ -3,7 +3,8 @@
 Contract
 --------
 Every complete row ``r`` of a store carries a CRC-32 (:func:`row_checksums`) of its bit-packed
-keep mask followed by its outputs, written after the row's data is flushed and before its
+keep mask followed by its outputs, started from the store's *salt* (a CRC-32 of its metadata,
+so rows copied in from another store, even one of the same shapes, do not verify), written after the row's data is flushed and before its
 progress says it is complete. A row is *damaged* when its progress lies outside
 ``[0, n_examples]``, when it is complete but its checksum does not match its bytes, or when its
 stored mask differs from the mask its sampler regenerates from ``(seed, row)``.
@@ -22,13 +23,13 @@ import numpy as np
 __all__ = ["row_checksums", "StoreReport", "describe_rows"]
 
 
-def row_checksums(masks: np.ndarray, outputs: np.ndarray) -> np.ndarray:
-    """CRC-32 per row of ``masks`` (uint8 packed) and ``outputs`` (same rows), as uint32."""
+def row_checksums(masks: np.ndarray, outputs: np.ndarray, salt: int) -> np.ndarray:
+    """CRC-32 per row of ``masks`` (uint8 packed) then ``outputs``, started from ``salt``."""
     masks = np.ascontiguousarray(masks)
     outputs = np.ascontiguousarray(outputs)
     result = np.empty(masks.shape[0], dtype=np.uint32)
     for i in range(masks.shape[0]):
-        result[i] = zlib.crc32(outputs[i].tobytes(), zlib.crc32(masks[i].tobytes()))
+        result[i] = zlib.crc32(outputs[i].tobytes(), zlib.crc32(masks[i].tobytes(), salt))
     return result
 
 

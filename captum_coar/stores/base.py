@@ -103,6 +103,7 @@ class MaskOutputStore(ABC):
         self._outputs: Any = None  # float (m, n)
         self._progress: Any = None  # int64 (m,)
         self._checksums: Any = None  # uint32 (m,)
+        self._salt = 0  # CRC-32 of the metadata: row checksums start from it
 
     # ------------------------------------------------------------------ persistence hooks
     @abstractmethod
@@ -227,7 +228,7 @@ class MaskOutputStore(ABC):
         for start in range(0, len(index), 4096):
             part = index[start:start + 4096]
             sel = _as_index(part)
-            computed = row_checksums(self._masks[sel], self._outputs[sel])
+            computed = row_checksums(self._masks[sel], self._outputs[sel], self._salt)
             bad.append(part[computed != np.asarray(self._checksums[sel])])
         return np.concatenate(bad) if bad else np.zeros(0, dtype=np.int64)
 
@@ -269,13 +270,14 @@ class MaskOutputStore(ABC):
             bad.append(part[(stored != expected.cpu()).any(dim=1).numpy()])
         return np.concatenate(bad) if bad else np.zeros(0, dtype=np.int64)
 
-    def reset_rows(self, rows: np.ndarray) -> None:
-        """Mark ``rows`` as not written (progress 0) so that a collection recollects them."""
+    def reset_rows(self, rows: np.ndarray, progress: int = 0) -> None:
+        """Lower the progress of ``rows`` to ``progress`` (default 0: not written) so that a
+        collection recollects what lies beyond it."""
         self._require()
         self._before_write()
         rows = np.asarray(rows, dtype=np.int64)
         if rows.size:
-            self._progress[_as_index(rows)] = 0
+            self._progress[_as_index(rows)] = int(progress)
             self._flush_progress()
 
     # ------------------------------------------------------------------ writing
@@ -310,7 +312,8 @@ class MaskOutputStore(ABC):
         self._before_write()
         index = _as_index(rows)
         if int(examples_done) == self.n_examples:
-            self._checksums[index] = row_checksums(self._masks[index], self._outputs[index])
+            self._checksums[index] = row_checksums(self._masks[index], self._outputs[index],
+                                                   self._salt)
         self._flush_data()
         self._progress[index] = int(examples_done)
         self._flush_progress()
@@ -326,7 +329,8 @@ class MaskOutputStore(ABC):
         self._require()
         return torch.from_numpy(np.array(self._outputs[_as_index(self.rows(rows))]))
 
-    def _require_complete(self, index: np.ndarray) -> None:
+    def check_complete(self, index: np.ndarray) -> None:
+        """``ValueError`` unless every row of ``index`` is complete (naming damaged progress)."""
         progress = self.progress(index)
         out_of_range = index[(progress < 0) | (progress > self.n_examples)]
         if out_of_range.size:
@@ -340,7 +344,7 @@ class MaskOutputStore(ABC):
             raise ValueError(
                 f"{int((~done).sum())} of the {len(index)} requested rows are not complete"
                 f" ({self.n_completed} of {self.n_masks} rows in the store are); finish the"
-                " collection (re-run it: it resumes) or select complete rows"
+                " collection (re-run it: it resumes) or select complete rows (rows=...)"
             )
 
     def _check_rows(self, part: np.ndarray) -> None:
@@ -359,7 +363,7 @@ class MaskOutputStore(ABC):
         Every chunk's checksums are verified before it is returned.
         """
         index = self.rows(rows)
-        self._require_complete(index)
+        self.check_complete(index)
         for start in range(0, len(index), chunk_rows):
             part = index[start:start + chunk_rows]
             self._check_rows(part)

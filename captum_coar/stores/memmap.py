@@ -115,6 +115,10 @@ class MemmapStore(MaskOutputStore):
                   for key, (shape, dt) in expected.items()}
         self._masks, self._outputs = arrays["masks"], arrays["outputs"]
         self._progress, self._checksums = arrays["progress"], arrays["checksums"]
+        if not isinstance(metadata.get("checksum"), int):
+            raise ValueError(f"{what}: {str(self.metadata_path)!r} carries no checksum; the store"
+                             " is damaged (collect into a new directory)")
+        self._salt = int(metadata["checksum"])
         self._metadata = metadata
         return metadata
 
@@ -141,7 +145,7 @@ class MemmapStore(MaskOutputStore):
                                  "dtype": str(arrays[key].dtype)} for key in _FILES}
         record["progress_semantics"] = ("progress[r] = examples written for mask row r; row r is"
                                         " complete when progress[r] == n_examples")
-        write_json_atomic(self.metadata_path, record)
+        self._salt = write_json_atomic(self.metadata_path, record)
 
     def _flush_data(self) -> None:
         self._before_write()

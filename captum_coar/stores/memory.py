@@ -11,6 +11,8 @@ for masks plus ``m * n * 4`` for float32 outputs.
 
 from __future__ import annotations
 
+import json
+import zlib
 from typing import Any, Dict, Optional, Union
 
 import numpy as np
@@ -41,6 +43,7 @@ class InMemoryStore(MaskOutputStore):
         self._outputs = np.zeros((m, n), dtype=dtype)
         self._progress = np.zeros((m,), dtype=np.int64)
         self._checksums = np.zeros((m,), dtype=np.uint32)
+        self._salt = zlib.crc32(json.dumps(metadata, sort_keys=True).encode())
 
 
 def _output_dtype(dtype: Union[str, np.dtype]) -> np.dtype:

@@ -17,6 +17,8 @@ Implementations
 ---------------
 - :class:`ComponentAblation` (leave-one-out): exact effect of ablating each component alone.
 - :class:`ComponentAttributionPatching` (AtP): first-order estimate of that effect.
+- :class:`ComponentAtPStar` (AtP*): AtP with the attention softmax recomputed exactly where a
+  component changes later queries and keys, and optional GradDrop (Hugging Face models).
 - :class:`ComponentIntegratedGradients`: integrated gradients over the gates, from ablated
   to kept (complete).
 - :class:`ComponentGradientXParameter`: gradient x weights of each component's weight slice.
@@ -25,6 +27,7 @@ Implementations
 - :class:`ComponentInternalInfluence`: Captum's internal influence summed per component.
 """
 
+from .atp_star import ComponentAtPStar
 from .attribution_patching import ComponentAttributionPatching
 from .conductance import ComponentConductance
 from .gradient_parameter import ComponentGradientXParameter
@@ -35,6 +38,7 @@ from .leave_one_out import ComponentAblation
 __all__ = [
     "ComponentAblation",
     "ComponentAttributionPatching",
+    "ComponentAtPStar",
     "ComponentIntegratedGradients",
     "ComponentGradientXParameter",
     "ComponentConductance",

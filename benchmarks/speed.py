@@ -63,10 +63,10 @@ SIZES: Dict[str, Dict[str, Any]] = {
                              chunk_rows=512),
                  conductance=dict(batch=8, n_steps=50), repeats=3),
     "quick": dict(rows_per_forward=(128,), throughput_work=256,
-                  reference_sizes=(32, 256, 2048), reference_work=256,
-                  solver=dict(N=256, m=2000, n=100, lasso_examples=3),
-                  memory=dict(mask_counts=(500, 2000), n_examples=256, hidden=128,
-                              chunk_rows=256),
+                  reference_sizes=(32, 256), reference_work=256,
+                  solver=dict(N=128, m=1000, n=50, lasso_examples=2),
+                  memory=dict(mask_counts=(200, 800), n_examples=64, hidden=64,
+                              chunk_rows=128),
                   conductance=dict(batch=2, n_steps=10), repeats=1),
 }
 

@@ -20,6 +20,7 @@ where float64 statistics live.
 from __future__ import annotations
 
 import math
+import os
 import time
 import warnings
 from dataclasses import dataclass
@@ -76,6 +77,11 @@ class CollectionSettings:
         if not callable(forward_func):
             raise TypeError(f"forward_func must be callable, got {type(forward_func).__name__}")
         n_masks = check_positive_int("n_masks", n_masks)
+        if 8 * n_masks > machine_memory():  # the row index alone (int64 per mask row)
+            raise ValueError(
+                f"n_masks={n_masks} needs {_size(8 * n_masks)} of memory for the index of mask"
+                f" rows alone, more than this machine's {_size(machine_memory())}; lower"
+                " n_masks (the paper uses 50,000 to 200,000)")
         if ablation_fraction is None and not isinstance(sampler, MaskSampler):
             ablation_fraction = DEFAULT_ABLATION_FRACTION
         resolved = resolve_sampler(sampler, ablation_fraction)  # conflicting values raise
@@ -132,6 +138,14 @@ def store_bytes(n_masks: int, n_components: int, n_examples: int, itemsize: int 
     return int(n_masks) * ((int(n_components) + 7) // 8 + int(n_examples) * itemsize + 8 + 4)
 
 
+def machine_memory() -> int:
+    """Physical memory of this machine in bytes (1 TiB when the system does not say)."""
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    except (ValueError, OSError, AttributeError):
+        return 1 << 40
+
+
 def _size(n: float) -> str:
     for unit in ("bytes", "KiB", "MiB", "GiB", "TiB", "PiB"):
         if n < 1024 or unit == "PiB":
@@ -176,13 +190,15 @@ def check_solver_arguments(solver: Any, with_validation: bool) -> None:
 
     def tiny() -> SufficientStatistics:
         stats = SufficientStatistics(2, 1)
-        masks = torch.rand(8, 2, generator=generator) > 0.5
-        stats.update(masks, torch.randn(8, 1, generator=generator, dtype=torch.float64))
+        masks = torch.tensor([[1, 1], [1, 0], [0, 1], [0, 0]] * 4, dtype=torch.bool)
+        stats.update(masks, torch.randn(16, 1, generator=generator, dtype=torch.float64))
         return stats
 
     trial = copy.deepcopy(solver)
     try:
-        trial.fit(tiny(), tiny() if with_validation else None)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # conditioning of made-up data says nothing
+            trial.fit(tiny(), tiny() if with_validation else None)
     except (TypeError, ValueError) as error:
         raise ValueError(f"solver {solver!r} refuses its arguments (checked before collection,"
                          f" on tiny synthetic statistics): {error}") from error

@@ -71,7 +71,13 @@ from ..stores.memory import InMemoryStore
 from ._batches import Batch, BatchFn, read_data, split_batch, tensor_batches
 from ._fingerprint import DataScan
 from ._identity import collection_identity, identity_differences
-from ._settings import CollectionSettings, check_store_size, stats_device, validation_split
+from ._settings import (
+    CollectionSettings,
+    check_store_size,
+    machine_memory,
+    stats_device,
+    validation_split,
+)
 
 OutputLike = Union[None, str, OutputFunction, Callable[..., Tensor]]
 
@@ -283,11 +289,7 @@ def _available_bytes(store: MaskOutputStore) -> Tuple[int, str]:
         while not where.exists():
             where = where.parent
         return shutil.disk_usage(where).free, f"on the disk at {str(where)!r}"
-    try:
-        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError):
-        memory = 1 << 40
-    return int(memory), "in this machine's memory"
+    return machine_memory(), "in this machine's memory"
 
 
 # --------------------------------------------------------------------------- public API
@@ -323,7 +325,6 @@ def collect(forward_func: Callable[..., Any], components: ComponentSet, data: It
         has_target=scan.has_target, seed=seed, perturbations_per_eval=perturbations_per_eval,
         max_rows=max_rows, chunk_rows=chunk_rows,
         fractional_target_batch=scan.fractional_target_batch)
-    index = select_rows(rows, settings.n_masks)
     if store is None:
         store = InMemoryStore()
     elif not isinstance(store, MaskOutputStore):
@@ -334,6 +335,7 @@ def collect(forward_func: Callable[..., Any], components: ComponentSet, data: It
             itemsize = np.dtype(getattr(store, "dtype", "float32")).itemsize
             check_store_size(settings.n_masks, components.n_components, scan.n_examples,
                              itemsize, available, where, max_store_bytes)
+        index = select_rows(rows, settings.n_masks)
         strategy = fitted_ablation(settings.ablation, settings.forward_func, components)
         identity = _identity(settings, strategy, scan, first)
         store.open({**settings.extras(scan), **identity}, identity_differences)

@@ -160,7 +160,6 @@ def gated_outputs(
                                                                                n_examples)
 
 
-@keeps_model_state
 def _halved(error: Exception, rows: slice, examples: slice, components: ComponentSet) -> int:
     """Gate rows per pass after ``error``: half of ``rows`` for an out-of-memory error (the
     input rows per pass that fit are remembered for the model); any other error is re-raised."""
@@ -178,6 +177,7 @@ def _halved(error: Exception, rows: slice, examples: slice, components: Componen
     return per_pass
 
 
+@keeps_model_state
 def evaluate_masks(
     forward_func: Callable[..., Any],
     components: ComponentSet,

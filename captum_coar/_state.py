@@ -4,13 +4,15 @@ Contract
 --------
 :func:`model_state_kept` is a context manager around work that runs ``model``: on entry it
 copies every buffer (BatchNorm running statistics, ``num_batches_tracked``, ...) and records
-the version counter of every parameter and buffer; on exit -- after success or an exception --
-it writes back every buffer whose version changed (a model left in train mode updates its
-BatchNorm statistics on every forward pass), and restores each module's ``training`` flag.
+the version counter of every parameter; on exit -- after success or an exception -- it writes
+every buffer back (a model left in train mode updates its BatchNorm statistics on every
+forward pass, inside native kernels that leave version counters alone), and restores each
+module's ``training`` flag.
 Parameters are never written by this library (gates act through hooks); a parameter whose
 version changed anyway (the user's forward function wrote it) raises ``RuntimeError`` naming
-it, since the result was computed with weights that changed during the call. Nested uses for
-the same model copy nothing again. Copies live on the buffers' own devices.
+it, since the result was computed with weights that changed during the call. Nested uses restore at
+every level (an inner call hands the model back as it found it). Copies live on the buffers'
+own devices.
 
 :func:`keeps_model_state` decorates a public entry point: the model is found as
 ``components.model`` of the first :class:`~captum_coar.components.ComponentSet` among the
@@ -22,7 +24,6 @@ wrapped too.
 from __future__ import annotations
 
 import functools
-import threading
 from contextlib import contextmanager
 from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple, TypeVar
 
@@ -34,13 +35,6 @@ from .components import ComponentSet
 __all__ = ["model_state_kept", "keeps_model_state"]
 
 F = TypeVar("F", bound=Callable[..., Any])
-_active = threading.local()
-
-
-def _depths() -> Dict[int, int]:
-    if not hasattr(_active, "depths"):
-        _active.depths = {}
-    return _active.depths
 
 
 @contextmanager
@@ -49,28 +43,16 @@ def model_state_kept(model: Optional[nn.Module]) -> Iterator[None]:
     if model is None or not isinstance(model, nn.Module):
         yield
         return
-    depths = _depths()
-    key = id(model)
-    if depths.get(key, 0) > 0:
-        depths[key] += 1
-        try:
-            yield
-        finally:
-            depths[key] -= 1
-        return
-    buffers: List[Tuple[str, torch.Tensor, int, torch.Tensor]] = [
-        (name, b, b._version, b.detach().clone()) for name, b in model.named_buffers()]
+    buffers: List[Tuple[torch.Tensor, torch.Tensor]] = [
+        (b, b.detach().clone()) for _, b in model.named_buffers()]
     params = [(name, p, p._version) for name, p in model.named_parameters()]
     modes = [(m, m.training) for m in model.modules()]
-    depths[key] = 1
     try:
         yield
     finally:
-        depths.pop(key, None)
         with torch.no_grad():
-            for _, buffer, version, copy in buffers:
-                if buffer._version != version:
-                    buffer.copy_(copy)
+            for buffer, copy in buffers:  # native kernels (batch_norm) skip version counters
+                buffer.copy_(copy)
         for module, training in modes:
             module.training = training
     changed = [name for name, p, version in params if p._version != version]

@@ -19,10 +19,26 @@ resumable), :meth:`~ComponentAblationRegression.collect_statistics` (sufficient 
 only, memory independent of ``n_masks``) and :meth:`~ComponentAblationRegression.fit`, which
 turns either into a :class:`COARResult`.
 
-Solvers (:mod:`captum_coar.solvers`): ``"least_squares"`` (default, as in the paper's released
-configs), ``"ridge"``, ``"lasso"``, ``"streaming"`` (needs raw data: a store) or an instance.
-With ``validation_fraction > 0`` the last rows are held out; solvers given several alphas pick
-one on them, and every result reports the held-out mean squared error.
+Solvers (:mod:`captum_coar.solvers`): ``"least_squares"`` (as in the paper's released
+configs), ``"ridge"``, ``"lasso"``, ``"ridge_auto"`` (penalty by generalised cross-validation,
+or on held-out rows; ``AutoRidge(prior=...)`` shrinks toward any method's attributions),
+``"lasso_auto"`` (penalty on held-out rows), ``"streaming"`` (needs raw data: a store) or an
+instance. The default (``solver=None``) is least squares when there are more than
+``2 N`` training masks and ``ridge_auto`` otherwise (least squares is undefined at
+``m <= N`` and noisier than the chosen ridge up to about ``2 N``; see
+``benchmarks/README.md``, "Fewer masks"). With ``validation_fraction > 0`` the last rows are
+held out; solvers that choose a penalty use them, and every result reports the held-out mean
+squared error.
+
+Error bars: least squares, ridge and ``ridge_auto`` give standard errors
+(``COARResult.standard_errors``) and intervals (``COARResult.confidence_interval(level)``).
+They measure the sampling noise of the finite set of random masks, with respect to the
+coefficients COAR converges to as ``n_masks`` grows (with Bernoulli masks, component ``i``'s
+is ``E[y | i kept] - E[y | i ablated]``); a penalty's bias is not included (see
+:mod:`captum_coar.solvers.uncertainty`).
+
+``attribute(..., n_masks="auto")`` (or ``stop_when=StopWhen(...)``) collects in rounds and
+stops when the held-out correlation stops improving (:mod:`captum_coar.coar.adaptive`).
 """
 
 from __future__ import annotations
@@ -43,7 +59,9 @@ from ..components import ComponentSet
 from ..outputs import OutputFunction
 from ..sampling import MaskSampler
 from ..solvers import FitResult, LeastSquares, Solver, StreamingSolver, resolve_solver
+from ..solvers.selection import check_prior, without_prior
 from ..solvers.statistics import SufficientStatistics
+from ..solvers.uncertainty import confidence_interval
 from ..stores.base import MaskOutputStore, RowSelection
 from ..stores.memmap import MemmapStore
 from ..stores.memory import InMemoryStore
@@ -51,6 +69,7 @@ from ._entry_points import CollectionEntryPoints
 from ._fingerprint import model_fingerprint
 from ._identity import ESTIMATOR_FIELDS, check_same_identity, describe_ablation
 from ._settings import check_solver_arguments
+from .adaptive import StopWhen, adaptive_rule, collect_until
 from .collection import (
     CollectedStatistics,
     CollectionSettings,
@@ -80,7 +99,12 @@ class COARResult:
             validation mean squared errors, chosen alpha, iterations).
         components: the :class:`ComponentSet` the columns refer to.
         n_masks: mask rows used for fitting; ``n_validation``: rows held out.
-        settings: seed, sampler, ablation, output function and solver descriptions.
+        settings: seed, sampler, ablation, output function and solver descriptions (and
+            ``"adaptive"``: the stopping report, after ``n_masks="auto"``).
+
+    Standard errors and confidence intervals describe the sampling noise of the random masks
+    with respect to the large-``n_masks`` coefficients (the penalty's bias excluded; see
+    :mod:`captum_coar.solvers.uncertainty`).
     """
 
     attributions: Tensor
@@ -95,6 +119,18 @@ class COARResult:
     def coef(self) -> Tensor:
         """Alias of :attr:`attributions` (scikit-learn's name)."""
         return self.attributions
+
+    @property
+    def standard_errors(self) -> Optional[Tensor]:
+        """``(n_examples, n_components)`` standard errors of the attributions (same device
+        and dtype), or None when the solver gives none (lasso)."""
+        se = self.fit.standard_errors
+        return None if se is None else se.to(self.attributions.device, self.attributions.dtype)
+
+    def confidence_interval(self, level: float = 0.95) -> Tuple[Tensor, Tensor]:
+        """``(low, high)``, each ``(n_examples, n_components)``: ``attributions -+ z se`` with
+        the two-sided normal quantile ``z`` of ``level`` (1.96 for 0.95)."""
+        return confidence_interval(self.attributions, self.standard_errors, level)
 
     @property
     def diagnostics(self) -> Dict[str, Any]:
@@ -157,16 +193,17 @@ class ComponentAblationRegression(PerturbationAttribution, CollectionEntryPoints
         inputs: TensorOrTuple,
         target: Any = None,
         additional_forward_args: Any = None,
-        n_masks: Optional[int] = None,
+        n_masks: Union[int, str, None] = None,
         ablation_fraction: Optional[float] = None,
         output: OutputLike = None,
-        solver: SolverLike = "least_squares",
+        solver: Optional[SolverLike] = None,
         sampler: Union[str, MaskSampler] = "bernoulli",
         seed: int = 0,
         validation_fraction: float = 0.0,
         perturbations_per_eval: Optional[int] = None,
         max_rows: Optional[int] = None,
         show_progress: bool = False,
+        stop_when: Optional[StopWhen] = None,
     ) -> Union[Tensor, Tuple[Tensor]]:
         """COAR attributions ``(batch, n_components)`` for the examples of ``inputs``.
 
@@ -177,14 +214,20 @@ class ComponentAblationRegression(PerturbationAttribution, CollectionEntryPoints
                 one-output model and callables.
             additional_forward_args: extra forward arguments (rows repeated with the inputs).
             n_masks: number of ablations ``m`` (default ``10 * n_components``); least squares
-                needs more training masks than components.
+                needs more training masks than components. ``"auto"``: collect in rounds and
+                stop adaptively with the default :class:`~captum_coar.coar.adaptive.StopWhen`
+                (held-out correlation gain below 0.01, from N up to 20 N masks, plus 100
+                held-out masks).
             ablation_fraction: probability ``alpha`` in (0, 1) that a component is ablated
                 (default 0.05; a sampler object carries its own, and a different value here
                 is an error).
             output: ``"margin"`` (default with a target), ``"logit"`` (default without),
                 ``"log_prob"``, ``"loss"``, ``"sequence_margin"`` or a callable
                 ``(model_output, target) -> (batch,)``.
-            solver: ``"least_squares"``, ``"ridge"``, ``"lasso"``, ``"streaming"`` or an instance.
+            solver: ``"least_squares"``, ``"ridge"``, ``"lasso"``, ``"ridge_auto"``,
+                ``"lasso_auto"``, ``"streaming"`` or an instance (``AutoRidge(prior=...)``
+                shrinks toward a prior attribution). None: least squares above ``2 N``
+                training masks, ``ridge_auto`` otherwise (and always in adaptive mode).
             sampler: ``"bernoulli"`` (independent ablations, the paper's), ``"fixed"`` (exactly
                 ``round(alpha * N)`` ablated per mask) or a MaskSampler.
             seed: masks depend only on ``(seed, row)``.
@@ -194,6 +237,9 @@ class ComponentAblationRegression(PerturbationAttribution, CollectionEntryPoints
             max_rows: forward-pass row budget used when ``perturbations_per_eval`` is None
                 (default: 128 rows on a CPU, 4096 on an accelerator; see engine.default_max_rows).
             show_progress: show a tqdm bar.
+            stop_when: a :class:`~captum_coar.coar.adaptive.StopWhen` rule: adaptive
+                collection (``n_masks`` must then be None or ``"auto"``); the report is in
+                ``last_result_.settings["adaptive"]``.
 
         Returns:
             Tensor ``(batch, n_components)``, or the 1-tuple ``(tensor,)`` when ``inputs`` is a
@@ -201,7 +247,24 @@ class ComponentAblationRegression(PerturbationAttribution, CollectionEntryPoints
             ``self.last_result_`` holds the full result.
         """
         data = tensor_batches(inputs, target, additional_forward_args)  # checks the inputs
+        n_examples = sum(int(batch[0][0].shape[0]) for batch in data)
+        N = self.components.n_components
+        if n_masks == "auto" or stop_when is not None:  # adaptive: rounds until the rule stops
+            rule = adaptive_rule(n_masks, stop_when, validation_fraction)
+            solver = "ridge_auto" if solver is None else solver
+            check_prior(solver, n_examples, N)
+            resolved = self._prepare(rule.resolved(N).first_masks or 2, ablation_fraction,
+                                     sampler, output, target is not None, seed,
+                                     perturbations_per_eval, max_rows, solver, 0.0)
+            result, _ = collect_until(self, data, rule, resolved, ablation_fraction=ablation_fraction,
+                                      sampler=sampler, output=output, seed=seed,
+                                      perturbations_per_eval=perturbations_per_eval,
+                                      max_rows=max_rows, show_progress=show_progress)
+            return (result.attributions,) if isinstance(inputs, tuple) else result.attributions
         n_masks = self._default_n_masks(n_masks)
+        if solver is None:
+            solver = self.default_solver(n_masks - validation_split(n_masks, validation_fraction))
+        check_prior(solver, n_examples, N)
         resolved = self._prepare(n_masks, ablation_fraction, sampler, output, target is not None,
                                  seed, perturbations_per_eval, max_rows, solver,
                                  validation_fraction)
@@ -219,6 +282,11 @@ class ComponentAblationRegression(PerturbationAttribution, CollectionEntryPoints
             result = self.fit(stats, solver=resolved)
         # Captum's convention, tuple in -> tuple out (captum.metrics rely on it)
         return (result.attributions,) if isinstance(inputs, tuple) else result.attributions
+
+    def default_solver(self, n_train: int) -> str:
+        """The solver ``solver=None`` means for ``n_train`` training masks: least squares
+        above ``2 N``, ``"ridge_auto"`` at or below (where it is measured to do better)."""
+        return "least_squares" if n_train > 2 * self.components.n_components else "ridge_auto"
 
     # ------------------------------------------------------------------ staged API
     def collect(self, data: Iterable[Any], store: Union[MaskOutputStore, str, None] = None, *,
@@ -311,7 +379,7 @@ class ComponentAblationRegression(PerturbationAttribution, CollectionEntryPoints
         n_val = validation_split(n_masks, validation_fraction)
         self._check_enough_masks(resolved, n_masks - n_val, n_masks)
         if isinstance(resolved, Solver):
-            check_solver_arguments(resolved, with_validation=n_val > 0)
+            check_solver_arguments(without_prior(resolved), with_validation=n_val > 0)
         return resolved
 
     def _check_enough_masks(self, solver: Any, n_train: int, n_masks: int) -> None:

@@ -24,6 +24,12 @@ For a linear fit ``W = A^{-1} (Sxy + a W0)`` with ``A = Sxx + a I`` (``a = 0``: 
   masks the residual of a misspecified (non-additive) model depends on the mask, which is what
   this form accounts for.
 
+Without a penalty, a coefficient that the masks do not identify (a component never or always
+ablated, so it touches the null space of ``Sxx``) gets an infinite standard error. Residuals
+of a deterministic model are zero on repeated masks; with few components and many masks
+duplicates are common and the classical estimate is then too small (use more components'
+worth of masks, or the sandwich form, which has the same blind spot, with care).
+
 :func:`normal_quantile` and :func:`confidence_interval` turn standard errors into intervals
 (two-sided, normal quantile).
 """
@@ -110,7 +116,18 @@ def linear_standard_errors(stats: SufficientStatistics, coef: torch.Tensor,
     # diag(V diag(f_j) V') for every example j: (V*V) @ f_j
     diag = (evecs * evecs) @ var_factor.T  # (N, n)
     se = (diag * sigma2[None, :]).clamp_min(0.0).sqrt().T.contiguous()
-    return se, dof
+    return _unidentified_to_inf(se, evecs, keep, a), dof
+
+
+def _unidentified_to_inf(se: torch.Tensor, evecs: torch.Tensor, keep: torch.Tensor,
+                         a: torch.Tensor) -> torch.Tensor:
+    """Without a penalty, a coefficient touching the null space of ``Sxx`` (a component never
+    or always ablated, duplicated columns) is not identified: its standard error is inf."""
+    null = (evecs[:, ~keep] ** 2).sum(1) > 1e-8  # (N,)
+    if not bool(null.any()):
+        return se
+    bad = null[None, :] & (a[:, None] == 0)
+    return torch.where(bad, torch.full_like(se, float("inf")), se)
 
 
 def sandwich_standard_errors(chunks: Iterable[Tuple[torch.Tensor, torch.Tensor]],
@@ -155,7 +172,7 @@ def sandwich_standard_errors(chunks: Iterable[Tuple[torch.Tensor, torch.Tensor]]
     if rows != m:
         raise fail("chunks", f"the {m} rows the statistics summarise", f"{rows} rows")
     se = (acc * (m / dof)[None, :]).clamp_min(0.0).sqrt().T.contiguous()
-    return se, dof
+    return _unidentified_to_inf(se, evecs, keep, a), dof
 
 
 def normal_quantile(level: float) -> float:

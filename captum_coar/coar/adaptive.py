@@ -1,0 +1,214 @@
+"""Adaptive stopping: collect masks in rounds, refit, stop when the attribution is good enough.
+
+Contract
+--------
+:class:`StopWhen` is the rule; :func:`collect_until` runs it for a
+:class:`~captum_coar.coar.estimator.ComponentAblationRegression`:
+
+1. Round 0 collects ``n_validation`` held-out masks (rows ``[max_masks, max_masks +
+   n_validation)`` of the same seeded mask sequence, so they never overlap training rows) and
+   the first ``first_masks`` training rows ``[0, first_masks)``.
+2. Every round fits the solver on training rows ``[0, m)`` (the held-out rows are NOT given to
+   the solver, so the score below stays held-out) and scores the fit:
+
+   * ``correlation``: the paper's counterfactual correlation on the held-out masks -- per
+     example the Pearson correlation between the output and ``intercept + coef . mask`` --
+     averaged over examples, computed from the held-out sufficient statistics;
+   * ``relative_width``: the mean over examples of ``median_i(2 z se_ij) / rms_i(coef_ij)``
+     (the typical 95% interval width relative to the typical attribution; needs a solver with
+     standard errors).
+
+3. It stops when ``criterion="correlation"`` and the correlation improved by less than ``tol``
+   since the previous round (or is already within ``tol`` of 1, so no round could), or when ``criterion="relative_width"`` and the relative width is
+   at most ``tol``; otherwise the next round grows ``m`` by ``growth`` (capped at
+   ``max_masks``), and it stops at the cap.
+
+With a ``store`` (a :class:`~captum_coar.stores.base.MaskOutputStore` or a directory) every
+round resumes the same store (``n_masks = max_masks + n_validation``): rows already complete
+are not recomputed, so a second call with the same rule re-reads them for free. Without a
+store, rounds collect sufficient statistics of their new rows and add them up. The report
+(:class:`AdaptiveReport`) says why it stopped, at which ``m``, and the score of every round;
+the estimator keeps it in ``COARResult.settings["adaptive"]``.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any, Dict, Iterable, List, Optional, Tuple, Union
+
+import torch
+
+from .._checks import check_choice, check_float, check_int, fail, fail_type
+from ..solvers import Solver, StreamingSolver, resolve_solver
+from ..solvers.statistics import SufficientStatistics
+from ..solvers.uncertainty import normal_quantile
+from ..stores.base import MaskOutputStore
+from ..stores.memmap import MemmapStore
+
+if TYPE_CHECKING:
+    from .estimator import COARResult, ComponentAblationRegression
+
+__all__ = ["StopWhen", "AdaptiveReport", "collect_until", "adaptive_rule", "held_out_correlation",
+           "relative_interval_width"]
+
+
+@dataclass
+class StopWhen:
+    """When adaptive collection stops (see the module docstring).
+
+    Attributes:
+        criterion: ``"correlation"`` (held-out correlation gain below ``tol``) or
+            ``"relative_width"`` (relative 95% interval width at most ``tol``).
+        tol: the tolerance (default 0.01 correlation points).
+        first_masks: training masks of the first round (default: the number of components N).
+        growth: factor by which the training masks grow each round (> 1).
+        max_masks: cap on training masks (default 20 N).
+        n_validation: held-out masks for the score (default 100, the paper's test masks).
+    """
+
+    criterion: str = "correlation"
+    tol: float = 0.01
+    first_masks: Optional[int] = None
+    growth: float = 2.0
+    max_masks: Optional[int] = None
+    n_validation: int = 100
+
+    def resolved(self, n_components: int) -> "StopWhen":
+        """A copy with defaults filled in and every field checked."""
+        criterion = check_choice("stop_when.criterion", self.criterion,
+                                 ("correlation", "relative_width"))
+        tol = check_float("stop_when.tol", self.tol, 0.0, low_open=True)
+        first = check_int("stop_when.first_masks", self.first_masks, 2, optional=True)
+        cap = check_int("stop_when.max_masks", self.max_masks, 2, optional=True)
+        growth = check_float("stop_when.growth", self.growth, 1.0, low_open=True)
+        n_val = check_int("stop_when.n_validation", self.n_validation, 3)
+        first = n_components if first is None else first
+        cap = 20 * n_components if cap is None else cap
+        if first > cap:
+            raise fail("stop_when.first_masks", f"<= max_masks = {cap}", first)
+        assert tol is not None and growth is not None and n_val is not None
+        return StopWhen(criterion, tol, first, growth, cap, n_val)
+
+
+@dataclass
+class AdaptiveReport:
+    """What adaptive collection did: ``rounds`` (one dict per round: ``n_masks``,
+    ``correlation``, ``relative_width``, ``seconds``), the ``n_masks`` it stopped at, and
+    ``reason`` (``"converged"`` or ``"max_masks"``)."""
+
+    rule: Dict[str, Any]
+    rounds: List[Dict[str, Any]] = field(default_factory=list)
+    n_masks: int = 0
+    n_validation: int = 0
+    reason: str = ""
+
+    def as_dict(self) -> Dict[str, Any]:
+        return asdict(self)
+
+
+def held_out_correlation(validation: SufficientStatistics, coef: torch.Tensor) -> torch.Tensor:
+    """Pearson correlation (n,) per example between held-out outputs and ``coef . mask``.
+
+    Examples whose held-out outputs or predictions do not vary get 0.
+    """
+    sxx, sxy, syy = validation.centered()
+    w = coef.to(sxx).T  # (N, n)
+    cov = (w * sxy).sum(0)
+    var_p = ((sxx @ w) * w).sum(0).clamp_min(0.0)
+    den = (var_p * syy).sqrt()
+    return torch.where(den > 0, cov / den.clamp_min(1e-300), torch.zeros_like(den))
+
+
+def relative_interval_width(coef: torch.Tensor, standard_errors: torch.Tensor,
+                            level: float = 0.95) -> float:
+    """Mean over examples of ``median_i(2 z se_ij) / rms_i(coef_ij)``."""
+    width = 2.0 * normal_quantile(level) * standard_errors.median(dim=1).values
+    scale = coef.pow(2).mean(dim=1).sqrt()
+    rel = torch.where(scale > 0, width / scale.clamp_min(1e-300),
+                      torch.full_like(scale, float("inf")))
+    return float(rel.mean())
+
+
+def adaptive_rule(n_masks: Any, stop_when: Any, validation_fraction: float) -> StopWhen:
+    """The rule of ``attribute(n_masks="auto" | None, stop_when=...)``, arguments checked."""
+    if n_masks not in (None, "auto"):
+        raise fail("n_masks", "None or 'auto' when stop_when is given", n_masks)
+    if validation_fraction:
+        raise fail("validation_fraction", "0 in adaptive mode (the held-out masks are"
+                   " stop_when.n_validation)", validation_fraction)
+    if stop_when is None:
+        return StopWhen()
+    if not isinstance(stop_when, StopWhen):
+        raise fail_type("stop_when", "a StopWhen or None", stop_when)
+    return stop_when
+
+
+def _collect_rows(estimator: "ComponentAblationRegression", data: Iterable[Any],
+                  store: Optional[MaskOutputStore], rows: Tuple[int, int], total: int,
+                  kwargs: Dict[str, Any]) -> SufficientStatistics:
+    """Statistics of rows ``[rows[0], rows[1])``, collected (or resumed) now."""
+    if store is not None:
+        estimator.collect(data, store, n_masks=total, rows=rows, **kwargs)
+        return store.statistics(rows)
+    got = estimator.collect_statistics(data, n_masks=total, rows=rows, **kwargs)
+    return got.train
+
+
+def collect_until(estimator: "ComponentAblationRegression", data: Iterable[Any],
+                  rule: StopWhen, solver: Union[str, Solver, StreamingSolver] = "ridge_auto",
+                  store: Union[MaskOutputStore, str, None] = None,
+                  **kwargs: Any) -> Tuple["COARResult", AdaptiveReport]:
+    """Collect in rounds until ``rule`` says stop; returns the last fit and the report.
+
+    ``kwargs`` go to the estimator's ``collect`` / ``collect_statistics`` (``ablation_fraction``,
+    ``sampler``, ``output``, ``seed``, ``max_rows``...); ``n_masks`` and ``rows`` are set here.
+    """
+    for key in ("n_masks", "rows", "validation_fraction"):
+        if key in kwargs:
+            raise fail(key, "left to the stopping rule (adaptive collection sets it)",
+                       kwargs[key])
+    resolved = resolve_solver(solver)
+    if not isinstance(resolved, Solver):
+        raise fail("solver", "a solver that fits from sufficient statistics (least_squares,"
+                   " ridge, ridge_auto, lasso...)", resolved)
+    N = estimator.components.n_components
+    rule = rule.resolved(N)
+    assert rule.max_masks is not None and rule.first_masks is not None
+    cap, n_val = rule.max_masks, rule.n_validation
+    total = cap + n_val
+    if isinstance(store, str):
+        store = MemmapStore(store)
+    report = AdaptiveReport(rule=asdict(rule), n_validation=n_val)
+    validation = _collect_rows(estimator, data, store, (cap, total), total, kwargs)
+    train: Optional[SufficientStatistics] = None
+    done, m = 0, rule.first_masks
+    previous: Optional[float] = None
+    while True:
+        tick = time.perf_counter()
+        part = _collect_rows(estimator, data, store, (done, m), total, kwargs)
+        train = part if train is None else train.merge(part)
+        done = m
+        result = estimator.fit(train, solver=resolved)
+        corr = float(held_out_correlation(validation, result.fit.coef).mean())
+        se = result.fit.standard_errors
+        width = None if se is None else relative_interval_width(result.fit.coef, se)
+        report.rounds.append({"n_masks": m, "correlation": corr, "relative_width": width,
+                              "seconds": time.perf_counter() - tick})
+        if rule.criterion == "correlation":
+            # no round can add more than 1 - corr: stop when even that is below tol
+            stop = 1.0 - corr < rule.tol or (previous is not None and corr - previous < rule.tol)
+            previous = corr
+        else:
+            if width is None:
+                raise fail("solver", "one that gives standard errors for criterion="
+                           "'relative_width' (least_squares, ridge, ridge_auto)", resolved.name)
+            stop = width <= rule.tol
+        if stop or m >= cap:
+            report.reason = "converged" if stop else "max_masks"
+            break
+        m = min(cap, max(m + 1, int(round(m * rule.growth))))
+    report.n_masks = done
+    result.settings["adaptive"] = report.as_dict()
+    result.n_validation = n_val
+    return result, report

@@ -3,7 +3,7 @@
 Contract
 --------
 ``with ActivationRecorder(components) as recorder:`` hooks every group's module at its site
-and keeps, by ``(module_name, site)``, the activation each hook saw last (the object itself,
+(through :class:`~captum_coar._site_hooks.SiteHooks`) and keeps, by ``(module_name, site)``, the activation each hook saw last (the object itself,
 graph-connected; with ``leaf=True`` a floating activation that does not require grad is made a
 leaf that does, so gradients with respect to it can be taken). It counts calls per site;
 :meth:`ActivationRecorder.collect` returns the activations in group order and raises when a
@@ -18,22 +18,21 @@ summarise).
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, List, Tuple, TypeVar, Union
+from typing import Any, Callable, Dict, List, Tuple, Union
 
 import torch
 from torch import Tensor, nn
 
-from ._attention_patch import patch_multihead_attention, unpatch_multihead_attention
 from ._inputs import as_tuple, slice_rows
+from ._site_hooks import SiteHooks
 from .components import ComponentGroup, ComponentSet
 
 __all__ = ["ActivationRecorder", "record_activations"]
 
 SiteKey = Tuple[str, str]
-RecorderT = TypeVar("RecorderT", bound="ActivationRecorder")
 
 
-class ActivationRecorder:
+class ActivationRecorder(SiteHooks):
     """Context manager that records each group's site activation.
 
     Args:
@@ -42,43 +41,18 @@ class ActivationRecorder:
     """
 
     def __init__(self, components: ComponentSet, leaf: bool = False) -> None:
-        self.components = components
+        super().__init__(components)
         self.leaf = leaf
         self.recorded: Dict[SiteKey, Tensor] = {}
         self.calls: Dict[SiteKey, int] = {}
-        self._handles: List[Any] = []
-        self._patched: List[nn.MultiheadAttention] = []
-
-    def __enter__(self: RecorderT) -> RecorderT:
-        try:
-            self._patched = patch_multihead_attention(self.components)
-            for group in self.components.groups:
-                module = self.components.module(group)
-                if group.site == "output":
-                    self._handles.append(module.register_forward_hook(self._output_hook(group)))
-                else:
-                    self._handles.append(module.register_forward_pre_hook(self._input_hook(group)))
-        except BaseException:
-            self.remove()
-            raise
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.remove()
-
-    def remove(self) -> None:
-        """Remove every hook (idempotent)."""
-        for handle in self._handles:
-            handle.remove()
-        self._handles.clear()
-        unpatch_multihead_attention(self._patched)
 
     def reset(self) -> None:
         """Forget what was recorded (between forward passes)."""
         self.recorded.clear()
         self.calls.clear()
 
-    def _see(self, group: ComponentGroup, activation: Tensor) -> Tensor:
+    def on_activation(self, position: int, group: ComponentGroup, module: nn.Module,
+                      activation: Tensor) -> Tensor:
         if (self.leaf and torch.is_grad_enabled() and activation.is_floating_point()
                 and not activation.requires_grad):
             activation = activation.detach().requires_grad_()
@@ -86,16 +60,6 @@ class ActivationRecorder:
         self.calls[key] = self.calls.get(key, 0) + 1
         self.recorded[key] = activation
         return activation
-
-    def _output_hook(self, group: ComponentGroup) -> Callable:
-        def hook(module: nn.Module, args: Any, output: Tensor) -> Tensor:
-            return self._see(group, output)
-        return hook
-
-    def _input_hook(self, group: ComponentGroup) -> Callable:
-        def hook(module: nn.Module, args: Tuple[Any, ...]) -> Tuple[Any, ...]:
-            return (self._see(group, args[0]),) + tuple(args[1:])
-        return hook
 
     def missing(self) -> List[str]:
         """Names of the grouped modules that did not run since the last :meth:`reset`."""

@@ -37,12 +37,12 @@ one-shot context with fixed gates; it fits the strategy when given ``forward_fun
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Any, Callable, Iterator, List, Optional, Tuple, Union
+from typing import Any, Callable, Iterator, Optional, Union
 
 import torch
 from torch import Tensor, nn
 
-from ._attention_patch import patch_multihead_attention, unpatch_multihead_attention
+from ._site_hooks import SiteHooks
 from .ablation import AblationStrategy, fitted_ablation, resolve_ablation
 from .components import ComponentGroup, ComponentSet, is_hf_conv1d
 
@@ -74,7 +74,7 @@ def expand_gate(gate: Tensor, group: ComponentGroup, activation: Tensor) -> Tens
     return gate.reshape(shape)
 
 
-class ComponentGates:
+class ComponentGates(SiteHooks):
     """Context manager that gates every component of a :class:`ComponentSet`.
 
     Args:
@@ -93,12 +93,10 @@ class ComponentGates:
         components: ComponentSet,
         ablation: Union[str, AblationStrategy] = "weights",
     ) -> None:
-        self.components = components
+        super().__init__(components)
         self.strategy = resolve_ablation(ablation)
         self.values: Optional[Tensor] = None
         self.example_index: Optional[Tensor] = None
-        self._handles: List[Any] = []
-        self._patched: List[nn.MultiheadAttention] = []
         self._ran: set = set()  # groups whose hook fired while gates were set
         self._all_ran = False
 
@@ -109,33 +107,11 @@ class ComponentGates:
                 f"ablation {self.strategy!r} is not fitted for these components; fit it first"
                 " with captum_coar.ablation.fitted_ablation(ablation, forward_func, components)"
             )
-        try:
-            self._patched = patch_multihead_attention(self.components)
-            for position, group in enumerate(self.components.groups):
-                module = self.components.module(group)
-                hook = self._make_hook(position, group, module)
-                if group.site == "output":
-                    self._handles.append(module.register_forward_hook(hook))
-                else:
-                    self._handles.append(module.register_forward_pre_hook(hook))
-        except BaseException:
-            self.remove()
-            raise
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.remove()
-
-    def remove(self) -> None:
-        """Remove every hook and patch (idempotent)."""
-        for handle in self._handles:
-            handle.remove()
-        self._handles.clear()
-        unpatch_multihead_attention(self._patched)
+        return super().__enter__()
 
     # ------------------------------------------------------------------ hooks
-    def gate_activation(self, position: int, group: ComponentGroup, module: nn.Module,
-                        activation: Tensor) -> Tensor:
+    def on_activation(self, position: int, group: ComponentGroup, module: nn.Module,
+                      activation: Tensor) -> Tensor:
         if self.values is None:
             return activation
         if not self._all_ran:
@@ -197,35 +173,6 @@ class ComponentGates:
             return False
         global_hooks = getattr(nn.modules.module, "_global_forward_hooks", None)
         return len(module._forward_hooks) == 1 and not global_hooks
-
-    def _make_hook(self, position: int, group: ComponentGroup, module: nn.Module) -> Callable:
-        if group.site == "output":
-            def output_hook(mod: nn.Module, args: Any, output: Tensor) -> Tensor:
-                return self.gate_activation(position, group, mod, _gated_tensor(group, mod, output))
-            return output_hook
-
-        def input_hook(mod: nn.Module, args: Tuple[Any, ...]) -> Tuple[Any, ...]:
-            first = _gated_tensor(group, mod, args[0] if args else None)
-            return (self.gate_activation(position, group, mod, first),) + tuple(args[1:])
-        return input_hook
-
-
-def _gated_tensor(group: ComponentGroup, module: nn.Module, value: Any) -> Tensor:
-    """``value`` when it is a tensor; a TypeError naming the module and the alternative else.
-
-    Modules such as ``nn.LSTM`` / ``nn.GRU`` return tuples ``(output, state)``; gating "the"
-    output of such a module has no single meaning, so it is refused.
-    """
-    if isinstance(value, Tensor):
-        return value
-    where = "output" if group.site == "output" else "first positional input"
-    shown = (f"a {type(value).__name__} of {len(value)} items" if isinstance(value, (tuple, list))
-             else type(value).__name__)
-    raise TypeError(
-        f"module {group.module_name!r} ({type(module).__name__}) gave {shown} as its {where};"
-        " only tensors are gated, tuple outputs are not. Gate the module that consumes the tensor"
-        f" you mean instead: ComponentGroup('<next module>', {group.kind!r}, {group.n_units},"
-        " site='input'), e.g. the Linear map after an LSTM")
 
 
 @contextmanager

@@ -1,0 +1,99 @@
+"""Hooks at every component site of a :class:`~captum_coar.components.ComponentSet`, scoped.
+
+Contract
+--------
+:class:`SiteHooks` is the one place where hooks are put on component modules: entering it
+patches ``nn.MultiheadAttention`` modules whose output projection is grouped
+(:mod:`captum_coar._attention_patch`) and registers, for every group, a forward hook (site
+``"output"``) or a forward pre-hook on the first positional input (site ``"input"``) that
+passes the activation through :meth:`SiteHooks.on_activation`, which subclasses define
+(gating in :class:`~captum_coar.gates.ComponentGates`, recording in
+:class:`~captum_coar._recording.ActivationRecorder`). Hooks and patches are removed on exit,
+after success or an exception, and by :meth:`SiteHooks.remove` (idempotent); if registration
+fails part-way, whatever was registered is removed before the error propagates. A site that is
+not a tensor (the tuple output of ``nn.LSTM``) raises a ``TypeError`` naming the module and the
+``site="input"`` alternative (:func:`site_tensor`).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, List, Tuple, TypeVar
+
+from torch import Tensor, nn
+
+from ._attention_patch import patch_multihead_attention, unpatch_multihead_attention
+from .components import ComponentGroup, ComponentSet
+
+__all__ = ["SiteHooks", "site_tensor"]
+
+HooksT = TypeVar("HooksT", bound="SiteHooks")
+
+
+class SiteHooks:
+    """Base class: one hook per group site while entered; see the module docstring."""
+
+    def __init__(self, components: ComponentSet) -> None:
+        self.components = components
+        self._handles: List[Any] = []
+        self._patched: List[nn.MultiheadAttention] = []
+
+    def on_activation(self, position: int, group: ComponentGroup, module: nn.Module,
+                      activation: Tensor) -> Tensor:
+        """The activation to pass on for group ``position`` (subclasses define it)."""
+        raise NotImplementedError
+
+    def __enter__(self: HooksT) -> HooksT:
+        try:
+            self._patched = patch_multihead_attention(self.components)
+            for position, group in enumerate(self.components.groups):
+                module = self.components.module(group)
+                if group.site == "output":
+                    self._handles.append(
+                        module.register_forward_hook(self._output_hook(position, group)))
+                else:
+                    self._handles.append(
+                        module.register_forward_pre_hook(self._input_hook(position, group)))
+        except BaseException:
+            self.remove()
+            raise
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.remove()
+
+    def remove(self) -> None:
+        """Remove every hook and patch (idempotent)."""
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+        unpatch_multihead_attention(self._patched)
+
+    def _output_hook(self, position: int, group: ComponentGroup) -> Callable:
+        def hook(module: nn.Module, args: Any, output: Any) -> Tensor:
+            return self.on_activation(position, group, module, site_tensor(group, module, output))
+        return hook
+
+    def _input_hook(self, position: int, group: ComponentGroup) -> Callable:
+        def hook(module: nn.Module, args: Tuple[Any, ...]) -> Tuple[Any, ...]:
+            first = site_tensor(group, module, args[0] if args else None)
+            return (self.on_activation(position, group, module, first),) + tuple(args[1:])
+        return hook
+
+
+def site_tensor(group: ComponentGroup, module: nn.Module, value: Any) -> Tensor:
+    """``value`` when it is a tensor; a TypeError naming the module and the alternative else.
+
+    Modules such as ``nn.LSTM`` / ``nn.GRU`` return tuples ``(output, state)``; gating "the"
+    output of such a module has no single meaning, so it is refused.
+    """
+    if isinstance(value, Tensor):
+        return value
+    where = "output" if group.site == "output" else "first positional input"
+    shown = (f"a {type(value).__name__} of {len(value)} items" if isinstance(value, (tuple, list))
+             else type(value).__name__)
+    raise TypeError(
+        f"module {group.module_name!r} ({type(module).__name__}) gave {shown} as its {where};"
+        " only tensor sites are hooked (gated or recorded), tuple outputs are not. Gate the module that consumes the tensor"
+        f" you mean instead: ComponentGroup('<next module>', {group.kind!r}, {group.n_units},"
+        " site='input'), e.g. the Linear map after an LSTM")
+

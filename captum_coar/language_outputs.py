@@ -73,10 +73,10 @@ class LanguageModelForward:
         self.model = model
         self.position_ids = position_ids
         try:
-            parameters = inspect.signature(model.forward).parameters
+            names = set(inspect.signature(model.forward).parameters)
         except (TypeError, ValueError):
-            parameters = {}
-        self._takes_positions = "position_ids" in parameters
+            names = set()
+        self._takes_positions = "position_ids" in names
 
     def __call__(self, input_ids: Tensor, attention_mask: Optional[Tensor] = None
                  ) -> LanguageModelOutput:

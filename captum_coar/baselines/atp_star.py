@@ -312,7 +312,8 @@ class ComponentAtPStar(ComponentGradientMethod):
         passes: List[Tuple[Tensor, Tensor, List[Tensor]]] = []  # (AtP, frozen grad, G_l)
         scores: List[Tensor] = []
         patterns: List[Tensor] = []
-        for dropped in [[]] + [modules for modules, _ in drops]:
+        dropped_sets: List[List[nn.Module]] = [[]] + [modules for modules, _ in drops]
+        for dropped in dropped_sets:
             with _gradient_dropped(dropped):
                 _, atp = gate_gradients(self.forward_func, hooks, batch, extra, ones,
                                         example_index, target, output_fn)
@@ -328,9 +329,10 @@ class ComponentAtPStar(ComponentGradientMethod):
             changes = self._pattern_changes(probe, hooks, batch, extra, columns, scores,
                                             patterns, example_index)
             for estimate, (_, frozen, grads) in zip(estimates, passes):
-                term = sum((g.repeat(columns.numel(), *([1] * (g.dim() - 1))) * d)
-                           .reshape(columns.numel(), n_examples, -1).sum(dim=2)
-                           for g, d in zip(grads, changes))
+                term = torch.zeros(columns.numel(), n_examples, device=device)
+                for g, d in zip(grads, changes):
+                    term += (g.repeat(columns.numel(), *([1] * (g.dim() - 1))) * d).reshape(
+                        columns.numel(), n_examples, -1).sum(dim=2)
                 cols = columns.to(device)
                 estimate[:, cols] = frozen[:, cols] - term.T
         if not drops:

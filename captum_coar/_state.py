@@ -85,6 +85,6 @@ def keeps_model_state(function: F) -> F:
 
     inner = getattr(function, "__wrapped__", None)
     if inner is not None:  # e.g. captum's log_usage: Captum's NoiseTunnel calls __wrapped__
-        wrapper.__wrapped__ = keeps_model_state(inner)  # type: ignore[attr-defined]
+        wrapper.__wrapped__ = keeps_model_state(inner)
     wrapper.keeps_model_state = True  # type: ignore[attr-defined]
     return wrapper  # type: ignore[return-value]

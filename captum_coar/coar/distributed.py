@@ -167,8 +167,9 @@ def collect_statistics_distributed(
     what = "collect_statistics_distributed"
     check_forward_func(forward_func, components, what)
     rank, world, backend = _group_info(group, what)
-    identity_options = dict(ablation=ablation, ablation_fraction=ablation_fraction,
-                            sampler=sampler, output=output, seed=seed, batch_fn=batch_fn)
+    identity_options: Dict[str, Any] = dict(
+        ablation=ablation, ablation_fraction=ablation_fraction, sampler=sampler, output=output,
+        seed=seed, batch_fn=batch_fn)
 
     def precheck() -> Tuple[None, Dict[str, Any]]:
         _reduce_device(backend, stats_device(components))
@@ -248,8 +249,9 @@ def collect_distributed(forward_func: Callable[..., Any], components: ComponentS
     what = "collect_distributed"
     check_forward_func(forward_func, components, what)
     rank, world, _ = _group_info(group, what)
-    identity_options = dict(ablation=ablation, ablation_fraction=ablation_fraction,
-                            sampler=sampler, output=output, seed=seed, batch_fn=batch_fn)
+    identity_options: Dict[str, Any] = dict(
+        ablation=ablation, ablation_fraction=ablation_fraction, sampler=sampler, output=output,
+        seed=seed, batch_fn=batch_fn)
     _collective(lambda: (None, _signature(forward_func, components, data, n_masks, rows,
                                           identity_options, {})), group, what)
 

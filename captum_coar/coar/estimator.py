@@ -365,7 +365,8 @@ class ComponentAblationRegression(PerturbationAttribution, CollectionEntryPoints
                             advice="Fit with the model, components and ablation the data was"
                             " collected with")
 
-    def _prepare(self, n_masks: int, ablation_fraction: float, sampler: Any, output: OutputLike,
+    def _prepare(self, n_masks: int, ablation_fraction: Optional[float], sampler: Any,
+                 output: OutputLike,
                  has_target: bool, seed: int, perturbations_per_eval: Optional[int],
                  max_rows: Optional[int], solver: SolverLike,
                  validation_fraction: float) -> Union[Solver, StreamingSolver]:

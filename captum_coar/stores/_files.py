@@ -93,7 +93,7 @@ def open_checked_npy(path: Path, shape: Tuple[int, ...], dtype: np.dtype, mode: 
                          + "; ".join(problems) + ". The file is damaged or belongs to another"
                          " store; it is never padded or reinterpreted (collect into a new"
                          " directory, or restore the file)")
-    return np.load(path, mmap_mode=mode, allow_pickle=False)
+    return np.load(path, mmap_mode=mode, allow_pickle=False)  # type: ignore[arg-type]
 
 
 def _content_checksum(record: Dict[str, Any]) -> int:

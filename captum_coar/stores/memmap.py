@@ -129,7 +129,7 @@ class MemmapStore(MaskOutputStore):
         dtype = _output_dtype(self.dtype)
         m, N, n = (int(metadata[k]) for k in ("n_masks", "n_components", "n_examples"))
         self.path.mkdir(parents=True, exist_ok=True)
-        specs = {"masks": ((m, (N + 7) // 8), np.uint8), "outputs": ((m, n), dtype),
+        specs: Dict[str, Any] = {"masks": ((m, (N + 7) // 8), np.uint8), "outputs": ((m, n), dtype),
                  "progress": ((m,), np.int64), "checksums": ((m,), np.uint32)}
         arrays = {}
         for key, (shape, dt) in specs.items():

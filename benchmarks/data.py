@@ -25,6 +25,16 @@ Contracts
     LM convention: ``labels[i, j] = input_ids[i, j]`` when token j is determined by the prefix
     (every token of the second copy except its first), else -100; a model's logits at
     position j - 1 are scored against it. Same (n, arguments, seed) -> same tensors.
+
+``make_recall_data(n, n_keys=16, n_values=16, min_pairs=4, max_pairs=6, seed=0) -> RecallData``
+    Associative recall: ``k1 v1 k2 v2 ... kp vp q`` with ``p`` distinct keys (a per-sequence
+    random count in [min_pairs, max_pairs]), distinct values, and a query key ``q`` drawn
+    from the sequence's keys; the answer is the value paired with ``q`` (read it by finding
+    the earlier copy of ``q`` and copying the token after it: an induction-style mechanism).
+    Token ids: 0 = padding, keys ``1..n_keys``, values ``n_keys + 1 .. n_keys + n_values``.
+    Rows are LEFT-padded to ``2 * max_pairs + 1`` tokens with an ``attention_mask`` (1 =
+    real), as a tokenizer with ``padding_side="left"`` gives. ``distractor`` is the value of
+    another pair of the same sequence (for logit-difference outputs).
 """
 
 from __future__ import annotations
@@ -224,6 +234,42 @@ def make_induction_data(
     ids = torch.where(in_copy2, ids.gather(1, src), ids)
     labels = torch.where(pos > start2, ids, torch.full_like(ids, -100))
     return SequenceData(ids, labels, rep, vocab_size, seq_len)
+
+
+@dataclass
+class RecallData:
+    """Left-padded associative-recall prompts with their answers (see the module docstring)."""
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    answer: torch.Tensor
+    distractor: torch.Tensor
+    vocab_size: int
+
+
+def make_recall_data(n: int, n_keys: int = 16, n_values: int = 16, min_pairs: int = 4,
+                     max_pairs: int = 6, seed: int = 0) -> RecallData:
+    """Associative-recall prompts ``k1 v1 ... kp vp q``; see the module docstring."""
+    if not 2 <= min_pairs <= max_pairs <= min(n_keys, n_values):
+        raise ValueError(f"need 2 <= min_pairs <= max_pairs <= min(n_keys, n_values); got"
+                         f" {min_pairs}, {max_pairs}, {n_keys}, {n_values}")
+    g = torch.Generator().manual_seed(seed)
+    length = 2 * max_pairs + 1
+    ids = torch.zeros(n, length, dtype=torch.long)
+    mask = torch.zeros(n, length, dtype=torch.long)
+    answer = torch.zeros(n, dtype=torch.long)
+    distractor = torch.zeros(n, dtype=torch.long)
+    for i in range(n):
+        p = int(torch.randint(min_pairs, max_pairs + 1, (1,), generator=g))
+        keys = torch.randperm(n_keys, generator=g)[:p] + 1
+        values = torch.randperm(n_values, generator=g)[:p] + 1 + n_keys
+        which = torch.randperm(p, generator=g)[:2]
+        row = torch.stack([keys, values], dim=1).reshape(-1)
+        row = torch.cat([row, keys[which[0]].reshape(1)])
+        ids[i, length - len(row):] = row
+        mask[i, length - len(row):] = 1
+        answer[i], distractor[i] = values[which[0]], values[which[1]]
+    return RecallData(ids, mask, answer, distractor, 1 + n_keys + n_values)
 
 
 if __name__ == "__main__":  # quick look

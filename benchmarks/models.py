@@ -31,7 +31,14 @@ Implementations
     ``transformer.h.{i}.attn.c_proj``'s input, MLP neurons are the output columns of
     ``transformer.h.{i}.mlp.c_fc`` (HF ``Conv1D``, weight shape (in, out)).
 
-``build_model(name, **kwargs)`` maps "resnet" / "vit" / "gpt2" to the above.
+``build_llama(...)``
+    A randomly initialised Llama-style ``LlamaForCausalLM`` (grouped-query attention: 4 query
+    heads sharing 2 key/value heads, gated SiLU MLP, RMSNorm, rotary positions; default 2
+    layers, hidden 64, intermediate 128, no dropout, eager attention). Components: query heads
+    = input slices of ``model.layers.{i}.self_attn.o_proj``, MLP neurons = input features of
+    ``model.layers.{i}.mlp.down_proj`` (found by ``ComponentSet.from_model``).
+
+``build_model(name, **kwargs)`` maps "resnet" / "vit" / "gpt2" / "llama" to the above.
 """
 
 from __future__ import annotations
@@ -247,12 +254,34 @@ def build_gpt2(config=None, seed: int = 0, **config_kwargs):
     return model
 
 
+def build_llama(seed: int = 0, vocab_size: int = 33, hidden_size: int = 64, n_layer: int = 2,
+                n_head: int = 4, n_kv_head: int = 2, intermediate_size: int = 128,
+                max_positions: int = 64):
+    """Randomly initialised small ``LlamaForCausalLM`` with grouped-query attention."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(vocab_size=vocab_size, hidden_size=hidden_size,
+                         num_hidden_layers=n_layer, num_attention_heads=n_head,
+                         num_key_value_heads=n_kv_head, intermediate_size=intermediate_size,
+                         max_position_embeddings=max_positions, attention_dropout=0.0,
+                         tie_word_embeddings=False, pad_token_id=0, bos_token_id=None,
+                         eos_token_id=None, use_cache=False)
+    config._attn_implementation = "eager"
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = LlamaForCausalLM(config)
+    return model
+
+
 def build_model(name: str, **kwargs) -> nn.Module:
-    """"resnet" -> ResNetSmall, "vit" -> ViTSmall, "gpt2" -> build_gpt2 (kwargs passed on)."""
+    """"resnet" -> ResNetSmall, "vit" -> ViTSmall, "gpt2" -> build_gpt2, "llama" ->
+    build_llama (kwargs passed on)."""
     if name == "resnet":
         return ResNetSmall(**kwargs)
     if name == "vit":
         return ViTSmall(**kwargs)
     if name == "gpt2":
         return build_gpt2(**kwargs)
-    raise ValueError(f"unknown model name {name!r}; allowed: 'resnet', 'vit', 'gpt2'")
+    if name == "llama":
+        return build_llama(**kwargs)
+    raise ValueError(f"unknown model name {name!r}; allowed: 'resnet', 'vit', 'gpt2', 'llama'")

@@ -108,7 +108,7 @@ def summary_markdown(data: Dict[str, Any]) -> List[str]:
         if name not in data["setups"]:
             continue
         for alpha in data["setups"][name]["setup"]["alphas_train"]:
-            letter = "ABC"[SETUP_NAMES.index(name)]
+            letter = "ABCD"[SETUP_NAMES.index(name)]
             columns.append((f"ours {letter} ({name}) α={alpha:g}", name, alpha, None))
             ref = pairs.get((name, round(alpha, 10)))
             if ref:

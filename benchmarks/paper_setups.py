@@ -21,6 +21,19 @@ benchmark needs to attribute it:
   model(inputs_embeds=e).logits``; the embedding is not a component), so that conductance and
   internal influence have float inputs: their path runs from zero token embeddings (position
   embeddings kept) to the real ones.
+- ``"llama"`` (setup D): a small Llama-style model (grouped-query attention: 4 query heads
+  on 2 key/value heads; gated SiLU MLP) trained on left-padded associative recall
+  (``k1 v1 ... kp vp q`` -> the value of ``q``). Components = every query head (input slices
+  of ``o_proj``) + every MLP neuron (input features of ``down_proj``), the transformer
+  default of ``ComponentSet.from_model``. Output = ``token_log_prob`` of the answer at the
+  last real position; inputs are ``input_ids`` and ``attention_mask`` packed as one
+  ``(n, 2, len)`` tensor (``PackedLanguageModelForward`` unpacks them and runs
+  ``LanguageModelForward``), so every method sees one input tensor. Token-id inputs leave
+  out the two path methods that interpolate inputs (conductance, internal influence).
+  alpha 0.025.
+
+For the language-model setups (C, D) the table adds ``AtP*`` (QK fix on the heads) and
+``AtP* (QK fix, all)`` (QK fix on every component) next to attribution patching.
 
 The first ``n_examples`` test examples are explained, with their true labels (tokens) as
 targets. ``Setup.forward`` is a :class:`CountingForward`: it counts the example-rows every
@@ -47,8 +60,12 @@ from torch import Tensor, nn
 if __package__ in (None, ""):  # run as a script: make `benchmarks` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.data import load_fashion_mnist, make_induction_data  # noqa: E402
-from benchmarks.train import train_or_load  # noqa: E402
+from benchmarks.data import (  # noqa: E402
+    load_fashion_mnist,
+    make_induction_data,
+    make_recall_data,
+)
+from benchmarks.train import recipe, train_or_load  # noqa: E402
 from captum_coar import (  # noqa: E402
     ComponentAblation,
     ComponentAttributionPatching,
@@ -59,12 +76,15 @@ from captum_coar import (  # noqa: E402
     ComponentSet,
     SequenceMargin,
 )
+from captum_coar.baselines import ComponentAtPStar  # noqa: E402
+from captum_coar.language_outputs import LanguageModelForward, TokenLogProb  # noqa: E402
 
-SETUP_NAMES = ("resnet", "vit", "gpt2")
+SETUP_NAMES = ("resnet", "vit", "gpt2", "llama")
 
 #: Method names, in the paper's order, then ours; COAR first in our tables.
 BASELINES = ("internal influence", "conductance", "gradient x parameter", "leave-one-out",
-             "attribution patching", "integrated gradients (gates)")
+             "attribution patching", "integrated gradients (gates)", "AtP*",
+             "AtP* (QK fix, all)")
 
 #: The COAR paper's correlations at alpha_test = alpha_train, per model it reports.
 PAPER: Dict[str, Dict[str, Any]] = {
@@ -81,7 +101,7 @@ PAPER: Dict[str, Dict[str, Any]] = {
 
 #: Which paper rows each setup is compared with.
 PAPER_REFERENCES = {"resnet": ("CIFAR-10 ResNet", "ImageNet ResNet-50"),
-                    "vit": ("ImageNet ViT-B/16",), "gpt2": ()}
+                    "vit": ("ImageNet ViT-B/16",), "gpt2": (), "llama": ()}
 
 
 class CountingForward:
@@ -119,6 +139,19 @@ class EmbeddingsForward(nn.Module):
 
     def forward(self, embeds: Tensor) -> Tensor:
         return self.model(inputs_embeds=embeds).logits
+
+
+class PackedLanguageModelForward(nn.Module):
+    """``x -> LanguageModelForward(model)(x[:, 0], x[:, 1])`` for ``(n, 2, len)`` packed
+    ``input_ids`` and ``attention_mask``: one input tensor for every method of the table."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        self.lm = LanguageModelForward(model)
+
+    def forward(self, packed: Tensor) -> Any:
+        return self.lm(packed[:, 0], packed[:, 1])
 
 
 @dataclass
@@ -213,6 +246,31 @@ def _gpt2_setup(n_examples: int, quick: bool, mlp_layers: str) -> Setup:
                  notes, accuracy)
 
 
+def _llama_setup(n_examples: int, quick: bool) -> Setup:
+    model, info = train_or_load("llama", quick=quick)
+    data = make_recall_data(n_examples, seed=20_240_601, **recipe("llama", quick)["data"])
+    packed = torch.stack([data.input_ids, data.attention_mask], dim=1)
+    components = ComponentSet.from_model(model)  # query heads + MLP neurons
+    forward = PackedLanguageModelForward(model).eval()
+    with torch.no_grad():
+        accuracy = float((forward(packed).logits[:, -1].argmax(-1) == data.answer)
+                         .float().mean())
+    config = model.config
+    notes = [
+        f"associative recall, {config.num_hidden_layers} layers, {config.num_attention_heads}"
+        f" query heads on {config.num_key_value_heads} key/value heads, gated MLP"
+        f" ({config.intermediate_size} neurons per layer); left-padded prompts with"
+        " attention_mask",
+        "output = token_log_prob of the answer at the last real position",
+        f"components: {components.summary().splitlines()[0]}",
+        "alpha_train 0.025; conductance and internal influence left out (token-id inputs)",
+    ]
+    return Setup("llama", f"D: Llama-style ({config.num_hidden_layers} layers, GQA"
+                 f" {config.num_attention_heads}/{config.num_key_value_heads}, gated MLP) on"
+                 " associative recall", model, info, components, CountingForward(forward),
+                 packed, data.answer, TokenLogProb(), (0.025,), notes, accuracy)
+
+
 def build_setup(name: str, n_examples: int, quick: bool = False,
                 gpt2_mlp_layers: str = "last") -> Setup:
     """Load the model of ``name`` and declare its components, examples and output."""
@@ -222,6 +280,8 @@ def build_setup(name: str, n_examples: int, quick: bool = False,
         raise ValueError(f"gpt2_mlp_layers must be 'last' or 'all', got {gpt2_mlp_layers!r}")
     if name == "gpt2":
         return _gpt2_setup(n_examples, quick, gpt2_mlp_layers)
+    if name == "llama":
+        return _llama_setup(n_examples, quick)
     return _image_setup(name, n_examples, quick)
 
 
@@ -237,7 +297,7 @@ def method_runners(setup: Setup, n_steps: int, max_rows: int,
         return lambda: cls(f, c).attribute(x, n_steps=n_steps, internal_batch_size=per_pass,
                                            **common)
 
-    return {
+    runners = {
         "internal influence": path(ComponentInternalInfluence),
         "conductance": path(ComponentConductance),
         "gradient x parameter":
@@ -251,3 +311,12 @@ def method_runners(setup: Setup, n_steps: int, max_rows: int,
                 x, internal_batch_size=per_pass, **common),
         "integrated gradients (gates)": path(ComponentIntegratedGradients),
     }
+    if setup.name in ("gpt2", "llama"):
+        runners["AtP*"] = lambda: ComponentAtPStar(f, c).attribute(
+            x, qk_fix="heads", internal_batch_size=per_pass, qk_rows=max_rows, **common)
+        runners["AtP* (QK fix, all)"] = lambda: ComponentAtPStar(f, c).attribute(
+            x, qk_fix="all", internal_batch_size=per_pass, qk_rows=max_rows, **common)
+    if setup.name == "llama":  # token-id inputs: no input path to interpolate
+        for name in ("internal influence", "conductance"):
+            runners.pop(name)
+    return runners

@@ -5,7 +5,7 @@ Run ``python benchmarks/paper_table.py [--setups resnet,vit,gpt2] [--quick] [--o
 Contract
 --------
 For each setup of :mod:`benchmarks.paper_setups` (A: ResNet-style CNN, B: ViT, C: GPT-2 on
-induction) it loads or trains the model, explains ``--n-examples`` test examples (true
+induction, D: Llama-style model on associative recall) it loads or trains the model, explains ``--n-examples`` test examples (true
 labels / tokens as targets) with COAR (``m = --m-factor * N`` masks at every training fraction
 of the setup, least squares) and every baseline (internal influence, conductance, gradient x
 parameter, leave-one-out, attribution patching, integrated gradients over the gates), and
@@ -58,7 +58,7 @@ SIZES = {
                   n_steps=4),
 }
 #: Rows per forward pass that ran fastest on one CPU thread (smaller batches stay in cache).
-MAX_ROWS = {"resnet": 1024, "vit": 400, "gpt2": 256}
+MAX_ROWS = {"resnet": 1024, "vit": 400, "gpt2": 256, "llama": 512}
 _T0 = time.perf_counter()
 
 
@@ -238,7 +238,7 @@ def run_setup(name: str, args: argparse.Namespace) -> Dict[str, Any]:
 def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--setups", default=",".join(SETUP_NAMES),
-                   help="comma-separated subset of resnet,vit,gpt2 (default: all)")
+                   help="comma-separated subset of resnet,vit,gpt2,llama (default: all)")
     p.add_argument("--quick", action="store_true", help="tiny sizes and quick models (CI, <2 min)")
     p.add_argument("--out", default=None, help="output folder (default benchmarks/results;"
                    " with --quick a temporary folder)")

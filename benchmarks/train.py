@@ -5,7 +5,9 @@ Contract
 ``train_or_load(name, quick=False, retrain=False, cache_dir=CACHE_DIR, device="cpu",
 threads=None, verbose=True) -> (model, info)``
     ``name`` is "resnet" (ResNetSmall on Fashion-MNIST), "vit" (ViTSmall on Fashion-MNIST)
-    or "gpt2" (small GPT2LMHeadModel on the induction task of ``benchmarks.data``). If
+    or "gpt2" (small GPT2LMHeadModel on the induction task of ``benchmarks.data``) or "llama"
+    (small Llama-style model, grouped-query attention and gated MLP, on the left-padded
+    associative-recall task of ``benchmarks.data``, loss on the answer only). If
     ``cache_dir/<name>[-quick].pt`` exists and its ``.json`` sidecar records the same config,
     the state dict is loaded with ``torch.load(weights_only=True)``; otherwise the model is
     trained with Adam(W) on a fixed step budget (warmup + cosine schedule) and both files are
@@ -19,7 +21,7 @@ threads=None, verbose=True) -> (model, info)``
 ``eval_classifier(model, x, y, batch_size)`` / ``eval_lm(model, data, batch_size)``
     -> (accuracy, mean loss).
 
-CLI: ``python -m benchmarks.train [resnet vit gpt2 | all] [--quick] [--retrain]
+CLI: ``python -m benchmarks.train [resnet vit gpt2 llama | all] [--quick] [--retrain]
 [--threads N] [--cache-dir DIR]`` prints one summary line per model.
 
 Measured (torch 2.13 CPU, 2 threads on 2 cores shared with other jobs, so times are loose):
@@ -46,11 +48,16 @@ from torch import nn
 if __package__ in (None, ""):  # run as a script: make `benchmarks` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.data import SequenceData, load_fashion_mnist, make_induction_data  # noqa: E402
+from benchmarks.data import (  # noqa: E402
+    SequenceData,
+    load_fashion_mnist,
+    make_induction_data,
+    make_recall_data,
+)
 from benchmarks.models import build_model  # noqa: E402
 
 CACHE_DIR = Path(__file__).resolve().parent / "cache"
-MODEL_NAMES = ("resnet", "vit", "gpt2")
+MODEL_NAMES = ("resnet", "vit", "gpt2", "llama")
 
 # Training recipes. "model" goes to build_model; the rest drive the loop.
 RECIPES: Dict[str, Dict[str, Any]] = {
@@ -63,11 +70,17 @@ RECIPES: Dict[str, Dict[str, Any]] = {
                  data={"vocab_size": 64, "seq_len": 48}, max_steps=3000, batch_size=64,
                  lr=1e-3, weight_decay=0.01, warmup_frac=0.03, seed=0, n_test=2000,
                  target_accuracy=0.99, eval_every=250),
+    "llama": dict(model={"vocab_size": 33, "hidden_size": 64, "n_layer": 2, "n_head": 4,
+                         "n_kv_head": 2, "intermediate_size": 128},
+                  data={"n_keys": 16, "n_values": 16, "min_pairs": 4, "max_pairs": 6},
+                  max_steps=4000, batch_size=64, lr=3e-3, weight_decay=0.01, warmup_frac=0.03,
+                  seed=0, n_test=1000, target_accuracy=0.98, eval_every=250),
 }
 QUICK = {
     "resnet": dict(n_train=512, n_test=256, epochs=1),
     "vit": dict(n_train=512, n_test=256, epochs=1),
     "gpt2": dict(max_steps=20, n_test=64, eval_every=10),
+    "llama": dict(max_steps=20, n_test=64, eval_every=10),
 }
 
 
@@ -212,6 +225,53 @@ def _train_gpt2(rec: Dict[str, Any], device: str, verbose: bool):
                        n_test=rec["n_test"])
 
 
+def _recall_loss_and_accuracy(model: nn.Module, data: Any) -> Tuple[torch.Tensor, float]:
+    from captum_coar.language_outputs import LanguageModelForward
+
+    out = LanguageModelForward(model)(data.input_ids, data.attention_mask)
+    final = out.logits[:, -1]  # left padding: the last position is the query for every row
+    loss = F.cross_entropy(final, data.answer)
+    return loss, float((final.argmax(-1) == data.answer).float().mean())
+
+
+def _train_llama(rec: Dict[str, Any], device: str, verbose: bool):
+    dcfg = rec["data"]
+    test = make_recall_data(rec["n_test"], seed=10_000_019, **dcfg)
+    model = build_model("llama", seed=rec["seed"], **rec["model"]).to(device)
+    opt = _optimizer(model, rec["lr"], rec["weight_decay"])
+    total, bs = rec["max_steps"], rec["batch_size"]
+    sched = _schedule(opt, total, rec["warmup_frac"])
+    _log(verbose, f"llama: associative recall {dcfg}, up to {total} steps of batch {bs}")
+    t0, step, run_loss, acc = time.time(), 0, 0.0, 0.0
+    while step < total:
+        model.train()
+        batch = make_recall_data(bs, seed=rec["seed"] * 1_000_003 + step, **dcfg)
+        loss, _ = _recall_loss_and_accuracy(model, batch)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        step += 1
+        run_loss += loss.item()
+        if step % rec["eval_every"] == 0 or step == total:
+            model.eval()
+            with torch.no_grad():
+                tl, acc = _recall_loss_and_accuracy(model, test)
+            _log(verbose, f"llama: step {step}/{total} train loss"
+                          f" {run_loss / rec['eval_every']:.4f} test acc {acc:.4f}"
+                          f" ({time.time() - t0:.0f}s)")
+            run_loss = 0.0
+            if acc >= rec["target_accuracy"]:
+                break
+    model.eval()
+    with torch.no_grad():
+        tl, acc = _recall_loss_and_accuracy(model, test)
+    return model, dict(test_accuracy=acc, test_loss=float(tl), train_seconds=time.time() - t0,
+                       steps=step, dataset="associative recall", dataset_is_fallback=False,
+                       n_test=rec["n_test"])
+
+
 def recipe(name: str, quick: bool = False) -> Dict[str, Any]:
     """The training recipe (a fresh dict) used by ``train_or_load``."""
     if name not in RECIPES:
@@ -225,8 +285,8 @@ def recipe(name: str, quick: bool = False) -> Dict[str, Any]:
 def build_for(name: str, quick: bool = False) -> nn.Module:
     """An untrained model with the architecture ``train_or_load(name, quick)`` uses."""
     rec = recipe(name, quick)
-    if name == "gpt2":
-        return build_model("gpt2", seed=rec["seed"], **rec["model"])
+    if name in ("gpt2", "llama"):
+        return build_model(name, seed=rec["seed"], **rec["model"])
     return build_model(name, num_classes=10, **rec["model"])
 
 
@@ -268,6 +328,8 @@ def train_or_load(
         _log(verbose, f"{name}: cached config differs from the recipe; retraining")
     if name == "gpt2":
         model, info = _train_gpt2(rec, device, verbose)
+    elif name == "llama":
+        model, info = _train_llama(rec, device, verbose)
     else:
         model, info = _train_image(name, rec, device, verbose)
     model.eval()
@@ -285,7 +347,7 @@ def train_or_load(
 def main(argv: Optional[list] = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("models", nargs="*", default=["all"],
-                   help="resnet, vit, gpt2 or all (default)")
+                   help="resnet, vit, gpt2, llama or all (default)")
     p.add_argument("--quick", action="store_true", help="tiny subsets, a few steps (CI)")
     p.add_argument("--retrain", action="store_true", help="ignore the cache")
     p.add_argument("--threads", type=int,

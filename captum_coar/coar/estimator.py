@@ -261,6 +261,8 @@ class ComponentAblationRegression(PerturbationAttribution, CollectionEntryPoints
                                       perturbations_per_eval=perturbations_per_eval,
                                       max_rows=max_rows, show_progress=show_progress)
             return (result.attributions,) if isinstance(inputs, tuple) else result.attributions
+        if isinstance(n_masks, str):
+            raise ValueError(f"`n_masks` must be an integer, None or 'auto'; got {n_masks!r}")
         n_masks = self._default_n_masks(n_masks)
         if solver is None:
             solver = self.default_solver(n_masks - validation_split(n_masks, validation_fraction))

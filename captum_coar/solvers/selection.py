@@ -224,6 +224,7 @@ class AutoRidge(Solver):
             chosen = grid[idx]
             W = P + evecs @ (inv[idx].T * proj)
         fit_stats = stats
+        val_mse: Optional[torch.Tensor] = None
         info: Dict[str, Any] = {"criterion": criterion, "selection": selection,
                                 "prior": self.prior is not None}
         if criterion == "validation" and self.refit:
@@ -231,7 +232,7 @@ class AutoRidge(Solver):
             val_mse = validation_stats.mse(W.T, my - mx @ W)
             fit_stats = merged_statistics(stats, validation_stats)
             factor = fit_stats.count / m
-            chosen = chosen * factor if isinstance(chosen, float) else chosen * factor
+            chosen = chosen * factor
             W = self._solve_at(fit_stats, chosen, rcond)
             info["refit_rows"] = fit_stats.count
         coef = W.T.contiguous()

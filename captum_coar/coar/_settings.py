@@ -68,9 +68,10 @@ class CollectionSettings:
               sampler: Union[str, MaskSampler] = "bernoulli",
               ablation: Union[str, AblationStrategy] = "weights",
               output: Union[None, str, OutputFunction, Callable[..., Tensor]] = None,
-              has_target: bool = True, seed: int = 0, fractional_target_batch: Optional[int] = None,
+              has_target: bool = True, seed: int = 0,
               perturbations_per_eval: Optional[int] = None, max_rows: Optional[int] = None,
-              chunk_rows: Optional[int] = None) -> "CollectionSettings":
+              chunk_rows: Optional[int] = None,
+              fractional_target_batch: Optional[int] = None) -> "CollectionSettings":
         """Resolve and validate every setting (messages say what was given and allowed)."""
         if not isinstance(components, ComponentSet):
             raise TypeError(f"components must be a ComponentSet, got {type(components).__name__}")

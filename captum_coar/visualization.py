@@ -70,7 +70,7 @@ def output_label(output: Any = None) -> str:
         return _READABLE.get(output, output)
     name = getattr(output, "name", None)
     if not isinstance(name, str):
-        name = getattr(output, "__name__", type(output).__name__)
+        name = str(getattr(output, "__name__", type(output).__name__))
     return _READABLE.get(name, name)
 
 

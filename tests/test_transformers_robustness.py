@@ -98,7 +98,7 @@ def test_tuple_output_modules_are_refused_with_the_alternative():
     model = nn.Sequential(nn.LSTM(4, 6, batch_first=True))
     components = ComponentSet(model, [ComponentGroup("0", "neuron", 6)])
     with pytest.raises(TypeError, match=r"module '0' \(LSTM\) gave a tuple of 2 items as its"
-                                        r" output; only tensors are gated.*site='input'"):
+                                        r" output;.*tuple outputs are not.*site='input'"):
         with ablated(components, torch.ones(6)):
             model(torch.randn(2, 3, 4))
     assert not model[0]._forward_hooks

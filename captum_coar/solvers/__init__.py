@@ -19,6 +19,8 @@ Implementations
 - :class:`AutoRidge` -- ridge with its penalty chosen on held-out rows or by generalised
   cross-validation, optionally shrunk toward a prior attribution (``prior=``).
 - :class:`AutoLasso` -- lasso with its penalty chosen on held-out rows, refitted on all rows.
+- :class:`DifferenceOfMeans` -- ``E[y | kept] - E[y | ablated]`` per component (maximum
+  sample reuse), defined at any ``m``.
 
 Least squares, ridge and AutoRidge attach standard errors (``FitResult.standard_errors``);
 :mod:`captum_coar.solvers.uncertainty` says what they mean and computes confidence intervals.
@@ -32,6 +34,7 @@ from typing import Union
 
 from .._registry import Registry
 from .base import ChunkSource, FitResult, Solver, StreamingSolver
+from .difference_of_means import DifferenceOfMeans
 from .lasso import ConvergenceWarning, Lasso
 from .least_squares import LeastSquares, Ridge, SingularMatrixWarning
 from .selection import AutoLasso, AutoRidge
@@ -51,6 +54,7 @@ __all__ = [
     "MinibatchRidge",
     "AutoRidge",
     "AutoLasso",
+    "DifferenceOfMeans",
     "confidence_interval",
     "sandwich_standard_errors",
     "SingularMatrixWarning",
@@ -67,6 +71,7 @@ SOLVERS.register("lasso", Lasso)
 SOLVERS.register("streaming", MinibatchRidge, "minibatch_ridge")
 SOLVERS.register("ridge_auto", AutoRidge, "auto")
 SOLVERS.register("lasso_auto", AutoLasso)
+SOLVERS.register("difference_of_means", DifferenceOfMeans, "msr")
 
 
 def resolve_solver(

@@ -5,9 +5,10 @@ Contract
 :func:`model_state_kept` is a context manager around work that runs ``model``: on entry it
 copies every buffer (BatchNorm running statistics, ``num_batches_tracked``, ...) and records
 the version counter of every parameter; on exit -- after success or an exception -- it writes
-every buffer back (a model left in train mode updates its BatchNorm statistics on every
-forward pass, inside native kernels that leave version counters alone), and restores each
-module's ``training`` flag.
+back every buffer whose value changed (a model left in train mode updates its BatchNorm
+statistics on every forward pass, inside native kernels that leave version counters alone;
+unchanged buffers are not written, so autograd graphs that saved them stay valid), and
+restores each module's ``training`` flag.
 Parameters are never written by this library (gates act through hooks); a parameter whose
 version changed anyway (the user's forward function wrote it) raises ``RuntimeError`` naming
 it, since the result was computed with weights that changed during the call. Nested uses restore at
@@ -52,7 +53,8 @@ def model_state_kept(model: Optional[nn.Module]) -> Iterator[None]:
     finally:
         with torch.no_grad():
             for buffer, copy in buffers:  # native kernels (batch_norm) skip version counters
-                buffer.copy_(copy)
+                if not torch.equal(buffer, copy):  # untouched buffers keep their version (autograd
+                    buffer.copy_(copy)  # may have saved them for a backward pass still to come)
         for module, training in modes:
             module.training = training
     changed = [name for name, p, version in params if p._version != version]

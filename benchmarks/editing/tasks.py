@@ -17,9 +17,9 @@ images from ``base`` (an ``ImageData`` of ``benchmarks.data.load_fashion_mnist``
   carry their true class name, 20% no text. ``with_text(x, names)`` writes given class
   indices' names (used for the attack: a wrong name).
 
-``trained_model(name, data, quick, cache_dir)`` trains a ``ResNetSmall`` (widths 8/16/32,
-one block per stage) with AdamW and a cosine schedule on ``data.x_train``, or loads it from
-``cache_dir/editing-<name>[-quick].pt`` when its JSON sidecar records the same config.
+``trained_model(name, data, quick, cache_dir, widths=WIDTHS)`` trains a ``ResNetSmall``
+(default widths 16/32/64, one block per stage) with AdamW and a cosine schedule on ``data.x_train``, or loads it from
+``cache_dir/editing-<name>-w<widths>[-quick].pt`` when its JSON sidecar records the same config.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ CACHE_DIR = Path(__file__).resolve().parent.parent / "cache"
 FONT = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf"
 SHORT_NAMES = ("tee", "pants", "pull", "dress", "coat", "sandal", "shirt", "sneak", "bag", "boot")
 HIGH = 2.0  # pixel value of stripes, trigger and text (data are standardised, background ~ -0.8)
-WIDTHS = (8, 16, 32)
+WIDTHS = (16, 32, 64)
 
 
 @dataclass
@@ -163,21 +163,22 @@ def task_data(name: str, base, quick: bool = False) -> TaskData:
     raise ValueError(f"`name` must be one of plain, spurious, backdoor, typographic; got {name!r}")
 
 
-def build_model(num_classes: int) -> ResNetSmall:
+def build_model(num_classes: int, widths=WIDTHS) -> ResNetSmall:
     torch.manual_seed(0)
-    return ResNetSmall(num_classes=num_classes, widths=WIDTHS, blocks_per_stage=1)
+    return ResNetSmall(num_classes=num_classes, widths=tuple(widths), blocks_per_stage=1)
 
 
 def trained_model(name: str, data: TaskData, quick: bool = False,
                   cache_dir: Path = CACHE_DIR, epochs: Optional[int] = None,
-                  verbose: bool = True):
+                  verbose: bool = True, widths=WIDTHS):
     """(model in eval mode, info) for task ``name``; trained once, then loaded from the cache."""
-    epochs = epochs or (1 if quick else 4)
-    config = {"task": name, "widths": list(WIDTHS), "epochs": epochs, "n_train": len(data.y_train),
+    epochs = epochs or (1 if quick else 3)
+    config = {"task": name, "widths": list(widths), "epochs": epochs, "n_train": len(data.y_train),
               "num_classes": data.num_classes, "lr": 3e-3, "batch_size": 128, "version": 1}
-    path = Path(cache_dir) / f"editing-{name}{'-quick' if quick else ''}.pt"
+    tag = "-".join(str(w) for w in widths)
+    path = Path(cache_dir) / f"editing-{name}-w{tag}{'-quick' if quick else ''}.pt"
     sidecar = path.with_suffix(".json")
-    model = build_model(data.num_classes)
+    model = build_model(data.num_classes, widths)
     if path.exists() and sidecar.exists() and json.loads(sidecar.read_text()).get("config") == config:
         model.load_state_dict(torch.load(path, weights_only=True))
         info = json.loads(sidecar.read_text())

@@ -1,0 +1,1 @@
+"""COAR-Edit benchmark: five editing tasks (``python -m benchmarks.editing.run``)."""

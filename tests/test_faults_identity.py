@@ -18,7 +18,9 @@ from captum_coar.coar import (
     collect,
     collect_statistics,
     collect_statistics_shard,
+    load_statistics,
     merge_statistics,
+    save_statistics,
     tensor_batches,
 )
 from captum_coar.coar._identity import IDENTITY_FIELDS, identity_differences
@@ -152,6 +154,23 @@ def test_merges_of_shards_from_other_models_and_data_are_refused(tmp_path):
         merge_statistics([first.train, second.train])
     bare = merge_statistics([first.train, second.train], allow_unidentified=True)
     assert bare.train.count == SETTINGS["n_masks"]
+
+
+def test_damaged_statistics_files_are_named(tmp_path):
+    model, components, data = make_setup()
+    stats = collect_statistics(model, components, data, **SETTINGS)
+    path = tmp_path / "stats.pt"
+    save_statistics(stats, path)
+    assert [p.name for p in tmp_path.iterdir()] == ["stats.pt"]  # the temporary file is gone
+    merged = merge_statistics(path)
+    assert torch.equal(merged.train.xtx, stats.train.xtx)
+    data_bytes = path.read_bytes()
+    path.write_bytes(data_bytes[: len(data_bytes) // 2])
+    with pytest.raises(ValueError, match="stats.pt"):
+        load_statistics(path)
+    path.write_bytes(b"")
+    with pytest.raises(ValueError, match="stats.pt"):
+        merge_statistics(path)
 
 
 def test_fit_refuses_data_of_another_model_components_or_ablation(reference):

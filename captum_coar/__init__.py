@@ -33,6 +33,8 @@ from .evaluation import (EVALUATION_SEED, CounterfactualCorrelationResult, TopKA
 from .visualization import (plot_component_attributions, plot_correlation_bars,
                             plot_counterfactual_scatter, plot_topk_curves)
 from .edits import WeightEdit, ablate_persistently, zero_components
+from .editing import (EditCurve, EditResult, apply_edit, choose_k, coar_edit, component_scores,
+                      edit_curve, edit_masks, edited_state_dict, select_components)
 
 __version__ = "0.2.0"
 
@@ -67,5 +69,7 @@ __all__ = [
     "plot_correlation_bars", "plot_component_attributions", "plot_topk_curves",
     # editing
     "WeightEdit", "zero_components", "ablate_persistently",
+    "component_scores", "select_components", "edit_masks", "edit_curve", "choose_k", "coar_edit",
+    "EditCurve", "EditResult", "apply_edit", "edited_state_dict",
     "__version__",
 ]

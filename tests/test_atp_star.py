@@ -91,3 +91,24 @@ def test_refuses_models_without_the_attention_interface_and_restores_config():
         ComponentAtPStar(train, ComponentSet.from_model(train, kinds="attention_heads")
                          ).attribute(ids, target=tokens, output="token_log_prob")
     assert gpt2.config._attn_implementation == "sdpa"
+
+
+def test_left_padding_gives_each_row_its_unpadded_estimate():
+    from captum_coar.language_outputs import LanguageModelForward
+
+    model, ids, tokens = saturated_gpt2()
+    heads = ComponentSet.from_model(model, kinds="attention_heads")
+    forward = LanguageModelForward(model)
+    rows = [ids[0, :8], ids[1, 3:]]  # lengths 8 and 5
+    padded = torch.zeros(2, 8, dtype=torch.long)
+    mask = torch.zeros(2, 8, dtype=torch.long)
+    for i, r in enumerate(rows):
+        padded[i, 8 - len(r):], mask[i, 8 - len(r):] = r, 1
+    together = ComponentAtPStar(forward, heads).attribute(
+        (padded, mask), target=tokens[:2], output="token_log_prob")[0]
+    for i, r in enumerate(rows):
+        alone = ComponentAtPStar(forward, heads).attribute(
+            (r[None], torch.ones(1, len(r), dtype=torch.long)), target=tokens[i:i + 1],
+            output="token_log_prob")[0]
+        assert torch.isfinite(together[i]).all()
+        torch.testing.assert_close(together[i], alone[0], rtol=1e-4, atol=1e-5)

@@ -111,7 +111,11 @@ def _attention(module: nn.Module, query: Tensor, key: Tensor, value: Tensor,
     probe = _PROBE
     if probe.mode == "tangent":
         primal, tangent = fwAD.unpack_dual(scores)
-        probe.tangents.append(torch.zeros_like(primal) if tangent is None else tangent)
+        if tangent is None:
+            tangent = torch.zeros_like(primal)
+        # masked scores stay masked: no tangent where the mask added the dtype's minimum
+        masked = primal <= torch.finfo(primal.dtype).min / 2
+        probe.tangents.append(torch.where(masked, torch.zeros_like(tangent), tangent))
         pattern = torch.softmax(primal.float(), dim=-1).to(value.dtype)  # frozen: no tangent
     else:
         pattern = torch.softmax(scores.float(), dim=-1).to(value.dtype)

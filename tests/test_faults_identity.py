@@ -154,6 +154,14 @@ def test_merges_of_shards_from_other_models_and_data_are_refused(tmp_path):
         merge_statistics([first.train, second.train])
     bare = merge_statistics([first.train, second.train], allow_unidentified=True)
     assert bare.train.count == SETTINGS["n_masks"]
+    # the in-place merge of two parts checks the same identity and the rows
+    other = collect_statistics_shard(other_model, other_components, data, shard=1, **kwargs)
+    with pytest.raises(ValueError, match="model_fingerprint"):
+        collect_statistics_shard(model, components, data, shard=0, **kwargs).merge(other)
+    with pytest.raises(ValueError, match="in both parts"):
+        collect_statistics_shard(model, components, data, shard=0, **kwargs).merge(first)
+    whole = collect_statistics_shard(model, components, data, shard=0, **kwargs).merge(second)
+    assert whole.settings["rows"] == [[0, SETTINGS["n_masks"]]]
 
 
 def test_damaged_statistics_files_are_named(tmp_path):

@@ -48,7 +48,6 @@ from __future__ import annotations
 import os
 import shutil
 import warnings
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple, Union
 
@@ -69,6 +68,7 @@ from ..stores.base import MaskOutputStore, RowSelection, select_rows
 from ..stores.memmap import MemmapStore
 from ..stores.memory import InMemoryStore
 from ._batches import Batch, BatchFn, read_data, split_batch, tensor_batches
+from ._collected import CollectedStatistics, row_ranges
 from ._fingerprint import DataScan
 from ._identity import collection_identity, identity_differences
 from ._settings import (
@@ -83,16 +83,6 @@ OutputLike = Union[None, str, OutputFunction, Callable[..., Tensor]]
 
 __all__ = ["collect", "collect_statistics", "CollectedStatistics", "CollectionSettings",
            "tensor_batches", "validation_split", "split_batch", "stats_device", "row_ranges", "identify"]
-
-
-def row_ranges(rows: np.ndarray) -> List[List[int]]:
-    """Sorted unique rows as ``[[start, stop), ...]`` runs (JSON friendly)."""
-    rows = np.asarray(rows, dtype=np.int64)
-    if rows.size == 0:
-        return []
-    breaks = np.nonzero(np.diff(rows) != 1)[0] + 1
-    starts, ends = rows[np.r_[0, breaks]], rows[np.r_[breaks - 1, rows.size - 1]] + 1
-    return [[int(a), int(b)] for a, b in zip(starts, ends)]
 
 
 # --------------------------------------------------------------------------- sinks
@@ -343,30 +333,6 @@ def collect(forward_func: Callable[..., Any], components: ComponentSet, data: It
         _run(settings, strategy, data, batch_fn, scan, index, _StoreSink(store), show_progress,
              verify_passes=not isinstance(data, (list, tuple)))
     return store
-
-
-@dataclass
-class CollectedStatistics:
-    """Sufficient statistics of training rows and of held-out (validation) rows.
-
-    ``settings`` holds the collection's identity (:mod:`captum_coar.coar._identity`),
-    ``n_validation`` and the ``rows`` covered as ``[start, stop)`` runs.
-    """
-
-    train: SufficientStatistics
-    validation: Optional[SufficientStatistics]
-    settings: Dict[str, Any] = field(default_factory=dict)
-
-    def merge(self, other: "CollectedStatistics") -> "CollectedStatistics":
-        """Add another shard's statistics (in place, unchecked: prefer
-        :func:`captum_coar.coar.shards.merge_statistics`); returns self."""
-        self.train.merge(other.train)
-        if other.validation is not None:
-            if self.validation is None:
-                self.validation = other.validation
-            else:
-                self.validation.merge(other.validation)
-        return self
 
 
 def collect_statistics(forward_func: Callable[..., Any], components: ComponentSet,

@@ -56,6 +56,7 @@ from ..stores._files import unique_temp_path
 from ..stores.base import MaskOutputStore, RowSelection, select_rows
 from ..stores.memmap import METADATA_FILE, MemmapStore
 from ._batches import BatchFn
+from ._collected import rows_of
 from ._identity import identity_differences
 from .collection import (
     CollectedStatistics,
@@ -82,11 +83,6 @@ def shard_rows(n_masks: int, shard: int, n_shards: int, rows: RowSelection = Non
     n_shards = check_int("n_shards", n_shards, minimum=1)
     shard = check_int("shard", shard, minimum=0, maximum=n_shards - 1)
     return np.array_split(select_rows(rows, n_masks), n_shards)[shard]
-
-
-def _rows_of(ranges: Sequence[Sequence[int]]) -> np.ndarray:
-    parts = [np.arange(int(a), int(b), dtype=np.int64) for a, b in ranges]
-    return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
 
 
 def check_forward_func(forward_func: Any, components: Any, what: str) -> None:
@@ -299,7 +295,7 @@ def merge_statistics(sources: Union[Source, Sequence[Source]], *, validation_fra
         else:
             stats = item if isinstance(item, CollectedStatistics) else CollectedStatistics(item, None)
             known = stats.settings.get("rows")
-            rows = None if known is None else _rows_of(known)
+            rows = None if known is None else rows_of(known)
         parts.append((label, stats, rows))
     identified = [(label, stats) for label, stats, _ in parts if "probe" in stats.settings]
     unidentified = [label for label, stats, _ in parts if "probe" not in stats.settings]

@@ -44,21 +44,14 @@ from typing import Any, Callable, Dict, Optional, Sequence, Tuple, Union
 import torch
 from torch import Tensor, nn
 
-from . import (
-    AblationStrategy,
-    ComponentGates,
-    ComponentSet,
-    OutputFunction,
-    WeightAblation,
-    WeightEdit,
-    ZeroAblation,
-    ablate_persistently,
-    evaluate_masks,
-    resolve_ablation,
-    resolve_output,
-    zero_components,
-)
+from ._checks import check_choice, check_float, check_int
+from ._engine import evaluate_masks
+from .ablation import AblationStrategy, WeightAblation, ZeroAblation, resolve_ablation
+from .components import ComponentSet
 from .editing_results import EditCurve, EditResult
+from .edits import WeightEdit, ablate_persistently, zero_components
+from .gates import ComponentGates
+from .outputs import OutputFunction, resolve_output
 
 __all__ = ["component_scores", "select_components", "edit_masks", "edit_curve", "choose_k",
            "coar_edit", "apply_edit", "edited_state_dict", "SCORES", "DIRECTIONS"]
@@ -93,14 +86,11 @@ def component_scores(target_attributions: Tensor, reference_attributions: Tensor
         raise ValueError(
             "`reference_attributions` must cover the same components as `target_attributions`;"
             f" got {r.shape[1]} components against {t.shape[1]}")
-    if method not in SCORES:
-        raise ValueError(f"`method` must be one of {list(SCORES)}; got {method!r}")
+    check_choice("method", method, SCORES)
     difference = t.mean(dim=0) - r.mean(dim=0)
     if method == "mean_difference":
         return difference
-    if isinstance(variance_floor, bool) or not isinstance(variance_floor, numbers.Real) \
-            or not variance_floor > 0:
-        raise ValueError(f"`variance_floor` must be a positive number; got {variance_floor!r}")
+    check_float("variance_floor", variance_floor, low=0.0, low_open=True)
     n_t, n_r = t.shape[0], r.shape[0]
     if n_t == 1 and n_r == 1:
         raise ValueError("`target_attributions` and `reference_attributions` must not both hold"
@@ -115,18 +105,11 @@ def component_scores(target_attributions: Tensor, reference_attributions: Tensor
 
 
 def _check_direction(direction: Any) -> str:
-    if direction not in DIRECTIONS:
-        raise ValueError(f"`direction` must be one of {list(DIRECTIONS)}; got {direction!r}")
-    return direction
+    return check_choice("direction", direction, DIRECTIONS)
 
 
 def _check_k(name: str, k: Any, n_components: int) -> int:
-    if isinstance(k, bool) or not isinstance(k, numbers.Integral):
-        raise TypeError(f"`{name}` must be an integer; got {type(k).__name__}")
-    if not 0 <= int(k) <= n_components:
-        raise ValueError(f"`{name}` must be between 0 and the number of components"
-                         f" ({n_components}); got {int(k)}")
-    return int(k)
+    return check_int(name, k, minimum=0, maximum=n_components)
 
 
 def select_components(scores: Tensor, k: Optional[int] = None, direction: str = "lower") -> Tensor:

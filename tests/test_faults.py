@@ -216,13 +216,15 @@ def test_verify_checks_masks_against_the_sampler(reference, tmp_path):
     path = copy_store(reference[0], tmp_path / "store")
     store = MemmapStore(path, read_only=True)
     assert store.verify(BernoulliSampler(0.2)).ok
+    assert store.verify().masks_checked  # the built-in sampler is rebuilt from the metadata
     assert store.verify(BernoulliSampler(0.2), seed=5).mask_mismatch  # other seed: other masks
     masks = np.load(path / "masks.npy", mmap_mode="r+")
     masks[7, 0] ^= 0x80
     masks.flush()
     del masks
-    report = MemmapStore(path, read_only=True).verify(BernoulliSampler(0.2))
+    report = MemmapStore(path, read_only=True).verify()
     assert report.mask_mismatch == [7] and report.checksum_mismatch == [7]
+    assert "[7, 8)" in str(report)
 
 
 def test_partial_row_with_a_wrong_mask_is_recollected(reference, tmp_path):

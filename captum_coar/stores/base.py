@@ -34,18 +34,25 @@ Implementations: :class:`~captum_coar.stores.memory.InMemoryStore` (numpy arrays
 
 from __future__ import annotations
 
-import json
 from abc import ABC, abstractmethod
 from contextlib import contextmanager
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple, Union
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from .._checks import check_integer_values, fail
+from ..sampling import resolve_sampler
 from ..solvers.statistics import SufficientStatistics
 from ._integrity import StoreReport, describe_rows, row_checksums
+from ._rows import (
+    RowSelection,
+    as_index,
+    normalise_metadata,
+    pack_masks,
+    select_rows,
+    unpack_masks,
+)
 
 __all__ = ["MaskOutputStore", "FORMAT_VERSION", "pack_masks", "unpack_masks", "RowSelection",
            "normalise_metadata", "select_rows", "StoreReport"]
@@ -53,45 +60,7 @@ __all__ = ["MaskOutputStore", "FORMAT_VERSION", "pack_masks", "unpack_masks", "R
 #: Version of the store's file layout (2: per-row checksums).
 FORMAT_VERSION = 2
 
-RowSelection = Union[None, slice, Tuple[int, int], Sequence[int], np.ndarray, Tensor]
 IdentityCompare = Callable[[Dict[str, Any], Dict[str, Any]], List[str]]
-
-
-def select_rows(rows: RowSelection, n_masks: int) -> np.ndarray:
-    """Sorted unique row indices from None (all), ``(start, stop)``, a slice or indices."""
-    if rows is None:
-        return np.arange(n_masks, dtype=np.int64)
-    if isinstance(rows, slice):
-        return np.arange(n_masks, dtype=np.int64)[rows]
-    if isinstance(rows, tuple) and len(rows) == 2 and all(isinstance(v, (int, np.integer))
-                                                          for v in rows):
-        start, stop = int(rows[0]), int(rows[1])
-        if not 0 <= start <= stop <= n_masks:
-            raise fail("rows", f"(start, stop) with 0 <= start <= stop <= n_masks={n_masks}",
-                       rows)
-        return np.arange(start, stop, dtype=np.int64)
-    index = np.unique(check_integer_values("rows", rows).cpu().numpy().reshape(-1))
-    if index.size and (index[0] < 0 or index[-1] >= n_masks):
-        raise fail("rows", f"row indices in [0, {n_masks})", rows,
-                   f"found {index[0]} .. {index[-1]}")
-    return index
-
-
-def pack_masks(masks: Tensor) -> np.ndarray:
-    """Bool ``(rows, N)`` keep masks -> uint8 ``(rows, ceil(N / 8))`` (big-endian bit order)."""
-    array = torch.as_tensor(masks).detach().to("cpu", torch.bool).numpy()
-    return np.packbits(array, axis=1)
-
-
-def unpack_masks(packed: np.ndarray, n_components: int) -> Tensor:
-    """Inverse of :func:`pack_masks`: a bool tensor ``(rows, n_components)``."""
-    bits = np.unpackbits(np.asarray(packed), axis=1, count=n_components)
-    return torch.from_numpy(bits.astype(bool, copy=False))
-
-
-def normalise_metadata(metadata: Dict[str, Any]) -> Dict[str, Any]:
-    """The metadata as it reads back from JSON (tuples become lists, keys become strings)."""
-    return json.loads(json.dumps(metadata, sort_keys=True))
 
 
 class MaskOutputStore(ABC):
@@ -207,7 +176,7 @@ class MaskOutputStore(ABC):
     def progress(self, rows: RowSelection = None) -> np.ndarray:
         """Examples written per row (int64 copy; may be out of range if the file is damaged)."""
         self._require()
-        return np.array(self._progress[_as_index(self.rows(rows))], dtype=np.int64)
+        return np.array(self._progress[as_index(self.rows(rows))], dtype=np.int64)
 
     def completed(self, rows: RowSelection = None) -> np.ndarray:
         """Bool array: which of the selected rows hold outputs for every example."""
@@ -227,7 +196,7 @@ class MaskOutputStore(ABC):
         bad = []
         for start in range(0, len(index), 4096):
             part = index[start:start + 4096]
-            sel = _as_index(part)
+            sel = as_index(part)
             computed = row_checksums(self._masks[sel], self._outputs[sel], self._salt)
             bad.append(part[computed != np.asarray(self._checksums[sel])])
         return np.concatenate(bad) if bad else np.zeros(0, dtype=np.int64)
@@ -244,12 +213,17 @@ class MaskOutputStore(ABC):
                chunk_rows: int = 4096) -> StoreReport:
         """Check every row; returns a :class:`StoreReport` listing damaged rows by index.
 
-        With ``sampler`` (a :class:`~captum_coar.sampling.MaskSampler`; ``seed`` defaults to
-        the stored seed) the masks of written rows are also compared with the regenerated ones.
+        The masks of written rows are also compared with those the sampler regenerates from
+        ``(seed, row)``: ``sampler`` (a :class:`~captum_coar.sampling.MaskSampler`; ``seed``
+        defaults to the stored seed), or by default the built-in sampler the metadata describes
+        (a custom sampler that cannot be rebuilt from its description is skipped:
+        ``report.masks_checked`` is False).
         """
         out_of_range, mismatch = self.damaged_rows()
         report = StoreReport(self.n_masks, self.n_completed, out_of_range.tolist(),
                              mismatch.tolist())
+        if sampler is None:
+            sampler = _stored_sampler(self._require().get("sampler"))
         if sampler is not None:
             seed = int(self._require().get("seed", 0)) if seed is None else int(seed)
             written = self.rows()[self.progress() > 0]
@@ -266,7 +240,7 @@ class MaskOutputStore(ABC):
             part = rows[start:start + chunk_rows]
             lo, hi = int(part[0]), int(part[-1]) + 1
             expected = sampler.sample(self.n_components, lo, hi, seed)[torch.from_numpy(part - lo)]
-            stored = unpack_masks(self._masks[_as_index(part)], self.n_components)
+            stored = unpack_masks(self._masks[as_index(part)], self.n_components)
             bad.append(part[(stored != expected.cpu()).any(dim=1).numpy()])
         return np.concatenate(bad) if bad else np.zeros(0, dtype=np.int64)
 
@@ -277,7 +251,7 @@ class MaskOutputStore(ABC):
         self._before_write()
         rows = np.asarray(rows, dtype=np.int64)
         if rows.size:
-            self._progress[_as_index(rows)] = int(progress)
+            self._progress[as_index(rows)] = int(progress)
             self._flush_progress()
 
     # ------------------------------------------------------------------ writing
@@ -289,7 +263,7 @@ class MaskOutputStore(ABC):
         if masks.shape != (len(rows), self.n_components):
             raise ValueError(f"masks must have shape {(len(rows), self.n_components)}, got"
                              f" {tuple(masks.shape)}")
-        self._masks[_as_index(rows)] = pack_masks(masks)
+        self._masks[as_index(rows)] = pack_masks(masks)
 
     def write_outputs(self, rows: np.ndarray, examples: slice, values: Tensor) -> None:
         """Store outputs ``(len(rows), examples)`` for ``rows`` and a slice of examples."""
@@ -297,7 +271,7 @@ class MaskOutputStore(ABC):
         self._before_write()
         array = torch.as_tensor(values).detach().to("cpu").numpy().astype(self._outputs.dtype,
                                                                           copy=False)
-        index = _as_index(rows)
+        index = as_index(rows)
         if isinstance(index, slice):
             self._outputs[index, examples] = array
         else:
@@ -310,7 +284,7 @@ class MaskOutputStore(ABC):
         """
         self._require()
         self._before_write()
-        index = _as_index(rows)
+        index = as_index(rows)
         if int(examples_done) == self.n_examples:
             self._checksums[index] = row_checksums(self._masks[index], self._outputs[index],
                                                    self._salt)
@@ -322,12 +296,12 @@ class MaskOutputStore(ABC):
     def read_masks(self, rows: RowSelection = None) -> Tensor:
         """Keep masks (bool ``(rows, N)``) of the selected rows."""
         self._require()
-        return unpack_masks(self._masks[_as_index(self.rows(rows))], self.n_components)
+        return unpack_masks(self._masks[as_index(self.rows(rows))], self.n_components)
 
     def read_outputs(self, rows: RowSelection = None) -> Tensor:
         """Outputs (``(rows, n)``, the store's dtype) of the selected rows."""
         self._require()
-        return torch.from_numpy(np.array(self._outputs[_as_index(self.rows(rows))]))
+        return torch.from_numpy(np.array(self._outputs[as_index(self.rows(rows))]))
 
     def check_complete(self, index: np.ndarray) -> None:
         """``ValueError`` unless every row of ``index`` is complete (naming damaged progress)."""
@@ -385,9 +359,12 @@ class MaskOutputStore(ABC):
                 f" {self.n_components} components, {self.n_examples} examples)")
 
 
-def _as_index(rows: np.ndarray) -> Union[slice, np.ndarray]:
-    """A contiguous run of rows as a slice (fast, view-friendly), else the index array."""
-    rows = np.asarray(rows, dtype=np.int64)
-    if rows.size and rows[-1] - rows[0] == rows.size - 1 and np.all(np.diff(rows) == 1):
-        return slice(int(rows[0]), int(rows[-1]) + 1)
-    return rows
+def _stored_sampler(description: Any) -> Any:
+    """The built-in sampler a store's metadata describes, or None when it cannot be rebuilt."""
+    if not isinstance(description, dict) or not isinstance(description.get("name"), str):
+        return None
+    try:
+        sampler = resolve_sampler(description["name"], description.get("ablation_fraction"))
+    except (TypeError, ValueError):
+        return None
+    return sampler if normalise_metadata(sampler.describe()) == description else None

@@ -118,6 +118,8 @@ def test_missing_metadata_means_empty_and_extra_files_are_ignored(reference, tmp
     (path / "stray.txt").write_text("not ours")
     (path / ".metadata.json.123.tmp").write_text("{half")  # a writer killed mid-rename
     check(reference, path, None, None)
+    assert not (path / ".metadata.json.123.tmp").exists()  # removed by the next writer
+    assert (path / "stray.txt").exists()  # other files are left alone
     (path / "metadata.json").unlink()  # metadata is written last: the store holds nothing
     check(reference, path, ["empty"], None)
 

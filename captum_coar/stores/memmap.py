@@ -11,7 +11,8 @@ Contract
     outputs.npy     float32 (m, n): the output of every example under every mask
     progress.npy    int64 (m,): examples written per row; row r is complete when it equals n
     checksums.npy   uint32 (m,): CRC-32 of each complete row's packed mask and outputs
-    .lock           advisory lock held while a process writes
+    .lock           advisory lock held while a process writes (temporary files ``.*.tmp``
+                    that a killed writer left are removed by the next one)
 
 Every array file is a standard ``.npy`` that ``numpy.load(..., mmap_mode="r")`` opens without
 pickle. Opening checks every file before mapping it (a regular file, not a link; header, dtype,
@@ -78,6 +79,8 @@ class MemmapStore(MaskOutputStore):
                              " read_only=False to write")
         self._lock.acquire()
         try:
+            for stale in self.path.glob(".*.tmp"):  # left by a writer killed mid-write
+                stale.unlink()
             self._metadata = None  # another writer may have changed the files before the lock
             yield self
         finally:

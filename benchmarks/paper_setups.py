@@ -26,7 +26,8 @@ benchmark needs to attribute it:
   (``k1 v1 ... kp vp q`` -> the value of ``q``). Components = every query head (input slices
   of ``o_proj``) + every MLP neuron (input features of ``down_proj``), the transformer
   default of ``ComponentSet.from_model``. Output = ``token_log_prob`` of the answer at the
-  last real position; inputs are ``input_ids`` and ``attention_mask`` packed as one
+  last real position (``llama_output="logit_difference"``: answer minus another value of the
+  prompt, the usual patching metric); inputs are ``input_ids`` and ``attention_mask`` packed as one
   ``(n, 2, len)`` tensor (``PackedLanguageModelForward`` unpacks them and runs
   ``LanguageModelForward``), so every method sees one input tensor. Token-id inputs leave
   out the two path methods that interpolate inputs (conductance, internal influence).
@@ -77,7 +78,11 @@ from captum_coar import (  # noqa: E402
     SequenceMargin,
 )
 from captum_coar.baselines import ComponentAtPStar  # noqa: E402
-from captum_coar.language_outputs import LanguageModelForward, TokenLogProb  # noqa: E402
+from captum_coar.language_outputs import (  # noqa: E402
+    LanguageModelForward,
+    LogitDifference,
+    TokenLogProb,
+)
 
 SETUP_NAMES = ("resnet", "vit", "gpt2", "llama")
 
@@ -246,7 +251,10 @@ def _gpt2_setup(n_examples: int, quick: bool, mlp_layers: str) -> Setup:
                  notes, accuracy)
 
 
-def _llama_setup(n_examples: int, quick: bool) -> Setup:
+LLAMA_OUTPUTS = ("token_log_prob", "logit_difference")
+
+
+def _llama_setup(n_examples: int, quick: bool, output: str = "token_log_prob") -> Setup:
     model, info = train_or_load("llama", quick=quick)
     data = make_recall_data(n_examples, seed=20_240_601, **recipe("llama", quick)["data"])
     packed = torch.stack([data.input_ids, data.attention_mask], dim=1)
@@ -256,23 +264,29 @@ def _llama_setup(n_examples: int, quick: bool) -> Setup:
         accuracy = float((forward(packed).logits[:, -1].argmax(-1) == data.answer)
                          .float().mean())
     config = model.config
+    if output == "logit_difference":
+        target, output_fn = torch.stack([data.answer, data.distractor], dim=1), LogitDifference()
+    else:
+        target, output_fn = data.answer, TokenLogProb()
     notes = [
         f"associative recall, {config.num_hidden_layers} layers, {config.num_attention_heads}"
         f" query heads on {config.num_key_value_heads} key/value heads, gated MLP"
         f" ({config.intermediate_size} neurons per layer); left-padded prompts with"
         " attention_mask",
-        "output = token_log_prob of the answer at the last real position",
+        f"output = {output} at the last real position"
+        + (" (answer minus another value of the prompt)" if output == "logit_difference" else
+           " (log-probability of the answer)"),
         f"components: {components.summary().splitlines()[0]}",
         "alpha_train 0.025; conductance and internal influence left out (token-id inputs)",
     ]
     return Setup("llama", f"D: Llama-style ({config.num_hidden_layers} layers, GQA"
                  f" {config.num_attention_heads}/{config.num_key_value_heads}, gated MLP) on"
                  " associative recall", model, info, components, CountingForward(forward),
-                 packed, data.answer, TokenLogProb(), (0.025,), notes, accuracy)
+                 packed, target, output_fn, (0.025,), notes, accuracy)
 
 
 def build_setup(name: str, n_examples: int, quick: bool = False,
-                gpt2_mlp_layers: str = "last") -> Setup:
+                gpt2_mlp_layers: str = "last", llama_output: str = "token_log_prob") -> Setup:
     """Load the model of ``name`` and declare its components, examples and output."""
     if name not in SETUP_NAMES:
         raise ValueError(f"unknown setup {name!r}; allowed: {', '.join(SETUP_NAMES)}")
@@ -281,7 +295,9 @@ def build_setup(name: str, n_examples: int, quick: bool = False,
     if name == "gpt2":
         return _gpt2_setup(n_examples, quick, gpt2_mlp_layers)
     if name == "llama":
-        return _llama_setup(n_examples, quick)
+        if llama_output not in LLAMA_OUTPUTS:
+            raise ValueError(f"llama_output must be one of {LLAMA_OUTPUTS}, got {llama_output!r}")
+        return _llama_setup(n_examples, quick, llama_output)
     return _image_setup(name, n_examples, quick)
 
 

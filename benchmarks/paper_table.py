@@ -157,7 +157,7 @@ def run_coar(setup: Setup, args: argparse.Namespace, alpha: float, seed: int, cu
 def run_setup(name: str, args: argparse.Namespace) -> Dict[str, Any]:
     start = time.perf_counter()
     setup = build_setup(name, args.n_examples, quick=args.quick,
-                        gpt2_mlp_layers=args.gpt2_mlp_layers)
+                        gpt2_mlp_layers=args.gpt2_mlp_layers, llama_output=args.llama_output)
     args = argparse.Namespace(**vars(args))
     args.max_rows = args.max_rows or MAX_ROWS[name]
     N, n = setup.n_components, int(setup.inputs.shape[0])
@@ -255,6 +255,10 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
                    f" here, {MAX_ROWS})")
     p.add_argument("--gpt2-mlp-layers", choices=("last", "all"), default="last",
                    help="GPT-2 MLP neurons of the last layer only (default) or of every layer")
+    p.add_argument("--llama-output", choices=("token_log_prob", "logit_difference"),
+                   default="token_log_prob",
+                   help="setup D's output: log-probability of the answer (default) or the logit"
+                   " difference answer - distractor")
     p.add_argument("--plan-only", action="store_true", help="print the cost estimate and stop")
     p.add_argument("--no-progress", dest="progress", action="store_false",
                    help="no tqdm progress bars")

@@ -24,7 +24,6 @@ import torch
 import torch.distributed as dist
 
 from captum_coar.coar import ComponentAblationRegression, collect_statistics, tensor_batches
-from captum_coar.coar.distributed import collect_statistics_distributed
 from captum_coar.components import conv_filters
 from captum_coar.demo_model import DigitsCNN, load_digits_split, train_digits_cnn
 
@@ -87,7 +86,7 @@ def run(args: argparse.Namespace, rank: int, world: int, device: torch.device) -
     dist.barrier()
     torch.set_num_threads(1)
     start = time.perf_counter()
-    stats = collect_statistics_distributed(coar, data=data, **settings)
+    stats = coar.collect_statistics_distributed(data, **settings)
     _sync(device)
     group_time = time.perf_counter() - start
     if rank != 0 or single is None:

@@ -44,7 +44,7 @@ from typing import Any, Callable, Dict, Optional, Sequence, Tuple, Union
 import torch
 from torch import Tensor, nn
 
-from ._checks import check_choice, check_float, check_int
+from ._checks import check_choice, check_float, check_int, check_integer_values
 from ._engine import evaluate_masks
 from .ablation import AblationStrategy, WeightAblation, ZeroAblation, resolve_ablation
 from .components import ComponentSet
@@ -138,7 +138,7 @@ def _check_ks(ks: Any, n_components: int) -> Tuple[int, ...]:
 
 def edit_masks(order: Tensor, ks: Sequence[int], n_components: int) -> Tensor:
     """Keep masks ``(len(ks), n_components)``: row i ablates ``order[:ks[i]]`` (True = kept)."""
-    order = torch.as_tensor(order).reshape(-1).long()
+    order = check_integer_values("order", order).reshape(-1)
     ks = _check_ks(ks, n_components)
     if order.numel() < ks[-1]:
         raise ValueError(f"`order` must list at least max(ks) = {ks[-1]} components; got"
@@ -189,8 +189,8 @@ def edit_curve(forward_func: Callable[..., Any], components: ComponentSet, order
             raise ValueError(f"`{name}` must be a tensor with at least one example on dim 0;"
                              f" got {tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__}")
     n_t, n_r = target_inputs.shape[0], reference_inputs.shape[0]
-    labels_t = torch.as_tensor(target_labels).reshape(-1).long()
-    labels_r = torch.as_tensor(reference_labels).reshape(-1).long()
+    labels_t = check_integer_values("target_labels", target_labels).reshape(-1)
+    labels_r = check_integer_values("reference_labels", reference_labels).reshape(-1)
     if labels_t.numel() != n_t or labels_r.numel() != n_r:
         raise ValueError("`target_labels` / `reference_labels` must have one entry per example;"
                          f" got {labels_t.numel()} / {labels_r.numel()} for {n_t} / {n_r} examples")
@@ -209,7 +209,7 @@ def edit_curve(forward_func: Callable[..., Any], components: ComponentSet, order
         values_r = evaluate_masks(forward_func, components, reference_inputs, masks,
                                   target=labels_r, output=out_r, ablation=ablation,
                                   max_rows=max_rows)
-    order_t = torch.as_tensor(order).reshape(-1).long()[:ks_t[-1]].clone()
+    order_t = check_integer_values("order", order).reshape(-1)[:ks_t[-1]].clone()
     return EditCurve(ks=ks_t, target=_reduce(metric, values_t).cpu(),
                      reference=_reduce(reference_metric, values_r).cpu(), order=order_t,
                      target_metric=_metric_name(metric),
@@ -280,8 +280,8 @@ def coar_edit(forward_func: Callable[..., Any], components: ComponentSet,
 def _keep_mask(components: ComponentSet, indices: Any) -> Tensor:
     if not isinstance(components, ComponentSet):
         raise TypeError(f"`components` must be a ComponentSet; got {type(components).__name__}")
-    idx = torch.as_tensor(indices if not isinstance(indices, EditResult) else indices.components)
-    idx = idx.reshape(-1).long()
+    idx = check_integer_values(
+        "indices", indices if not isinstance(indices, EditResult) else indices.components).reshape(-1)
     n = components.n_components
     if idx.numel() and (idx.min() < 0 or idx.max() >= n):
         raise ValueError(f"`indices` must be component indices in [0, {n}); got"

@@ -35,6 +35,7 @@ from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple, Unio
 import torch
 from torch import Tensor
 
+from ._checks import check_integer_values
 from ._engine import evaluate_masks, gated_outputs, progress, rows_per_pass
 from ._evaluation_results import CounterfactualCorrelationResult, TopKAblationCurve
 from ._inputs import as_tuple, input_tuple
@@ -288,7 +289,7 @@ def topk_ablation_curve(
     forward_func = components.model if forward_func is None else forward_func
     n_examples, n_comp = _n_examples(inputs), components.n_components
     methods = _methods(attributions, n_examples, n_comp)
-    k_grid = _default_ks(n_comp, max_fraction, n_steps) if ks is None else torch.as_tensor(ks).long().cpu()
+    k_grid = _default_ks(n_comp, max_fraction, n_steps) if ks is None else check_integer_values("ks", ks).cpu()
     if k_grid.dim() != 1 or k_grid.numel() == 0 or k_grid.min() < 0 or k_grid.max() > n_comp:
         raise ValueError(f"ks must be integers in [0, {n_comp}], got {ks!r}")
     output_fn = resolve_output(output, target)

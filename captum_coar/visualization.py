@@ -144,7 +144,7 @@ def plot_counterfactual_scatter(
         ax.plot(xs.numpy(), (actual.mean() + slope * (xs - predicted.mean())).numpy(), "k--",
                 lw=1, label=f"least-squares fit (slope {float(slope):.2g})")
     ax.axhline(float(result.unablated[example]), color="C3", lw=0.8, ls="-.",
-               label="unablated output")
+               label=f"unablated {what}")
     r = float(result.values[a, m, example])
     ax.set_title(f"{name}, example {example}\n{result.correlation.capitalize()} r = {r:.3f}",
                  fontsize="medium")

@@ -59,7 +59,7 @@ def test_scatter(scored, tmp_path):
     assert "r = " in ax.get_title() and "noisy" in ax.get_title()
     legend = _legend(ax)
     assert "y = x" in legend and any(t.startswith("least-squares fit (slope") for t in legend)
-    assert "unablated output" in legend and "one held-out mask (alpha = 0.1)" in legend
+    assert "unablated target logit" in legend and "one held-out mask (alpha = 0.1)" in legend
     assert ax.get_xlabel() == "predicted target logit"
     assert ax.get_ylabel() == "actual target logit under ablation"
     _check_png(ax, tmp_path / "scatter.png")

@@ -38,6 +38,7 @@ Requirements: a Hugging Face model whose attention modules dispatch through tran
 attention interface (Llama, Mistral, Qwen2, GPT-2, GPT-NeoX, ... in transformers 5); during a
 call its ``config._attn_implementation`` is switched to an eager implementation that exposes
 the scores, and restored afterwards. The model must be in eval mode (no attention dropout).
+The probe's state is module-global: one AtP* call at a time per process (not thread-safe).
 """
 
 from __future__ import annotations

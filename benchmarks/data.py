@@ -245,31 +245,47 @@ class RecallData:
     answer: torch.Tensor
     distractor: torch.Tensor
     vocab_size: int
+    labels: Optional[torch.Tensor] = None
 
 
 def make_recall_data(n: int, n_keys: int = 16, n_values: int = 16, min_pairs: int = 4,
-                     max_pairs: int = 6, seed: int = 0) -> RecallData:
-    """Associative-recall prompts ``k1 v1 ... kp vp q``; see the module docstring."""
-    if not 2 <= min_pairs <= max_pairs <= min(n_keys, n_values):
-        raise ValueError(f"need 2 <= min_pairs <= max_pairs <= min(n_keys, n_values); got"
-                         f" {min_pairs}, {max_pairs}, {n_keys}, {n_values}")
+                     max_pairs: int = 6, seed: int = 0, n_queries: int = 1) -> RecallData:
+    """Associative-recall prompts ``k1 v1 ... kp vp q``; see the module docstring.
+
+    With ``n_queries > 1`` (training), each row holds ``n_queries - 1`` answered queries
+    ``q a`` before the final query, and ``labels`` marks every answer position (HF style,
+    -100 elsewhere), so one sequence gives several training signals.
+    """
+    if not 2 <= min_pairs <= max_pairs <= min(n_keys, n_values) or n_queries < 1:
+        raise ValueError(f"need 2 <= min_pairs <= max_pairs <= min(n_keys, n_values) and"
+                         f" n_queries >= 1; got {min_pairs}, {max_pairs}, {n_keys}, {n_values},"
+                         f" {n_queries}")
     g = torch.Generator().manual_seed(seed)
-    length = 2 * max_pairs + 1
+    length = 2 * max_pairs + 2 * n_queries - 1
     ids = torch.zeros(n, length, dtype=torch.long)
     mask = torch.zeros(n, length, dtype=torch.long)
+    labels = torch.full((n, length), -100, dtype=torch.long)
     answer = torch.zeros(n, dtype=torch.long)
     distractor = torch.zeros(n, dtype=torch.long)
     for i in range(n):
         p = int(torch.randint(min_pairs, max_pairs + 1, (1,), generator=g))
         keys = torch.randperm(n_keys, generator=g)[:p] + 1
         values = torch.randperm(n_values, generator=g)[:p] + 1 + n_keys
-        which = torch.randperm(p, generator=g)[:2]
-        row = torch.stack([keys, values], dim=1).reshape(-1)
-        row = torch.cat([row, keys[which[0]].reshape(1)])
-        ids[i, length - len(row):] = row
-        mask[i, length - len(row):] = 1
-        answer[i], distractor[i] = values[which[0]], values[which[1]]
-    return RecallData(ids, mask, answer, distractor, 1 + n_keys + n_values)
+        asked = torch.randint(0, p, (n_queries,), generator=g)
+        other = (asked[-1] + torch.randint(1, p, (1,), generator=g)) % p
+        parts = [torch.stack([keys, values], dim=1).reshape(-1)]
+        for q in asked[:-1]:
+            parts.append(torch.stack([keys[q], values[q]]))
+        parts.append(keys[asked[-1]].reshape(1))
+        row = torch.cat(parts)
+        start = length - len(row)
+        ids[i, start:] = row
+        mask[i, start:] = 1
+        for j, q in enumerate(asked[:-1]):
+            answer_pos = start + 2 * p + 2 * j + 1
+            labels[i, answer_pos] = values[q]
+        answer[i], distractor[i] = values[asked[-1]], values[other[0]]
+    return RecallData(ids, mask, answer, distractor, 1 + n_keys + n_values, labels)
 
 
 if __name__ == "__main__":  # quick look

@@ -6,13 +6,15 @@ import matplotlib only when called.
 """
 
 from .components import (ComponentGroup, ComponentSet, attention_heads, conv_filters,
-                         linear_neurons)
+                         linear_neurons, mlp_neurons)
 from .ablation import (AblationStrategy, ConstantAblation, MeanAblation, ResampleAblation,
                        WeightAblation, ZeroAblation, fitted_ablation, resolve_ablation)
 from .gates import ComponentGates, ablated
 from ._recording import ActivationRecorder, record_activations
 from .outputs import (Logit, LogProb, Loss, Margin, OutputFunction, SequenceMargin,
                       resolve_output)
+from .language_outputs import (ContinuationLogProb, LanguageModelForward, LanguageModelOutput,
+                               LogitDifference, TokenLogProb)
 from ._engine import evaluate_masks
 from .sampling import BernoulliSampler, FixedFractionSampler, MaskSampler, resolve_sampler
 from .solvers import (ConvergenceWarning, FitResult, Lasso, LeastSquares, MinibatchRidge,
@@ -24,7 +26,7 @@ from .coar import (COARResult, CollectedStatistics, ComponentAblationRegression,
                    collect_statistics, collect_statistics_distributed, collect_statistics_shard,
                    load_statistics, merge_statistics, model_fingerprint, save_statistics,
                    shard_rows, tensor_batches)
-from .baselines import (ComponentAblation, ComponentAttributionPatching,
+from .baselines import (ComponentAblation, ComponentAtPStar, ComponentAttributionPatching,
                         ComponentConductance, ComponentGradientXParameter,
                         ComponentIntegratedGradients, ComponentInternalInfluence)
 from .interop import GatedForward, ablation_perturbation
@@ -41,12 +43,15 @@ __version__ = "0.2.0"
 __all__ = [
     # components
     "ComponentGroup", "ComponentSet", "conv_filters", "linear_neurons", "attention_heads",
+    "mlp_neurons",
     # ablation and gates
     "AblationStrategy", "ZeroAblation", "WeightAblation", "ConstantAblation", "MeanAblation",
     "ResampleAblation", "resolve_ablation", "fitted_ablation", "ComponentGates", "ablated",
     "ActivationRecorder", "record_activations",
     # outputs and the batched engine
     "OutputFunction", "Margin", "Logit", "LogProb", "Loss", "SequenceMargin", "resolve_output",
+    "LanguageModelForward", "LanguageModelOutput", "TokenLogProb", "ContinuationLogProb",
+    "LogitDifference",
     "evaluate_masks",
     # COAR: sampling, collection, stores, solvers
     "MaskSampler", "BernoulliSampler", "FixedFractionSampler", "resolve_sampler",
@@ -62,6 +67,7 @@ __all__ = [
     # baselines and Captum interop
     "ComponentAblation", "ComponentAttributionPatching", "ComponentIntegratedGradients",
     "ComponentGradientXParameter", "ComponentConductance", "ComponentInternalInfluence",
+    "ComponentAtPStar",
     "GatedForward", "ablation_perturbation",
     # evaluation and plots
     "counterfactual_correlation", "CounterfactualCorrelationResult", "topk_ablation_curve",

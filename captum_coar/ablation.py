@@ -11,9 +11,15 @@ path. Only the component's own slice of ``r`` is used.
 Implementations
 ---------------
 - :class:`ZeroAblation` (``"zero"``): ``r = 0``.
-- :class:`WeightAblation` (``"weights"``): exactly what zeroing the component's weights does:
-  0 for bias-free layers and for input-site heads, the bias for layers with a bias. This
-  reproduces the reference COAR code (weights zeroed, biases kept).
+- :class:`WeightAblation` (``"weights"``): exactly what zeroing the component's weights does
+  to that module's output: 0 for bias-free layers and for input-site components (heads, MLP
+  neurons at the down projection's input), the bias for layers with a bias. This reproduces the
+  reference COAR code (weights zeroed, biases kept). The gate acts on one *use* of a weight:
+  where a matrix is shared (GPT-2's ``lm_head`` tied to the token embedding), zeroing its row
+  by hand changes every use, the gate only the grouped module's output. For an MLP neuron
+  gated at the down projection's input, ablation removes exactly that unit's contribution;
+  zeroing the up projection's row instead would leave ``act(bias)`` (nonzero for GELU with a
+  bias) flowing on.
 - :class:`ConstantAblation`: ``r = value``.
 - :class:`MeanAblation`: the mean activation over reference inputs, per feature, or per
   feature and position (``per_position=True``).

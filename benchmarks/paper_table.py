@@ -54,7 +54,7 @@ RIDGE_ALPHAS = (0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0)
 SIZES = {
     "full": dict(n_examples=200, m_factor=5.0, curve_factors=(0.5, 1, 2, 5, 10), test_masks=100,
                  n_steps=24),
-    "quick": dict(n_examples=8, m_factor=1.5, curve_factors=(0.5, 1, 1.5), test_masks=10,
+    "quick": dict(n_examples=3, m_factor=1.2, curve_factors=(0.5, 1.2), test_masks=8,
                   n_steps=4),
 }
 #: Rows per forward pass that ran fastest on one CPU thread (smaller batches stay in cache).

@@ -40,6 +40,7 @@ from contextlib import contextmanager
 from typing import Any, Callable, Iterator, Optional, Union
 
 import torch
+import torch.autograd.forward_ad as fwAD
 from torch import Tensor, nn
 
 from ._site_hooks import SiteHooks
@@ -165,14 +166,21 @@ class ComponentGates(SiteHooks):
 
         That holds for the freshly allocated output of a Linear / ConvNd / Conv1D module whose
         only forward hook is ours (so no recorder sees it), outside autograd (neither the
-        activation nor the gates require grad).
+        activation nor the gates require grad, and neither carries a forward-mode tangent).
         """
         if group.site != "output" or activation.requires_grad or gate.requires_grad:
+            return False
+        if _has_tangent(activation) or _has_tangent(gate):
             return False
         if not (type(module) in _FRESH_OUTPUT_TYPES or is_hf_conv1d(module)):
             return False
         global_hooks = getattr(nn.modules.module, "_global_forward_hooks", None)
         return len(module._forward_hooks) == 1 and not global_hooks
+
+
+def _has_tangent(tensor: Tensor) -> bool:
+    """Whether ``tensor`` is a forward-mode dual tensor (in-place ``out=`` ops reject those)."""
+    return fwAD.unpack_dual(tensor).tangent is not None
 
 
 @contextmanager

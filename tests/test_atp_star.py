@@ -112,3 +112,19 @@ def test_left_padding_gives_each_row_its_unpadded_estimate():
             output="token_log_prob")[0]
         assert torch.isfinite(together[i]).all()
         torch.testing.assert_close(together[i], alone[0], rtol=1e-4, atol=1e-5)
+
+
+def test_qk_fix_through_output_site_neurons_of_fresh_conv1d_outputs():
+    """Neurons gated at a Conv1D *output* (in-place fast path of the gates) under forward-mode AD:
+    the gates must not write into a dual tensor, and the QK fix must still run."""
+    from captum_coar import linear_neurons
+
+    model, ids, tokens = saturated_gpt2()
+    heads = ComponentSet.from_model(model, kinds="attention_heads")
+    fc = linear_neurons(model, ["transformer.h.0.mlp.c_fc"])
+    components = ComponentSet(model, list(heads.groups) + list(fc.groups))
+    args = dict(target=tokens, output="token_log_prob")
+    star = ComponentAtPStar(model, components).attribute(ids, qk_fix="all", **args)
+    exact = ComponentAblation(model, components).attribute(ids, **args)
+    assert star.shape == exact.shape and torch.isfinite(star).all()
+    assert corr(star[:, :2], exact[:, :2]) > 0.9  # the layer-0 heads, as without the neurons

@@ -83,8 +83,9 @@ class ComponentGates(SiteHooks):
         ablation: strategy name or instance (see :mod:`captum_coar.ablation`); a
             data-dependent strategy (mean, resample) must already be fitted on ``components``.
 
-    Attributes (set between forwards):
-        values: gate tensor ``(batch or 1, n_components)`` or None (pass-through).
+    Attributes:
+        values: gate tensor ``(batch or 1, n_components)`` or None (pass-through); set
+            between forward passes.
         example_index: for each row of the batch, the index of its example (for resample
             ablation); None means ``arange(batch)``.
     """

@@ -92,9 +92,10 @@ class ComponentConductance(ComponentGradientMethod):
         """Conductance of every component, ``(batch, n_components)``.
 
         Args:
-            inputs, baselines, target, additional_forward_args, n_steps, method,
-                internal_batch_size: as in Captum's ``LayerConductance``
-                (``internal_batch_size`` = rows per forward pass, at least ``batch``).
+            inputs, baselines, target, additional_forward_args: as in Captum's
+                ``LayerConductance``.
+            n_steps, method: the integration rule, as in Captum's ``LayerConductance``.
+            internal_batch_size: rows per forward pass (at least ``batch``), as in Captum.
             return_convergence_delta: also return ``(batch, n_groups)``: each group's summed
                 conductance minus ``F(inputs) - F(baselines)``.
             output: output function name or callable (see :mod:`captum_coar.outputs`).

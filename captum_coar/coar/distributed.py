@@ -159,7 +159,8 @@ def collect_statistics_distributed(
             contiguous blocks, one per rank (:func:`shard_rows`).
         verify: compare the collection's identity across ranks first.
         group: the process group (default the world).
-        Other options as in :func:`~captum_coar.coar.collection.collect_statistics`.
+
+    Other options are as in :func:`~captum_coar.coar.collection.collect_statistics`.
 
     Returns the all-reduced statistics; ``settings["rows"]`` lists the rows as runs
     ``[start, stop)`` and ``settings["distributed"]`` the world size and backend.

@@ -40,24 +40,23 @@ _SELECTIONS = ("global", "per_example")
 class FitResult:
     """Coefficients of one linear model per example, plus diagnostics.
 
-    Attributes
-    ----------
-    coef: (n, N) float64, attribution of each component for each example.
-    intercept: (n,) float64.
-    solver: name of the solver that produced it.
-    alpha: regularisation used: a float (one for all examples), an (n,) tensor when chosen
-        per example, or None for unregularised least squares.
-    train_mse, validation_mse: (n,) mean squared errors on the training / validation rows
-        (None when not available).
-    alphas: the regularisation path tried (in the order solved), or None.
-    validation_mse_path: (len(alphas), n) validation mse for every alpha, or None.
-    n_iter: iterations (iterative solvers; summed over the path), else None.
-    converged: (n,) bool, whether each example met the tolerance (iterative solvers).
-    standard_errors: (n, N) standard errors of ``coef`` from the finite sample of masks (see
-        :mod:`captum_coar.solvers.uncertainty` for what they mean), or None when the solver
-        gives none (lasso) or no residual degree of freedom is left.
-    residual_dof: (n,) residual degrees of freedom behind ``standard_errors``, or None.
-    diagnostics: solver-specific extras (e.g. the factorisation used).
+    Attributes:
+        coef: (n, N) float64, attribution of each component for each example.
+        intercept: (n,) float64.
+        solver: name of the solver that produced it.
+        alpha: regularisation used: a float (one for all examples), an (n,) tensor when chosen
+            per example, or None for unregularised least squares.
+        train_mse, validation_mse: (n,) mean squared errors on the training / validation rows
+            (None when not available).
+        alphas: the regularisation path tried (in the order solved), or None.
+        validation_mse_path: (len(alphas), n) validation mse for every alpha, or None.
+        n_iter: iterations (iterative solvers; summed over the path), else None.
+        converged: (n,) bool, whether each example met the tolerance (iterative solvers).
+        standard_errors: (n, N) standard errors of ``coef`` from the finite sample of masks (see
+            :mod:`captum_coar.solvers.uncertainty` for what they mean), or None when the solver
+            gives none (lasso) or no residual degree of freedom is left.
+        residual_dof: (n,) residual degrees of freedom behind ``standard_errors``, or None.
+        diagnostics: solver-specific extras (e.g. the factorisation used).
     """
 
     coef: torch.Tensor

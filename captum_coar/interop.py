@@ -22,7 +22,8 @@ times block-wise (``torch.cat([x] * k)``, Captum's ``repeat`` expansion); one in
 serves any number of gate rows, and one gate row serves every input row.
 
 :func:`ablation_perturbation` returns a perturbation function for ``infidelity`` that ablates
-random alpha-fraction subsets of components (Bernoulli by default, the COAR masks; see
+random subsets of components (a fraction ``ablation_fraction``; Bernoulli by default, the COAR
+masks; see
 :mod:`captum_coar.sampling`): the perturbed gates are ``gates * keep`` and the
 perturbation ``gates - perturbed``, so ``attribution . perturbation`` is the summed attribution
 of the ablated components, which a good attribution matches with
@@ -45,6 +46,7 @@ from .ablation import AblationStrategy, fitted_ablation, resolve_ablation
 from .components import ComponentSet, model_device
 from .gates import ComponentGates
 from .outputs import OutputFunction, resolve_output
+from .sampling import MaskSampler, resolve_sampler
 
 __all__ = ["GatedForward", "ablation_perturbation"]
 
@@ -144,28 +146,28 @@ class GatedForward:
 
 
 def ablation_perturbation(
-    alpha: float = 0.05,
-    sampler: Union[str, Any] = "bernoulli",
+    ablation_fraction: Optional[float] = None,
+    sampler: Union[str, MaskSampler] = "bernoulli",
     seed: int = 0,
 ) -> Callable[..., Tuple[Tensor, Tensor]]:
     """A ``perturb_func`` for ``captum.metrics.infidelity`` that ablates random subsets.
 
     Args:
-        alpha: fraction of components ablated per perturbation.
-        sampler: ``"bernoulli"`` (each ablated with probability ``alpha``), ``"fixed"``
-            (exactly ``round(alpha * N)``) or a :class:`~captum_coar.sampling.MaskSampler`.
+        ablation_fraction: fraction of components ablated per perturbation; default 0.05 for
+            a sampler given by name, the sampler's own fraction for a sampler instance (a
+            different value given beside an instance is an error).
+        sampler: ``"bernoulli"`` (each ablated with probability ``ablation_fraction``),
+            ``"fixed"`` (exactly ``round(ablation_fraction * N)``) or a
+            :class:`~captum_coar.sampling.MaskSampler`.
         seed: masks are reproducible: the ``r``-th row drawn overall depends only on
             ``(seed, r)``.
 
     The returned function maps gates ``(rows, N)`` (and optional baseline gates) to
     ``(perturbation, perturbed_gates)``.
     """
-    from .sampling import resolve_sampler
-
-    if isinstance(sampler, str):
-        mask_sampler = resolve_sampler(sampler, alpha)
-    else:
-        mask_sampler = resolve_sampler(sampler)
+    if ablation_fraction is None and not isinstance(sampler, MaskSampler):
+        ablation_fraction = 0.05
+    mask_sampler = resolve_sampler(sampler, ablation_fraction)
     drawn = [0]
 
     def perturb(gates: Tensor, baselines: Any = None) -> Tuple[Tensor, Tensor]:

@@ -54,7 +54,7 @@ from torch import Tensor
 from .._inputs import TensorOrTuple
 from .._state import keeps_model_state
 from ..ablation import AblationStrategy, resolve_ablation
-from ..components import ComponentSet
+from ..components import ComponentSet, model_device, result_dtype
 from ..outputs import OutputFunction
 from ..sampling import MaskSampler
 from ..solvers import FitResult, LeastSquares, Solver, StreamingSolver, resolve_solver
@@ -341,10 +341,7 @@ class ComponentAblationRegression(PerturbationAttribution, CollectionEntryPoints
 
     def _result(self, fit: FitResult, n_train: int, n_val: int,
                 settings: Dict[str, Any]) -> COARResult:
-        model = self.components.model
-        param = next((p for p in model.parameters() if p.is_floating_point()), None)
-        device = param.device if param is not None else torch.device("cpu")
-        dtype = torch.float64 if param is not None and param.dtype == torch.float64 else torch.float32
+        device, dtype = model_device(self.components.model), result_dtype(self.components.model)
         return COARResult(
             attributions=fit.coef.to(device=device, dtype=dtype),
             intercept=fit.intercept.to(device=device, dtype=dtype),

@@ -33,7 +33,8 @@ def _coverage_cell(cover: List[Dict[str, Any]], estimator: str) -> str:
         if not entry or "classical" not in entry:
             continue
         cl, sw = entry["classical"], entry["sandwich"]
-        cells.append(f"m={c['m_over_N']:g}N: {cl['coverage']:.3f} / {sw['coverage']:.3f}")
+        cells.append(f"m={c['m_over_N']:g}N: {cl['coverage_se_comb']:.3f} /"
+                     f" {sw['coverage_se_comb']:.3f}")
     return "; ".join(cells) if cells else "—"
 
 
@@ -43,11 +44,14 @@ def render(payload: Dict[str, Any]) -> str:
              f" {payload['finished']}).", "",
              "Cost = forward equivalents per example: masks m (held-out rows included) plus the"
              " prior's cost (attribution patching 3, leave-one-out N + 1). First grid point"
-             " reaching 95% / 99% of the asymptote's held-out correlation. Coverage = share of"
-             " (example, component) pairs whose reference coefficient lies in the nominal 95%"
-             " interval, classical / sandwich.", ""]
-    lines += ["| setup | estimator | forward equivalents to 95% | to 99% | coverage (classical /"
-              " sandwich) |", "|---|---|---|---|---|"]
+             " reaching 95% / 99% of the asymptote's held-out correlation (grid: the m / N"
+             " values of the per-setup tables). Coverage = share of (example, component) pairs"
+             " whose reference coefficient (least squares on disjoint rows) lies in the nominal"
+             " 95% interval, classical / sandwich, with the reference's own standard error added"
+             " in quadrature (the reference is itself an estimate; plain figures per setup"
+             " below).", ""]
+    lines += ["| setup | estimator | forward equivalents to 95% | to 99% | coverage of 95%"
+              " intervals (classical / sandwich) |", "|---|---|---|---|---|"]
     for name, r in payload["setups"].items():
         N = r["N"]
         for est, th in r["thresholds"].items():

@@ -1,16 +1,30 @@
-"""The estimators behind ``attribute(solver=...)``: the default by m, priors, error bars."""
+"""The sample-efficient estimators (automatic penalties, priors, difference of means) against
+hand computations and scikit-learn, and behind ``attribute(solver=...)``: the default by m,
+priors, error bars."""
 
 from __future__ import annotations
+
+from typing import Tuple
 
 import numpy as np
 import pytest
 import torch
 from coar_fixtures import digits_cnn
+from test_solvers import make_problem
 
 from captum_coar.coar import ComponentAblationRegression, tensor_batches
-from captum_coar.components import conv_filters
-from captum_coar.solvers import AutoRidge, LeastSquares
+from captum_coar.selectors import conv_filters
+from captum_coar.solvers import (
+    AutoLasso,
+    AutoRidge,
+    Lasso,
+    LeastSquares,
+    SufficientStatistics,
+    resolve_solver,
+)
 from captum_coar.stores import InMemoryStore
+
+F64 = torch.float64
 
 sklearn_linear = pytest.importorskip("sklearn.linear_model")
 
@@ -103,3 +117,119 @@ def test_confidence_interval_is_coef_plus_minus_z_se(digits):
     torch.testing.assert_close(high - result.attributions, z * result.standard_errors)
     torch.testing.assert_close(result.attributions - low, z * result.standard_errors)
     assert result.standard_errors.dtype == result.attributions.dtype
+
+
+# ----------------------------------------------------------------------------- automatic penalties
+def _centred(X: torch.Tensor, Y: torch.Tensor) -> Tuple[np.ndarray, np.ndarray]:
+    Xn, Yn = X.numpy().astype(float), Y.numpy()
+    return Xn - Xn.mean(0), Yn - Yn.mean(0)
+
+
+def test_auto_ridge_gcv_choice_matches_hand_computation() -> None:
+    X, Y, _, _ = make_problem(60, 15, 4, noise=1.0, seed=3)
+    grid = [0.01, 0.3, 1.0, 3.0, 10.0, 30.0]
+    fit = AutoRidge(alphas=grid).fit(SufficientStatistics.from_arrays(X, Y))
+    Xc, Yc = _centred(X, Y)
+    scores = []
+    for a in grid:
+        H = Xc @ np.linalg.inv(Xc.T @ Xc + a * np.eye(15)) @ Xc.T
+        rss = ((Yc - H @ Yc) ** 2).sum(0)
+        scores.append((60 * rss / (60 - 1 - np.trace(H)) ** 2).mean())
+    assert fit.alpha == grid[int(np.argmin(scores))]
+    np.testing.assert_allclose(fit.diagnostics["selection_score"].mean(1).numpy(), scores,
+                               rtol=1e-9)
+    ref = sklearn_linear.Ridge(alpha=fit.alpha).fit(X.numpy().astype(float), Y.numpy())
+    np.testing.assert_allclose(fit.coef.numpy(), ref.coef_, rtol=1e-8, atol=1e-10)
+
+
+def test_auto_ridge_held_out_choice_and_refit_match_sklearn() -> None:
+    X, Y, _, _ = make_problem(80, 12, 3, noise=1.0, seed=4)
+    grid = [0.1, 1.0, 10.0, 100.0]
+    train = SufficientStatistics.from_arrays(X[:60], Y[:60])
+    val = SufficientStatistics.from_arrays(X[60:], Y[60:])
+    fit = AutoRidge(alphas=grid).fit(train, val)
+    Xn, Yn = X.numpy().astype(float), Y.numpy()
+    mses = [((sklearn_linear.Ridge(alpha=a).fit(Xn[:60], Yn[:60]).predict(Xn[60:]) - Yn[60:])
+             ** 2).mean() for a in grid]
+    best = grid[int(np.argmin(mses))]
+    assert fit.alpha == pytest.approx(best * 80 / 60, rel=1e-12)  # penalty scaled to 80 rows
+    assert fit.diagnostics["refit_rows"] == 80
+    ref = sklearn_linear.Ridge(alpha=best * 80 / 60).fit(Xn, Yn)
+    np.testing.assert_allclose(fit.coef.numpy(), ref.coef_, rtol=1e-8, atol=1e-10)
+    np.testing.assert_allclose(fit.intercept.numpy(), ref.intercept_, rtol=1e-8, atol=1e-10)
+
+
+def test_prior_ridge_is_the_prior_for_a_huge_penalty_and_least_squares_for_none() -> None:
+    X, Y, w, _ = make_problem(90, 10, 3, noise=0.5, seed=5)
+    stats = SufficientStatistics.from_arrays(X, Y)
+    prior = w + 0.3 * torch.randn(w.shape, generator=torch.Generator().manual_seed(1),
+                                  dtype=F64)
+    huge = AutoRidge(prior=prior, rescale=False, alphas=[1e12]).fit(stats)
+    torch.testing.assert_close(huge.coef, prior, rtol=0, atol=1e-8)
+    zero = AutoRidge(prior=prior, alphas=[0.0]).fit(stats)
+    torch.testing.assert_close(zero.coef, LeastSquares().fit(stats).coef, rtol=1e-9, atol=1e-10)
+    # with rescaling, the huge penalty gives the prior times its least-squares scale
+    scaled = AutoRidge(prior=2.0 * prior, rescale=True, alphas=[1e12]).fit(stats)
+    Xc, Yc = _centred(X, Y)
+    for j in range(3):
+        z = Xc @ prior[j].numpy()
+        c = (z @ Yc[:, j]) / (z @ z)
+        np.testing.assert_allclose(scaled.coef[j].numpy(), c * prior[j].numpy(), atol=1e-8)
+    # a prior near the truth beats plain ridge (both penalties chosen by GCV) at m < N
+    Xs, Ys, ws, _ = make_problem(30, 40, 20, noise=0.5, seed=6)
+    small = SufficientStatistics.from_arrays(Xs, Ys)
+    near = ws + 0.1 * torch.randn(ws.shape, generator=torch.Generator().manual_seed(2),
+                                  dtype=F64)
+    err_prior = float(((AutoRidge(prior=near).fit(small).coef - ws) ** 2).mean())
+    err_plain = float(((AutoRidge().fit(small).coef - ws) ** 2).mean())
+    assert err_prior < 0.2 * err_plain
+
+
+def test_auto_lasso_picks_on_held_out_rows_and_refits_like_sklearn() -> None:
+    X, Y, _, _ = make_problem(100, 10, 2, noise=0.3, seed=7, sparse=0.3)
+    train = SufficientStatistics.from_arrays(X[:75], Y[:75])
+    val = SufficientStatistics.from_arrays(X[75:], Y[75:])
+    fit = AutoLasso(tol=1e-10, max_iter=50000).fit(train, val)
+    path = Lasso(n_alphas=12, eps=1e-2, tol=1e-10, max_iter=50000).fit(train, val)
+    assert fit.alpha == path.alpha
+    ref = sklearn_linear.Lasso(alpha=float(fit.alpha), tol=1e-12, max_iter=100000).fit(
+        X.numpy().astype(float), Y.numpy())
+    np.testing.assert_allclose(fit.coef.numpy(), ref.coef_, atol=1e-6)
+    assert fit.standard_errors is None
+    with pytest.raises(ValueError, match=r"`validation_stats` must be statistics of held-out"):
+        AutoLasso().fit(train)
+
+
+def test_automatic_choices_are_deterministic_and_arguments_checked() -> None:
+    X, Y, _, _ = make_problem(50, 20, 3, noise=1.0, seed=8)
+    stats = SufficientStatistics.from_arrays(X, Y)
+    a, b = AutoRidge().fit(stats), AutoRidge().fit(stats)
+    assert a.alpha == b.alpha and torch.equal(a.coef, b.coef)
+    assert len(a.alphas) == 26  # 25 relative penalties and 0 (least squares is defined)
+    with pytest.raises(ValueError, match=r"`criterion` must be one of"):
+        AutoRidge(criterion="loo").fit(stats)
+    with pytest.raises(ValueError, match=r"`prior` must be a tensor of shape \(3, 20\)"):
+        AutoRidge(prior=torch.zeros(3, 19)).fit(stats)
+    with pytest.raises(ValueError, match=r"`validation_stats` must be statistics"):
+        AutoRidge(criterion="validation").fit(stats)
+
+
+def test_difference_of_means_by_hand_and_unbiased_for_the_additive_target() -> None:
+    X, Y, w, _ = make_problem(40, 6, 2, noise=0.1, seed=9, alpha=0.3)
+    fit = resolve_solver("difference_of_means").fit(SufficientStatistics.from_arrays(X, Y))
+    Xn, Yn = X.numpy(), Y.numpy()
+    for i in range(6):
+        want = Yn[Xn[:, i]].mean(0) - Yn[~Xn[:, i]].mean(0)
+        np.testing.assert_allclose(fit.coef[:, i].numpy(), want, rtol=1e-10)
+    # unbiased: averaged over 400 independent mask sets of 30 rows, within 4 standard errors
+    draws = []
+    for s in range(400):
+        Xs, Ys, ws, _ = make_problem(30, 6, 2, seed=9, mask_seed=100 + s, alpha=0.3)
+        draws.append(resolve_solver("msr").fit(SufficientStatistics.from_arrays(Xs, Ys)).coef)
+    stack = torch.stack(draws)
+    err = (stack.mean(0) - ws).abs() / (stack.std(0) / 20)
+    assert float(err.max()) < 4.0
+    # a component never ablated is not identified: coefficient 0, listed
+    X[:, 2] = True
+    fit = resolve_solver("msr").fit(SufficientStatistics.from_arrays(X, Y))
+    assert fit.diagnostics["unidentified"] == [2] and bool((fit.coef[:, 2] == 0).all())

@@ -124,7 +124,7 @@ def main() -> None:
         ComponentInternalInfluence,
     )
     from captum_coar.coar import ComponentAblationRegression
-    from captum_coar.components import conv_filters
+    from captum_coar.selectors import conv_filters
 
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)

@@ -23,9 +23,9 @@ import warnings
 import torch
 
 from captum_coar.coar import ComponentAblationRegression, tensor_batches
-from captum_coar.components import conv_filters
 from captum_coar.demo_model import accuracy, load_digits_split, train_digits_cnn
 from captum_coar.evaluation import counterfactual_correlation
+from captum_coar.selectors import conv_filters
 from captum_coar.solvers import LeastSquares, Ridge
 
 FIT_SEED, TEST_SEED = 0, 12345

@@ -24,8 +24,8 @@ import torch
 import torch.distributed as dist
 
 from captum_coar.coar import ComponentAblationRegression, collect_statistics, tensor_batches
-from captum_coar.components import conv_filters
 from captum_coar.demo_model import DigitsCNN, load_digits_split, train_digits_cnn
+from captum_coar.selectors import conv_filters
 
 
 def main() -> None:

@@ -5,8 +5,8 @@ gated forwards, attribute (COAR and baselines), evaluate, plot, edit. Plotting f
 import matplotlib only when called.
 """
 
-from .components import (ComponentGroup, ComponentSet, attention_heads, conv_filters,
-                         linear_neurons, mlp_neurons)
+from .components import ComponentGroup, ComponentSet
+from .selectors import attention_heads, conv_filters, linear_neurons, mlp_neurons
 from .ablation import (AblationStrategy, ConstantAblation, MeanAblation, ResampleAblation,
                        WeightAblation, ZeroAblation, fitted_ablation, resolve_ablation)
 from .gates import ComponentGates, ablated

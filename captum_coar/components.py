@@ -12,9 +12,10 @@ features each unit spans along that axis (``unit_size``: 1 for filters and neuro
 gives every component a flat index ``0 .. n_components - 1`` (groups in order, units in
 order within a group) and a stable label such as ``layer1.0.conv1/filter[17]``.
 
-Selectors for the common kinds live in :mod:`captum_coar.selectors` and are re-exported
-here: :func:`conv_filters`, :func:`linear_neurons`, :func:`attention_heads`,
-:func:`mlp_neurons`; :meth:`ComponentSet.from_model` selects by kind and by name pattern, and
+Selectors for the common kinds live one layer up, in :mod:`captum_coar.selectors`
+(:func:`conv_filters`, :func:`linear_neurons`, :func:`attention_heads`, :func:`mlp_neurons`);
+:meth:`ComponentSet.from_model` is a face for them (it imports the selectors when called, so
+this module imports nothing above it) and selects by kind and by name pattern, and
 :meth:`ComponentSet.subset` filters with the same kind vocabulary (``KINDS``): each unit word
 maps to one kind (``filter`` -> ``conv_filters``, ``neuron`` -> ``linear_neurons``, ``head`` and
 ``cross_head`` -> ``attention_heads``, ``mlp_neuron`` -> ``mlp_neurons``).
@@ -43,10 +44,6 @@ from ._checks import fail
 __all__ = [
     "ComponentGroup",
     "ComponentSet",
-    "conv_filters",
-    "linear_neurons",
-    "attention_heads",
-    "mlp_neurons",
     "is_hf_conv1d",
     "SITES",
     "KINDS",
@@ -358,11 +355,3 @@ def require_module(modules: Mapping[str, nn.Module], name: str) -> nn.Module:
     close = difflib.get_close_matches(name, [n for n in modules if n], n=3)
     hint = f"; did you mean {close}?" if close else ""
     raise ValueError(f"no module named {name!r} in the model{hint}")
-
-
-from .selectors import (  # noqa: E402  (re-export)
-    attention_heads,
-    conv_filters,
-    linear_neurons,
-    mlp_neurons,
-)

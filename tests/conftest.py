@@ -2,7 +2,8 @@ import pytest
 import torch
 from toy_models import AdditiveModel, AttentionClassifier, ConvNet, randomise_batchnorm
 
-from captum_coar.components import ComponentSet, conv_filters, linear_neurons
+from captum_coar.components import ComponentSet
+from captum_coar.selectors import conv_filters, linear_neurons
 
 # Tests use tiny tensors, for which one thread is faster and steadier than several.
 torch.set_num_threads(1)

@@ -8,7 +8,7 @@ import torch
 from toy_models import ConvNet, randomise_batchnorm
 
 from captum_coar.coar import ComponentAblationRegression, collect, tensor_batches
-from captum_coar.components import conv_filters
+from captum_coar.selectors import conv_filters
 from captum_coar.stores import MemmapStore
 
 N_MASKS = 64

@@ -15,8 +15,8 @@ from captum_coar.coar.adaptive import (
     held_out_correlation,
     relative_interval_width,
 )
-from captum_coar.components import conv_filters, linear_neurons
 from captum_coar.sampling import BernoulliSampler
+from captum_coar.selectors import conv_filters, linear_neurons
 from captum_coar.solvers import LeastSquares, SufficientStatistics
 from captum_coar.stores import InMemoryStore
 

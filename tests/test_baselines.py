@@ -21,16 +21,12 @@ from captum_coar.baselines import (
     ComponentIntegratedGradients,
     ComponentInternalInfluence,
 )
-from captum_coar.components import (
-    ComponentGroup,
-    ComponentSet,
-    attention_heads,
-    linear_neurons,
-)
+from captum_coar.components import ComponentGroup, ComponentSet
 from captum_coar.edits import _weight_index, zero_components
 from captum_coar.gates import ablated
 from captum_coar.interop import GatedForward
 from captum_coar.outputs import resolve_output
+from captum_coar.selectors import attention_heads, linear_neurons
 
 ALL_METHODS = [ComponentAblation, ComponentAttributionPatching, ComponentIntegratedGradients,
                ComponentGradientXParameter, ComponentConductance, ComponentInternalInfluence]

@@ -17,8 +17,8 @@ from toy_models import (
 )
 
 from captum_coar.coar import COARResult, ComponentAblationRegression, tensor_batches
-from captum_coar.components import conv_filters, linear_neurons
 from captum_coar.sampling import BernoulliSampler, FixedFractionSampler
+from captum_coar.selectors import conv_filters, linear_neurons
 from captum_coar.solvers import Lasso, LeastSquares, MinibatchRidge, Ridge
 from captum_coar.stores import InMemoryStore
 
@@ -235,7 +235,7 @@ def test_outputs_tuple_inputs_and_additional_args():
 def test_sequence_margin_on_tiny_gpt2():
     from toy_models import tiny_gpt2
 
-    from captum_coar.components import attention_heads
+    from captum_coar.selectors import attention_heads
 
     model = tiny_gpt2(n_layer=1)
     components = attention_heads(model, ["transformer.h.0.attn.c_proj"], n_heads=4)

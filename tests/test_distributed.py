@@ -38,7 +38,7 @@ from captum_coar.coar.shards import (
     save_statistics,
     shard_rows,
 )
-from captum_coar.components import conv_filters
+from captum_coar.selectors import conv_filters
 
 N_MASKS, SEED, VAL = 150, 3, 0.2
 SETTINGS = dict(n_masks=N_MASKS, seed=SEED, ablation_fraction=0.2)

@@ -24,9 +24,10 @@ from captum_coar.coar import (
     tensor_batches,
 )
 from captum_coar.coar._identity import IDENTITY_FIELDS, identity_differences
-from captum_coar.components import ComponentSet, conv_filters, linear_neurons
+from captum_coar.components import ComponentSet
 from captum_coar.evaluation import counterfactual_correlation
 from captum_coar.sampling import BernoulliSampler, FixedFractionSampler
+from captum_coar.selectors import conv_filters, linear_neurons
 from captum_coar.solvers import Lasso
 
 

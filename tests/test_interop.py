@@ -24,10 +24,10 @@ from captum_coar.baselines import (
     ComponentIntegratedGradients,
 )
 from captum_coar.coar import ComponentAblationRegression
-from captum_coar.components import conv_filters, linear_neurons
 from captum_coar.gates import ablated
 from captum_coar.interop import GatedForward, ablation_perturbation
 from captum_coar.outputs import resolve_output
+from captum_coar.selectors import conv_filters, linear_neurons
 
 
 @pytest.fixture

@@ -12,9 +12,9 @@ from captum_coar import baselines
 from captum_coar._engine import evaluate_masks
 from captum_coar._state import model_state_kept
 from captum_coar.coar import ComponentAblationRegression, tensor_batches
-from captum_coar.components import conv_filters
 from captum_coar.evaluation import counterfactual_correlation, topk_ablation_curve
 from captum_coar.interop import GatedForward
+from captum_coar.selectors import conv_filters
 
 
 def _setup(train: bool):

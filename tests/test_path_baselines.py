@@ -8,7 +8,8 @@ from captum.attr import InternalInfluence, LayerConductance
 from toy_models import assert_close
 
 from captum_coar.baselines import ComponentConductance, ComponentInternalInfluence
-from captum_coar.components import ComponentGroup, ComponentSet, attention_heads
+from captum_coar.components import ComponentGroup, ComponentSet
+from captum_coar.selectors import attention_heads
 
 
 def reduce_layer(attr: torch.Tensor, group: ComponentGroup) -> torch.Tensor:

@@ -11,8 +11,8 @@ from toy_models import ConvNet, randomise_batchnorm
 
 from captum_coar import evaluate_masks
 from captum_coar.coar import ComponentAblationRegression, collect, collect_statistics
-from captum_coar.components import conv_filters
 from captum_coar.sampling import BernoulliSampler
+from captum_coar.selectors import conv_filters
 from captum_coar.solvers import MinibatchRidge
 from captum_coar.stores import IDENTITY_FIELDS, InMemoryStore, MemmapStore, pack_masks, unpack_masks
 

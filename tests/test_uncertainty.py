@@ -8,8 +8,8 @@ import torch
 from toy_models import AdditiveModel
 
 from captum_coar.coar import ComponentAblationRegression
-from captum_coar.components import linear_neurons
 from captum_coar.sampling import BernoulliSampler
+from captum_coar.selectors import linear_neurons
 from captum_coar.solvers import (
     AutoRidge,
     LeastSquares,

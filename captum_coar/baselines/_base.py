@@ -115,7 +115,7 @@ class ComponentMethod:
         """Every subclass's ``attribute`` leaves the model's parameters and buffers as they were."""
         super().__init_subclass__(**kwargs)
         if "attribute" in cls.__dict__:
-            cls.attribute = keeps_model_state(cls.__dict__["attribute"])  # type: ignore[method-assign]
+            cls.attribute = keeps_model_state(cls.__dict__["attribute"])  # type: ignore[attr-defined]
 
     def _init_components(self, components: ComponentSet,
                          ablation: Union[str, AblationStrategy]) -> None:

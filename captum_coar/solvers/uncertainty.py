@@ -205,5 +205,9 @@ def attach_standard_errors(fit: "FitResult", stats: SufficientStatistics,
         fit.diagnostics["standard_errors"] = f"not available: {err}"
         return fit
     fit.standard_errors, fit.residual_dof = se, dof
-    fit.diagnostics["standard_errors"] = "classical"
+    penalised = bool((torch.as_tensor(penalty) > 0).any())
+    fit.diagnostics["standard_errors"] = (
+        "classical, penalised fit: sampling noise only, the shrinkage bias is not included"
+        if penalised else "classical")
+    fit.diagnostics["effective_df"] = (stats.count - 1.0 - dof).tolist()
     return fit

@@ -136,6 +136,12 @@ def test_auto_ridge_attaches_standard_errors_at_the_chosen_penalty():
     auto = AutoRidge().fit(stats)
     fixed = Ridge(alpha=float(auto.alpha)).fit(stats)
     torch.testing.assert_close(auto.standard_errors, fixed.standard_errors, rtol=1e-9, atol=0)
+    assert auto.alpha > 0 and "shrinkage bias is not included" in auto.diagnostics[
+        "standard_errors"]
+    assert all(df < 10 for df in auto.diagnostics["effective_df"])
+    plain = LeastSquares().fit(stats)
+    assert plain.diagnostics["standard_errors"] == "classical"
+    assert plain.diagnostics["effective_df"] == pytest.approx([10.0] * 4)
 
 
 class NoisyLogit:

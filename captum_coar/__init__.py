@@ -17,11 +17,13 @@ from .language_outputs import (ContinuationLogProb, LanguageModelForward, Langua
                                LogitDifference, TokenLogProb)
 from ._engine import evaluate_masks
 from .sampling import BernoulliSampler, FixedFractionSampler, MaskSampler, resolve_sampler
-from .solvers import (ConvergenceWarning, FitResult, Lasso, LeastSquares, MinibatchRidge,
+from .solvers import (AutoLasso, AutoRidge, ConvergenceWarning, DifferenceOfMeans, FitResult,
+                      Lasso, LeastSquares, MinibatchRidge,
                       Ridge, SingularMatrixWarning, Solver, StreamingSolver,
                       SufficientStatistics, resolve_solver)
-from .stores import InMemoryStore, MaskOutputStore, MemmapStore
-from .coar import (COARResult, CollectedStatistics, ComponentAblationRegression,
+from .stores import InMemoryStore, MaskOutputStore, MemmapStore, StoreReport
+from .coar import (AdaptiveReport, COARResult, CollectedStatistics, ComponentAblationRegression,
+                   StopWhen,
                    all_reduce_statistics, collect, collect_distributed, collect_shard,
                    collect_statistics, collect_statistics_distributed, collect_statistics_shard,
                    load_statistics, merge_statistics, model_fingerprint, save_statistics,
@@ -32,7 +34,7 @@ from .baselines import (ComponentAblation, ComponentAtPStar, ComponentAttributio
 from .interop import GatedForward, ablation_perturbation
 from .evaluation import (EVALUATION_SEED, CounterfactualCorrelationResult, TopKAblationCurve,
                          counterfactual_correlation, topk_ablation_curve)
-from .visualization import (plot_component_attributions, plot_correlation_bars,
+from .visualization import (output_label, plot_component_attributions, plot_correlation_bars,
                             plot_counterfactual_scatter, plot_topk_curves)
 from .edits import WeightEdit, ablate_persistently, zero_components
 from .editing import (EditCurve, EditResult, apply_edit, choose_k, coar_edit, component_scores,
@@ -55,11 +57,12 @@ __all__ = [
     "evaluate_masks",
     # COAR: sampling, collection, stores, solvers
     "MaskSampler", "BernoulliSampler", "FixedFractionSampler", "resolve_sampler",
-    "MaskOutputStore", "InMemoryStore", "MemmapStore", "model_fingerprint",
+    "MaskOutputStore", "InMemoryStore", "MemmapStore", "StoreReport", "model_fingerprint",
     "collect", "collect_statistics", "CollectedStatistics", "tensor_batches",
     "SufficientStatistics", "FitResult", "Solver", "StreamingSolver", "LeastSquares", "Ridge",
-    "Lasso", "MinibatchRidge", "resolve_solver", "SingularMatrixWarning", "ConvergenceWarning",
-    "ComponentAblationRegression", "COARResult",
+    "Lasso", "MinibatchRidge", "AutoRidge", "AutoLasso", "DifferenceOfMeans", "resolve_solver",
+    "SingularMatrixWarning", "ConvergenceWarning",
+    "ComponentAblationRegression", "COARResult", "StopWhen", "AdaptiveReport",
     # many processes, machines or jobs
     "shard_rows", "collect_shard", "collect_statistics_shard", "save_statistics",
     "load_statistics", "merge_statistics", "collect_statistics_distributed",
@@ -72,7 +75,7 @@ __all__ = [
     # evaluation and plots
     "counterfactual_correlation", "CounterfactualCorrelationResult", "topk_ablation_curve",
     "TopKAblationCurve", "EVALUATION_SEED", "plot_counterfactual_scatter",
-    "plot_correlation_bars", "plot_component_attributions", "plot_topk_curves",
+    "plot_correlation_bars", "plot_component_attributions", "plot_topk_curves", "output_label",
     # editing
     "WeightEdit", "zero_components", "ablate_persistently",
     "component_scores", "select_components", "edit_masks", "edit_curve", "choose_k", "coar_edit",

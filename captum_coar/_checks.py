@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 __all__ = ["fail", "fail_type", "check_int", "check_positive_int", "check_optional_positive_int",
-           "check_float", "check_fraction", "check_choice", "check_instance",
+           "check_float", "check_fraction", "check_choice", "check_instance", "check_callable",
            "check_integer_values"]
 
 
@@ -83,6 +83,18 @@ def check_optional_positive_int(name: str, value: Any) -> Optional[int]:
     return check_int(name, value, minimum=1, optional=True)
 
 
+@overload
+def check_float(name: str, value: Any, low: Optional[float] = ..., high: Optional[float] = ...,
+                low_open: bool = ..., high_open: bool = ..., optional: Literal[False] = ...
+                ) -> float: ...
+
+
+@overload
+def check_float(name: str, value: Any, low: Optional[float] = ..., high: Optional[float] = ...,
+                low_open: bool = ..., high_open: bool = ..., optional: bool = ...
+                ) -> Optional[float]: ...
+
+
 def check_float(name: str, value: Any, low: Optional[float] = None, high: Optional[float] = None,
                 low_open: bool = False, high_open: bool = False, optional: bool = False
                 ) -> Optional[float]:
@@ -108,9 +120,7 @@ def check_float(name: str, value: Any, low: Optional[float] = None, high: Option
 
 def check_fraction(name: str, value: Any) -> float:
     """A fraction strictly between 0 and 1 (an ablation fraction, a validation share...)."""
-    result = check_float(name, value, 0.0, 1.0, low_open=True, high_open=True)
-    assert result is not None
-    return result
+    return check_float(name, value, 0.0, 1.0, low_open=True, high_open=True)
 
 
 def check_choice(name: str, value: Any, choices: Collection[str]) -> str:
@@ -127,6 +137,13 @@ def check_instance(name: str, value: Any, types: Union[Type[Any], Tuple[Type[Any
     """``value`` itself when it is an instance of ``types``; ``TypeError`` naming ``allowed``."""
     if not isinstance(value, types):
         raise fail_type(name, allowed, value, hint)
+    return value
+
+
+def check_callable(name: str, value: Any) -> Any:
+    """``value`` itself when it is callable; ``TypeError`` naming ``name`` else."""
+    if not callable(value):
+        raise fail_type(name, "callable (a model or a function)", value)
     return value
 
 

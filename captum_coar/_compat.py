@@ -19,6 +19,8 @@ from __future__ import annotations
 
 from typing import Callable, List, Tuple
 
+from ._checks import check_int, fail
+
 __all__ = ["approximation_parameters", "SUPPORTED_METHODS", "integration_points"]
 
 try:  # captum 0.7 - 0.9
@@ -73,9 +75,8 @@ def approximation_parameters(method: str) -> Tuple[Callable[[int], List[float]],
 
 def integration_points(method: str, n_points: int) -> Tuple[List[float], List[float]]:
     """``(step_sizes, alphas)`` for ``n_points`` points of ``method``, validated."""
-    if isinstance(n_points, bool) or not isinstance(n_points, int) or n_points < 1:
-        raise ValueError(f"the number of integration points must be a positive integer, got {n_points!r}")
+    check_int("n_points", n_points, minimum=1)
     if method.startswith("riemann") and n_points < 2:
-        raise ValueError(f"method={method!r} needs n_steps >= 2 points, got {n_points}")
+        raise fail("n_steps", f"at least 2 for method={method!r}", n_points)
     step_sizes, alphas = approximation_parameters(method)
     return list(step_sizes(n_points)), list(alphas(n_points))

@@ -27,13 +27,13 @@ module ran) and checking that an output function gave one value per row
 
 from __future__ import annotations
 
-import numbers
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator, Optional, Tuple, Union
 
 import torch
 from torch import Tensor
 
+from ._checks import check_positive_int
 from ._inputs import (
     TensorOrTuple,
     example_batches,
@@ -71,14 +71,10 @@ def rows_per_pass(n_examples: int, perturbations_per_eval: Optional[int],
     """Gate rows per forward pass: the user's choice, else as many as ``max_rows`` allows
     (``None``: :func:`default_max_rows` of ``device``)."""
     if perturbations_per_eval is not None:
-        if int(perturbations_per_eval) < 1:
-            raise ValueError(f"perturbations_per_eval must be a positive integer, got {perturbations_per_eval}")
-        return int(perturbations_per_eval)
+        return check_positive_int("perturbations_per_eval", perturbations_per_eval)
     if max_rows is None:
         max_rows = default_max_rows(device)
-    if isinstance(max_rows, bool) or not isinstance(max_rows, numbers.Integral) or max_rows < 1:
-        raise ValueError(f"max_rows must be a positive integer, got {max_rows}")
-    return max(1, int(max_rows) // max(1, n_examples))
+    return max(1, check_positive_int("max_rows", max_rows) // max(1, n_examples))
 
 
 def progress(total: int, enabled: bool, desc: str) -> Any:

@@ -39,7 +39,7 @@ from typing import Callable, Dict, Iterator, List, Mapping, Optional, Sequence, 
 import torch
 from torch import Tensor, nn
 
-from ._checks import fail
+from ._checks import check_instance, fail
 
 __all__ = [
     "ComponentGroup",
@@ -135,8 +135,7 @@ class ComponentSet:
         modules = dict(model.named_modules())
         seen = set()
         for group in groups:
-            if not isinstance(group, ComponentGroup):
-                raise TypeError(f"groups must be ComponentGroup objects, got {type(group).__name__}")
+            check_instance("groups", group, ComponentGroup, "a sequence of ComponentGroup objects")
             require_module(modules, group.module_name)
             key = (group.module_name, group.site)
             if key in seen:

@@ -35,7 +35,7 @@ from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple, Unio
 import torch
 from torch import Tensor
 
-from ._checks import check_integer_values
+from ._checks import check_choice, check_fraction, check_int, check_integer_values, fail
 from ._engine import evaluate_masks, gated_outputs, progress, rows_per_pass
 from ._evaluation_results import CounterfactualCorrelationResult, TopKAblationCurve
 from ._inputs import as_tuple, input_tuple
@@ -144,10 +144,10 @@ def _n_examples(inputs: Any) -> int:
 
 
 def _fractions(ablation_fractions: Union[float, Sequence[float]]) -> Tuple[float, ...]:
-    fractions = (ablation_fractions,) if isinstance(ablation_fractions, (int, float)) else ablation_fractions
-    fractions = tuple(float(a) for a in fractions)
-    if not fractions or any(not 0.0 < a < 1.0 for a in fractions):
-        raise ValueError(f"ablation_fractions must be numbers in (0, 1), got {ablation_fractions!r}")
+    values = (ablation_fractions,) if isinstance(ablation_fractions, (int, float)) else ablation_fractions
+    fractions = tuple(check_fraction("ablation_fractions", a) for a in values)
+    if not fractions:
+        raise fail("ablation_fractions", "one or more numbers in (0, 1)", ablation_fractions)
     return fractions
 
 
@@ -198,10 +198,8 @@ def counterfactual_correlation(
     Cost: one ablated forward per (mask, example) and fraction, whatever the number of
     methods, plus one unablated forward.
     """
-    if correlation not in _CORRELATIONS:
-        raise ValueError(f"correlation must be one of {sorted(_CORRELATIONS)}, got {correlation!r}")
-    if isinstance(n_masks, bool) or not isinstance(n_masks, int) or n_masks < 3:
-        raise ValueError(f"n_masks must be an integer >= 3 to define a correlation, got {n_masks!r}")
+    check_choice("correlation", correlation, _CORRELATIONS)
+    check_int("n_masks", n_masks, minimum=3)  # a correlation needs three points
     forward_func = components.model if forward_func is None else forward_func
     n_examples, n_comp = _n_examples(inputs), components.n_components
     methods = _methods(attributions, n_examples, n_comp)
@@ -291,7 +289,7 @@ def topk_ablation_curve(
     methods = _methods(attributions, n_examples, n_comp)
     k_grid = _default_ks(n_comp, max_fraction, n_steps) if ks is None else check_integer_values("ks", ks).cpu()
     if k_grid.dim() != 1 or k_grid.numel() == 0 or k_grid.min() < 0 or k_grid.max() > n_comp:
-        raise ValueError(f"ks must be integers in [0, {n_comp}], got {ks!r}")
+        raise fail("ks", f"integers in [0, {n_comp}]", ks)
     output_fn = resolve_output(output, target)
     inputs_t = as_tuple(inputs)
     device = model_device(components.model)

@@ -40,6 +40,7 @@ from typing import Any, Callable, Optional, Tuple, Union
 import torch
 from torch import Tensor
 
+from ._checks import check_instance
 from ._inputs import as_tuple, expand_target, repeat_rows
 from ._state import keeps_model_state
 from .ablation import AblationStrategy, fitted_ablation, resolve_ablation
@@ -91,8 +92,7 @@ class GatedForward:
         return args + (target,)
 
     def _prepare(self) -> None:
-        if not isinstance(self.components, ComponentSet):
-            raise TypeError(f"components must be a ComponentSet, got {type(self.components).__name__}")
+        check_instance("components", self.components, ComponentSet, "a ComponentSet")
         if getattr(self, "_ablation_key", None) is not self.ablation:
             self.strategy_ = resolve_ablation(self.ablation)
             self._ablation_key = self.ablation

@@ -275,6 +275,8 @@ def test_row_budget_validation():
 
     assert rows_per_pass(10, None, 100) == 10
     assert rows_per_pass(10, None, np.int64(35)) == 3
-    for bad in (0, 2.5, True, "64"):
-        with pytest.raises(ValueError, match=f"max_rows must be a positive integer, got {bad}"):
+    with pytest.raises(ValueError, match="`max_rows` must be an integer >= 1; got 0"):
+        rows_per_pass(10, None, 0)
+    for bad in (2.5, True, "64"):
+        with pytest.raises(TypeError, match=f"`max_rows` must be an integer >= 1; got .*{bad}"):
             rows_per_pass(10, None, bad)

@@ -278,9 +278,12 @@ def test_bad_inputs_raise_clear_errors():
     model, components, x, y = _additive(dtype=torch.float32)
     coar = ComponentAblationRegression(model, components)
     with pytest.raises(ValueError, match=r"n_masks=12 .* too small for least squares.*12 components"):
-        coar.attribute(x, target=y, n_masks=12)
+        coar.attribute(x, target=y, n_masks=12, solver="least_squares")
     with pytest.raises(ValueError, match=r"n_masks=13 \(12 for training\)"):
-        coar.attribute(x, target=y, n_masks=13, validation_fraction=0.1)
+        coar.attribute(x, target=y, n_masks=13, validation_fraction=0.1, solver="least_squares")
+    # the default estimator at few masks is ridge with its penalty chosen automatically
+    assert torch.isfinite(coar.attribute(x, target=y, n_masks=12)).all()
+    assert coar.last_result_.fit.solver != "least_squares"
     for alpha in (0.0, 1.0, 1.5, -0.1, math.nan):
         with pytest.raises(ValueError, match="ablation_fraction"):
             coar.attribute(x, target=y, n_masks=100, ablation_fraction=alpha)

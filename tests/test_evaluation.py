@@ -150,11 +150,11 @@ def test_validation_messages(additive):
     model, components, x, target, effects = additive
     with pytest.raises(ValueError, match=r"expected \(batch, n_components\) = \(24, 40\)"):
         counterfactual_correlation(model, components, x, effects[:, :5], target=target)
-    with pytest.raises(ValueError, match="correlation must be one of"):
+    with pytest.raises(ValueError, match=r"`correlation` must be one of \['pearson', 'spearman'\]; got 'kendall'"):
         counterfactual_correlation(model, components, x, effects, target=target, correlation="kendall")
     with pytest.raises(ValueError, match="ablation_fractions"):
         counterfactual_correlation(model, components, x, effects, target=target, ablation_fractions=1.5)
-    with pytest.raises(ValueError, match="ks must be integers"):
+    with pytest.raises(ValueError, match=r"`ks` must be integers in \[0, 40\]; got \[0, 41\]"):
         topk_ablation_curve(model, components, x, effects, target=target, ks=[0, 41])
 
 

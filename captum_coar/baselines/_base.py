@@ -27,6 +27,7 @@ import torch
 from captum.attr import GradientAttribution
 from torch import Tensor
 
+from .._checks import check_callable, check_instance
 from .._inputs import as_tuple, input_tuple
 from .._state import keeps_model_state
 from ..ablation import AblationStrategy, fitted_ablation, resolve_ablation
@@ -124,14 +125,10 @@ class ComponentMethod:
 
     def _start(self, output: OutputSpec, target: Any) -> OutputFunction:
         """Validate the stored arguments and resolve the output function for this call."""
-        if not isinstance(self.components, ComponentSet):
-            raise TypeError(
-                f"components must be a ComponentSet, got {type(self.components).__name__}; build"
-                " one with ComponentSet.from_model(model) or conv_filters / linear_neurons /"
-                " attention_heads"
-            )
-        if not callable(self.forward_func):
-            raise TypeError(f"forward_func must be callable, got {type(self.forward_func).__name__}")
+        check_instance("components", self.components, ComponentSet, "a ComponentSet",
+                       "build one with ComponentSet.from_model(model) or a selector"
+                       " (conv_filters, linear_neurons, attention_heads, mlp_neurons)")
+        check_callable("forward_func", self.forward_func)
         if getattr(self, "_ablation_key", None) is not self.ablation:
             self.strategy_ = resolve_ablation(self.ablation)
             self._ablation_key = self.ablation

@@ -18,6 +18,7 @@ from typing import Any, Callable, Iterable, List, Optional, Tuple, Union
 
 from torch import Tensor
 
+from .._checks import check_int
 from .._inputs import as_tuple, example_batches, input_tuple
 from ._fingerprint import DataScan, check_reiterable, scan_data
 
@@ -54,9 +55,7 @@ def tensor_batches(inputs: Union[Tensor, Tuple[Tensor, ...]], target: Any = None
     """In-memory tensors as a list of ``(inputs, target, additional_forward_args)`` batches."""
     inputs_t = input_tuple(inputs)
     n = inputs_t[0].shape[0]
-    size = n if batch_size is None else int(batch_size)
-    if size < 1:
-        raise ValueError(f"batch_size must be a positive integer, got {batch_size}")
+    size = n if batch_size is None else check_int("batch_size", batch_size, minimum=1)
     return [(batch, batch_target, extra) for _, batch, extra, batch_target
             in example_batches(inputs_t, additional_forward_args, target, size)]
 

@@ -19,18 +19,23 @@ where float64 statistics live.
 
 from __future__ import annotations
 
-import math
 import os
 import time
 import warnings
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, Optional, Union
 
-import numpy as np
 import torch
 from torch import Tensor
 
-from .._checks import check_int, check_optional_positive_int, check_positive_int
+from .._checks import (
+    check_callable,
+    check_float,
+    check_instance,
+    check_int,
+    check_optional_positive_int,
+    check_positive_int,
+)
 from ..ablation import AblationStrategy, resolve_ablation
 from ..components import ComponentSet, model_device
 from ..outputs import CallableOutput, OutputFunction, resolve_output
@@ -73,10 +78,8 @@ class CollectionSettings:
               chunk_rows: Optional[int] = None,
               fractional_target_batch: Optional[int] = None) -> "CollectionSettings":
         """Resolve and validate every setting (messages say what was given and allowed)."""
-        if not isinstance(components, ComponentSet):
-            raise TypeError(f"components must be a ComponentSet, got {type(components).__name__}")
-        if not callable(forward_func):
-            raise TypeError(f"forward_func must be callable, got {type(forward_func).__name__}")
+        check_instance("components", components, ComponentSet, "a ComponentSet")
+        check_callable("forward_func", forward_func)
         n_masks = check_positive_int("n_masks", n_masks)
         if 8 * n_masks > machine_memory():  # the row index alone (int64 per mask row)
             raise ValueError(
@@ -104,8 +107,7 @@ class CollectionSettings:
                                                              perturbations_per_eval)
         chunk_rows = check_optional_positive_int("chunk_rows", chunk_rows)
         max_rows = check_optional_positive_int("max_rows", max_rows)
-        if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool):
-            raise TypeError(f"seed must be an integer, got {seed!r}")
+        check_int("seed", seed)
         if components.model.training:
             warnings.warn(
                 f"{type(components.model).__name__} is in training mode: BatchNorm would mix the"
@@ -213,10 +215,7 @@ def stats_device(components: ComponentSet) -> torch.device:
 
 def validation_split(n_masks: int, validation_fraction: float) -> int:
     """Rows held out for validation: the LAST ``round(fraction * n_masks)`` rows (>= 1 if > 0)."""
-    fraction = validation_fraction
-    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or \
-            not 0.0 <= float(fraction) < 1.0 or math.isnan(float(fraction)):
-        raise ValueError(f"validation_fraction must be in [0, 1), got {validation_fraction!r}")
+    fraction = check_float("validation_fraction", validation_fraction, 0.0, 1.0, high_open=True)
     if fraction == 0:
         return 0
-    return min(n_masks - 1, max(1, int(round(float(fraction) * n_masks))))
+    return min(n_masks - 1, max(1, int(round(fraction * n_masks))))

@@ -54,13 +54,15 @@ def digits_cnn(epochs: int = 8):
 
 
 class CountingForward:
-    """Forward function that counts calls and, with ``fail_after``, crashes after that many."""
+    """Forward function that counts calls and example rows and, with ``fail_after``, crashes
+    after that many calls."""
 
     def __init__(self, model, fail_after=None):
-        self.model, self.fail_after, self.calls = model, fail_after, 0
+        self.model, self.fail_after, self.calls, self.rows = model, fail_after, 0, 0
 
     def __call__(self, *args):
         self.calls += 1
+        self.rows += int(args[0].shape[0])  # example rows given, over all calls
         if self.fail_after is not None and self.calls > self.fail_after:
             raise KeyboardInterrupt("simulated crash")
         return self.model(*args)

@@ -21,17 +21,6 @@ from captum_coar.solvers import LeastSquares, SufficientStatistics
 from captum_coar.stores import InMemoryStore
 
 
-class RowCounter:
-    """Forward function that counts the example rows it is given."""
-
-    def __init__(self, model):
-        self.model, self.rows = model, 0
-
-    def __call__(self, x):
-        self.rows += int(x.shape[0])
-        return self.model(x)
-
-
 def _additive(n=5):
     torch.manual_seed(0)
     model = AdditiveModel(n_in=6, n_hidden=12, n_classes=3).double().eval()
@@ -84,7 +73,7 @@ def test_relative_width_rule_runs_to_the_cap_and_a_store_is_resumed_without_forw
     data = tensor_batches(x, y)
     rule = StopWhen(criterion="relative_width", tol=1e-6, first_masks=40, max_masks=160,
                     n_validation=10)
-    counting = RowCounter(model)
+    counting = CountingForward(model)
     coar = ComponentAblationRegression(counting, components)
     store = InMemoryStore()
     first, report = collect_until(coar, data, rule, "least_squares", store,

@@ -9,7 +9,7 @@ from typing import Tuple
 import numpy as np
 import pytest
 import torch
-from coar_fixtures import digits_cnn
+from coar_fixtures import CountingForward, digits_cnn
 from test_solvers import make_problem
 
 from captum_coar.coar import ComponentAblationRegression, tensor_batches
@@ -27,17 +27,6 @@ from captum_coar.stores import InMemoryStore
 F64 = torch.float64
 
 sklearn_linear = pytest.importorskip("sklearn.linear_model")
-
-
-class RowCounter:
-    """Forward function that counts the example rows it is given."""
-
-    def __init__(self, model):
-        self.model, self.rows = model, 0
-
-    def __call__(self, x):
-        self.rows += int(x.shape[0])
-        return self.model(x)
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +66,7 @@ def test_prior_shrinkage_through_attribute(digits):
 
 def test_wrong_prior_shape_is_refused_before_any_forward_pass(digits):
     model, components, x, y = digits
-    counter = RowCounter(model)
+    counter = CountingForward(model)
     coar = ComponentAblationRegression(counter, components)
     with pytest.raises(ValueError, match=r"`prior` must be a tensor of shape \(5, 18\)"):
         coar.attribute(x, target=y, n_masks=40, solver=AutoRidge(prior=torch.zeros(4, 18)))

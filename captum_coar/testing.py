@@ -58,9 +58,10 @@ class AdditiveNet(nn.Module):
 
     def __init__(self, n_in: int = 5, n_hidden: int = 7, n_classes: int = 3, seed: int = 0) -> None:
         super().__init__()
-        torch.manual_seed(seed)
-        self.hidden = nn.Linear(n_in, n_hidden)
-        self.readout = nn.Linear(n_hidden, n_classes)
+        with torch.random.fork_rng():  # seeded weights; the caller's global RNG is untouched
+            torch.manual_seed(seed)
+            self.hidden = nn.Linear(n_in, n_hidden)
+            self.readout = nn.Linear(n_hidden, n_classes)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.readout(self.hidden(x))
@@ -76,12 +77,12 @@ class SmallConvNet(nn.Module):
 
     def __init__(self, seed: int = 0) -> None:
         super().__init__()
-        torch.manual_seed(seed)
-        self.conv1 = nn.Conv2d(1, 4, 3, padding=1)
-        self.bn = nn.BatchNorm2d(4)
-        self.conv2 = nn.Conv2d(4, 6, 3, padding=1, bias=False)
-        self.head = nn.Linear(6, 3)
-        with torch.no_grad():
+        with torch.random.fork_rng():  # seeded weights; the caller's global RNG is untouched
+            torch.manual_seed(seed)
+            self.conv1 = nn.Conv2d(1, 4, 3, padding=1)
+            self.bn = nn.BatchNorm2d(4)
+            self.conv2 = nn.Conv2d(4, 6, 3, padding=1, bias=False)
+            self.head = nn.Linear(6, 3)
             self.bn.running_mean = torch.empty(4).uniform_(-0.2, 0.2)
             self.bn.running_var = torch.empty(4).uniform_(0.5, 1.5)
 

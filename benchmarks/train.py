@@ -101,6 +101,16 @@ def _schedule(opt: torch.optim.Optimizer, total: int, warmup_frac: float):
     return torch.optim.lr_scheduler.LambdaLR(opt, factor)
 
 
+def _clipped_step(model: nn.Module, opt: torch.optim.Optimizer, sched: Any,
+                  loss: torch.Tensor) -> None:
+    """One optimiser and schedule step on ``loss`` with gradients clipped to norm 1."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    opt.step()
+    sched.step()
+
+
 def _optimizer(model: nn.Module, lr: float, weight_decay: float) -> torch.optim.Optimizer:
     """AdamW with decay on matrices/filters only (not biases, norms, embeddings of size 1)."""
     decay = [p for p in model.parameters() if p.ndim >= 2]
@@ -204,11 +214,7 @@ def _train_gpt2(rec: Dict[str, Any], device: str, verbose: bool):
         model.train()
         batch = make_induction_data(bs, seed=rec["seed"] * 1_000_003 + step, **dcfg)
         loss = _lm_loss(model, batch.input_ids.to(device), batch.labels.to(device))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        sched.step()
+        _clipped_step(model, opt, sched, loss)
         step += 1
         run_loss += loss.item()
         if step % rec["eval_every"] == 0 or step == total:
@@ -256,11 +262,7 @@ def _train_llama(rec: Dict[str, Any], device: str, verbose: bool):
         batch = make_recall_data(bs, seed=rec["seed"] * 1_000_003 + step,
                                  n_queries=rec["train_queries"], **dcfg)
         loss, _ = _recall_loss_and_accuracy(model, batch)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        sched.step()
+        _clipped_step(model, opt, sched, loss)
         step += 1
         run_loss += loss.item()
         if step % rec["eval_every"] == 0 or step == total:

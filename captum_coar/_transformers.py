@@ -31,6 +31,12 @@ a map ``I -> D`` (``D`` = the width of the attention outputs, ``I != D``) direct
 in module order, by a map ``D -> I`` (the up projection; gated MLPs have two). Its *input*
 holds each hidden unit once, after the activation and after the gate product.
 
+:func:`find_expert_blocks` names the mixture-of-experts blocks (a module whose name or class
+says ``expert`` and that holds its experts' weights as 3-d tensors or a list of expert
+modules). Their hidden units are not MLP neurons here: each expert runs only on the tokens
+routed to it, and fused expert weights have no Linear map to gate. Selection refuses or warns
+(see :mod:`captum_coar.selectors`) rather than report the dense MLPs alone as "the MLP neurons".
+
 An attention core whose projections do not fit these rules raises ``ValueError`` naming it and
 pointing to the explicit selectors, so a head count is never silently wrong.
 """
@@ -44,8 +50,8 @@ from torch import nn
 
 from .components import is_hf_conv1d
 
-__all__ = ["AttentionSite", "find_attention", "find_mlp_down_projections", "linear_widths",
-           "is_linear_like", "has_transformer_config"]
+__all__ = ["AttentionSite", "find_attention", "find_mlp_down_projections", "find_expert_blocks",
+           "linear_widths", "is_linear_like", "has_transformer_config"]
 
 _HEAD_DIM_ATTRS = ("head_dim", "attention_head_size", "key_value_proj_dim", "head_size")
 _HEAD_COUNT_ATTRS = ("num_heads", "num_attention_heads", "n_heads", "n_head")
@@ -221,5 +227,25 @@ def find_mlp_down_projections(model: nn.Module, sites: List[AttentionSite]) -> L
             continue
         up_in, up_out = linear_widths(linears[position - 1][1])
         if up_out == width_in and up_in == width_out:
+            found.append(name)
+    return found
+
+
+def _holds_experts(name: str, module: nn.Module) -> bool:
+    """A module named or typed ``*expert*`` with 3-d weights or a list of expert modules."""
+    label = (name.rsplit(".", 1)[-1] + " " + type(module).__name__).lower()
+    if "expert" not in label or "shared" in label:
+        return False
+    fused = any(p.dim() >= 3 for p in module.parameters(recurse=False))
+    listed = isinstance(module, nn.ModuleList) or any(
+        isinstance(child, nn.ModuleList) and len(child) > 1 for child in module.children())
+    return fused or listed
+
+
+def find_expert_blocks(model: nn.Module) -> List[str]:
+    """Names of the outermost mixture-of-experts expert containers (see the module contract)."""
+    found: List[str] = []
+    for name, module in model.named_modules():
+        if name and not any(name.startswith(f + ".") for f in found) and _holds_experts(name, module):
             found.append(name)
     return found

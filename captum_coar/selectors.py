@@ -42,6 +42,7 @@ from torch import nn
 from ._transformers import (
     AttentionSite,
     find_attention,
+    find_expert_blocks,
     find_mlp_down_projections,
     has_transformer_config,
     is_linear_like,
@@ -70,6 +71,24 @@ def default_kinds(model: nn.Module) -> tuple:
     return ("conv_filters", "linear_neurons", "attention_heads")
 
 
+def _without_experts(model: nn.Module, down: set) -> set:
+    """Down projections outside mixture-of-experts blocks; refuse or warn where blocks exist."""
+    experts = find_expert_blocks(model)
+    if not experts:
+        return down
+    dense = {d for d in down if not d.startswith(tuple(e + "." for e in experts))}
+    what = (f"{len(experts)} mixture-of-experts block(s) in {type(model).__name__} (e.g."
+            f" {experts[0]!r}): expert hidden units are not MLP neurons here (each expert runs"
+            " only on the tokens routed to it, and fused expert weights have no Linear to gate)")
+    if not dense:
+        raise ValueError(
+            f"found {what}; select kinds=['attention_heads'] for the heads alone, or gate a"
+            " named Linear with linear_neurons(model, names=[...])")
+    warnings.warn(f"found {what}; mlp_neurons covers only the {len(dense)} dense MLP(s)"
+                  f" (e.g. {sorted(dense)[0]!r}), not the experts", UserWarning, stacklevel=4)
+    return dense
+
+
 def select_groups(
     model: nn.Module,
     kinds: Optional[Sequence[str]] = None,
@@ -88,6 +107,8 @@ def select_groups(
     sites = find_attention(model) if {"attention_heads", "mlp_neurons"} & set(kinds) else []
     by_projection = {s.projection_name: s for s in sites} if "attention_heads" in kinds else {}
     down = set(find_mlp_down_projections(model, sites)) if "mlp_neurons" in kinds else set()
+    if "mlp_neurons" in kinds:
+        down = _without_experts(model, down)
     if "mlp_neurons" in kinds and sites and not down:
         raise ValueError(
             f"found {len(sites)} attention modules in {type(model).__name__} but no MLP down"

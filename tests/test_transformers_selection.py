@@ -143,3 +143,28 @@ def test_explicit_names_and_errors_instead_of_wrong_counts():
     with pytest.raises(ValueError, match=r"attention module '0' \(Odd\) was found but its"
                                          r" projections' output widths \[20, 16\]"):
         attention_heads(odd)
+
+
+def _moe_config(cls, **extra):
+    return cls(vocab_size=50, hidden_size=32, intermediate_size=16, num_hidden_layers=2,
+               num_attention_heads=4, num_key_value_heads=2, num_experts_per_tok=2, **extra)
+
+
+def test_mixture_of_experts_is_refused_or_named_never_counted_as_dense_mlps():
+    torch.manual_seed(0)
+    # Mixtral: fused expert weights only -> the default selection refuses and names the fix
+    mixtral = T.MixtralForCausalLM(_moe_config(T.MixtralConfig, num_local_experts=4)).eval()
+    with pytest.raises(ValueError, match=r"mixture-of-experts.*model\.layers\.0\.mlp\.experts"
+                       r".*kinds=\['attention_heads'\]"):
+        ComponentSet.from_model(mixtral)
+    heads = ComponentSet.from_model(mixtral, kinds=["attention_heads"])
+    assert heads.n_components == 2 * 4
+    # Qwen2-MoE: a dense shared expert beside the experts -> selected, with a warning that
+    # the experts are left out (the shared expert's units are real MLP neurons)
+    qwen = T.Qwen2MoeForCausalLM(_moe_config(
+        T.Qwen2MoeConfig, num_experts=4, moe_intermediate_size=8,
+        shared_expert_intermediate_size=16)).eval()
+    with pytest.warns(UserWarning, match="covers only the 2 dense MLP"):
+        components = ComponentSet.from_model(qwen)
+    mlps = [g.module_name for g in components if g.kind == "mlp_neuron"]
+    assert mlps == [f"model.layers.{i}.mlp.shared_expert.down_proj" for i in range(2)]

@@ -51,6 +51,7 @@ from captum.attr import PerturbationAttribution
 from captum.log import log_usage
 from torch import Tensor
 
+from .._checks import check_positive_int
 from .._inputs import TensorOrTuple
 from .._state import keeps_model_state
 from ..ablation import AblationStrategy, resolve_ablation
@@ -70,7 +71,6 @@ from ._settings import check_solver_arguments
 from .adaptive import StopWhen, adaptive_rule, collect_until
 from .collection import (
     CollectedStatistics,
-    CollectionSettings,
     collect,
     collect_statistics,
     stats_device,
@@ -179,9 +179,7 @@ class ComponentAblationRegression(PerturbationAttribution, CollectionEntryPoints
             rule = adaptive_rule(n_masks, stop_when, validation_fraction)
             solver = "ridge_auto" if solver is None else solver
             check_prior(solver, n_examples, N)
-            resolved = self._prepare(rule.resolved(N).first_masks or 2, ablation_fraction,
-                                     sampler, output, target is not None, seed,
-                                     perturbations_per_eval, max_rows, solver, 0.0)
+            resolved = self._prepare(rule.resolved(N).first_masks or 2, solver, 0.0)
             result, _ = collect_until(self, data, rule, resolved, ablation_fraction=ablation_fraction,
                                       sampler=sampler, output=output, seed=seed,
                                       perturbations_per_eval=perturbations_per_eval,
@@ -193,9 +191,7 @@ class ComponentAblationRegression(PerturbationAttribution, CollectionEntryPoints
         if solver is None:
             solver = self.default_solver(n_masks - validation_split(n_masks, validation_fraction))
         check_prior(solver, n_examples, N)
-        resolved = self._prepare(n_masks, ablation_fraction, sampler, output, target is not None,
-                                 seed, perturbations_per_eval, max_rows, solver,
-                                 validation_fraction)
+        resolved = self._prepare(n_masks, solver, validation_fraction)
         common: Dict[str, Any] = dict(
             n_masks=n_masks, ablation_fraction=ablation_fraction, sampler=sampler,
             ablation=self.ablation, output=output, seed=seed,
@@ -293,17 +289,13 @@ class ComponentAblationRegression(PerturbationAttribution, CollectionEntryPoints
                             advice="Fit with the model, components and ablation the data was"
                             " collected with")
 
-    def _prepare(self, n_masks: int, ablation_fraction: Optional[float], sampler: Any,
-                 output: OutputLike,
-                 has_target: bool, seed: int, perturbations_per_eval: Optional[int],
-                 max_rows: Optional[int], solver: SolverLike,
+    def _prepare(self, n_masks: int, solver: SolverLike,
                  validation_fraction: float) -> Union[Solver, StreamingSolver]:
-        """Validate everything before any forward pass; return the resolved solver."""
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # collection itself warns (once) when it runs
-            CollectionSettings.build(self.forward_func, self.components, n_masks,
-                                     ablation_fraction, sampler, self.ablation, output,
-                                     has_target, seed, perturbations_per_eval, max_rows)
+        """Check the solver against the mask count before any forward pass; return it resolved.
+
+        The collection settings are resolved and checked once, by ``collect`` /
+        ``collect_statistics``, also before any forward pass."""
+        n_masks = check_positive_int("n_masks", n_masks)
         resolved = resolve_solver(solver)
         n_val = validation_split(n_masks, validation_fraction)
         self._check_enough_masks(resolved, n_masks - n_val, n_masks)

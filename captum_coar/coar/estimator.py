@@ -22,8 +22,8 @@ turns either into a :class:`COARResult`.
 Solvers (:mod:`captum_coar.solvers`): ``"least_squares"`` (as in the paper's released
 configs), ``"ridge"``, ``"lasso"``, ``"ridge_auto"`` (penalty by generalised cross-validation,
 or on held-out rows; ``AutoRidge(prior=...)`` shrinks toward any method's attributions),
-``"lasso_auto"`` (penalty on held-out rows), ``"streaming"`` (needs raw data: a store) or an
-instance. The default (``solver=None``) is least squares when there are more than
+``"lasso_auto"`` (penalty on held-out rows; ``AutoLasso(prior=...)`` departs from a prior on
+few components), ``"streaming"`` (needs raw data: a store) or an instance. The default (``solver=None``) is least squares when there are more than
 ``2 N`` training masks and ``ridge_auto`` otherwise (least squares is undefined at
 ``m <= N`` and noisier than the chosen ridge up to about ``2 N``; see
 ``benchmarks/README.md``, "Fewer masks"). With ``validation_fraction > 0`` the last rows are
@@ -152,8 +152,10 @@ class ComponentAblationRegression(PerturbationAttribution, CollectionEntryPoints
                 ``(model_output, target) -> (batch,)``.
             solver: ``"least_squares"``, ``"ridge"``, ``"lasso"``, ``"ridge_auto"``,
                 ``"lasso_auto"``, ``"streaming"`` or an instance (``AutoRidge(prior=...)``
-                shrinks toward a prior attribution). None: least squares above ``2 N``
-                training masks, ``ridge_auto`` otherwise (and always in adaptive mode).
+                shrinks toward a prior attribution; ``AutoLasso(prior=...)``, which needs
+                ``validation_fraction > 0``, departs from it on few components). None:
+                least squares above ``2 N`` training masks, ``ridge_auto`` otherwise (and
+                always in adaptive mode).
             sampler: ``"bernoulli"`` (independent ablations, the paper's), ``"fixed"`` (exactly
                 ``round(alpha * N)`` ablated per mask) or a MaskSampler.
             seed: masks depend only on ``(seed, row)``.

@@ -18,7 +18,8 @@ Implementations
 - :class:`MinibatchRidge` -- streaming Adam on standardised masks, memory ``O(N n)``.
 - :class:`AutoRidge` -- ridge with its penalty chosen on held-out rows or by generalised
   cross-validation, optionally shrunk toward a prior attribution (``prior=``).
-- :class:`AutoLasso` -- lasso with its penalty chosen on held-out rows, refitted on all rows.
+- :class:`AutoLasso` -- lasso with its penalty chosen on held-out rows, refitted on all rows,
+  optionally sparse around a prior attribution (``prior=``).
 - :class:`DifferenceOfMeans` -- ``E[y | kept] - E[y | ablated]`` per component (maximum
   sample reuse), defined at any ``m``.
 

@@ -23,7 +23,8 @@ Contract
 - :class:`AutoLasso` (``"lasso_auto"``): :class:`~captum_coar.solvers.lasso.Lasso` over its
   automatic path, penalty chosen on ``validation_stats`` (required), then refitted on training
   + held-out rows with that penalty (the sklearn objective is per row, so it is not rescaled).
-  No standard errors.
+  With ``prior=`` it is sparse around the (scaled) prior: the lasso of the prior's residual
+  ``y - X c p``, plus ``c p``. No standard errors.
 
 Both are deterministic: given the same statistics they pick the same penalty.
 """
@@ -40,7 +41,8 @@ from .lasso import Lasso
 from .statistics import SufficientStatistics
 from .uncertainty import attach_standard_errors
 
-__all__ = ["AutoRidge", "AutoLasso", "merged_statistics", "check_prior", "without_prior"]
+__all__ = ["AutoRidge", "AutoLasso", "merged_statistics", "prior_weights", "check_prior",
+           "without_prior"]
 
 
 def merged_statistics(stats: SufficientStatistics,
@@ -64,22 +66,43 @@ def _prior_matrix(prior: Any, n: int, N: int, like: torch.Tensor) -> torch.Tenso
     return p.T.contiguous()
 
 
+def prior_weights(prior: Optional[torch.Tensor], rescale: bool,
+                  stats: SufficientStatistics) -> Optional[torch.Tensor]:
+    """The prior as ``(N, n)`` weights (None without one), times its per-example
+    least-squares scale on ``stats`` when ``rescale`` (0 where the prior predicts nothing)."""
+    if prior is None:
+        return None
+    sxx, sxy, _ = stats.centered()
+    P = _prior_matrix(prior, stats.n_outputs, stats.n_components, sxx)
+    if rescale:
+        num = (P * sxy).sum(0)
+        den = (P * (sxx @ P)).sum(0)
+        P = P * torch.where(den > 0, num / den.clamp_min(1e-300), torch.zeros_like(den))
+    return P
+
+
+def _describe_prior(out: Dict[str, Any], prior: Optional[torch.Tensor]) -> Dict[str, Any]:
+    if isinstance(prior, torch.Tensor):
+        out["prior"] = f"tensor{tuple(prior.shape)}"
+    return out
+
+
 def check_prior(solver: Any, n_examples: int, n_components: int) -> None:
-    """Refuse an :class:`AutoRidge` prior that is not ``(n_examples, n_components)``, before
-    any forward pass (other solvers pass)."""
-    prior = solver.prior if isinstance(solver, AutoRidge) else None
+    """Refuse a solver's ``prior`` that is not ``(n_examples, n_components)``, before any
+    forward pass (solvers without a prior pass)."""
+    prior = solver.prior if isinstance(solver, (AutoRidge, AutoLasso)) else None
     if prior is not None and tuple(getattr(prior, "shape", ())) != (n_examples, n_components):
         raise fail("prior", f"a tensor of shape ({n_examples}, {n_components}) (examples,"
                    " components)", prior)
 
 
 def without_prior(solver: Any) -> Any:
-    """``solver`` itself, or for an :class:`AutoRidge` with a prior a copy without it (for
-    argument checks on statistics of another shape)."""
-    if isinstance(solver, AutoRidge) and solver.prior is not None:
+    """``solver`` itself, or for a solver with a prior a copy without it (for argument checks
+    on statistics of another shape)."""
+    if isinstance(solver, (AutoRidge, AutoLasso)) and solver.prior is not None:
         params = solver.get_params()
         params["prior"] = None
-        return AutoRidge(**params)
+        return type(solver)(**params)
     return solver
 
 
@@ -128,10 +151,7 @@ class AutoRidge(Solver):
         self.standard_errors = standard_errors
 
     def describe(self) -> Dict[str, Any]:
-        out = super().describe()
-        if isinstance(self.prior, torch.Tensor):
-            out["prior"] = f"tensor{tuple(self.prior.shape)}"
-        return out
+        return _describe_prior(super().describe(), self.prior)
 
     # -- the pieces ----------------------------------------------------------------------
     def _grid(self, sxx: torch.Tensor, m: int, N: int) -> torch.Tensor:
@@ -157,20 +177,12 @@ class AutoRidge(Solver):
     def _target(self, stats: SufficientStatistics
                 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """Centred ``Sxx``, and ``Sxy``/``Syy`` of ``y - X P`` with the (scaled) prior ``P``."""
-        sxx, sxy, syy = stats.centered()
-        n, N = stats.n_outputs, stats.n_components
-        if self.prior is None:
+        P = prior_weights(self.prior, self.rescale, stats)
+        if P is None:
+            sxx, sxy, syy = stats.centered()
             return sxx, sxy, syy, torch.zeros_like(sxy)
-        P = _prior_matrix(self.prior, n, N, sxx)
-        sp = sxx @ P
-        if self.rescale:
-            num = (P * sxy).sum(0)
-            den = (P * sp).sum(0)
-            scale = torch.where(den > 0, num / den.clamp_min(1e-300), torch.zeros_like(den))
-            P, sp = P * scale, sp * scale
-        sxy_r = sxy - sp
-        syy_r = (syy - 2.0 * (P * sxy).sum(0) + (P * sp).sum(0)).clamp_min(0.0)
-        return sxx, sxy_r, syy_r, P
+        sxx, sxy, syy = stats.minus_prediction(P).centered()
+        return sxx, sxy, syy, P
 
     def _fit(self, stats: SufficientStatistics,
              validation_stats: Optional[SufficientStatistics]) -> FitResult:
@@ -263,27 +275,49 @@ class AutoRidge(Solver):
 
 
 class AutoLasso(Solver):
-    """Lasso with its penalty chosen on held-out rows, then refitted on all rows.
+    """Lasso with its penalty chosen on held-out rows, then refitted on all rows; optionally
+    sparse *around* a prior attribution.
 
     Parameters are those of :class:`~captum_coar.solvers.lasso.Lasso`'s automatic path
-    (``n_alphas``, ``eps``, ``tol``, ``max_iter``) plus ``refit``.
+    (``n_alphas``, ``eps``, ``tol``, ``max_iter``) plus ``refit``, and ``prior`` / ``rescale``
+    as for :class:`AutoRidge`: with a prior ``p_j`` the L1 penalty is on ``w_j - c_j p_j``
+    (a lasso fit to the prior's residual ``y - X c p``), so a huge penalty gives ``c_j p_j``
+    and the fit departs from the prior on few components.
     """
 
     name = "lasso_auto"
 
-    def __init__(self, n_alphas: int = 12, eps: float = 1e-2, tol: float = 1e-6,
+    def __init__(self, prior: Optional[torch.Tensor] = None, rescale: bool = True,
+                 n_alphas: int = 12, eps: float = 1e-2, tol: float = 1e-6,
                  max_iter: int = 5000, refit: bool = True) -> None:
+        self.prior = prior
+        self.rescale = rescale
         self.n_alphas = n_alphas
         self.eps = eps
         self.tol = tol
         self.max_iter = max_iter
         self.refit = refit
 
+    def describe(self) -> Dict[str, Any]:
+        return _describe_prior(super().describe(), self.prior)
+
     def _fit(self, stats: SufficientStatistics,
              validation_stats: Optional[SufficientStatistics]) -> FitResult:
         if validation_stats is None:
             raise fail("validation_stats", "statistics of held-out rows (lasso_auto chooses its"
                        " penalty on them)", None, "pass validation_fraction > 0 (e.g. 0.2)")
+        P = prior_weights(self.prior, self.rescale, stats)
+        if P is None:
+            return self._fit_plain(stats, validation_stats)
+        # The residual fit's intercept is already that of the full model: mean(y - X P) -
+        # mean(X) w = mean(y) - mean(X) (P + w); its mse values are the full model's too.
+        fit = self._fit_plain(stats.minus_prediction(P), validation_stats.minus_prediction(P))
+        fit.coef = fit.coef + P.T
+        fit.diagnostics["prior"] = True
+        return fit
+
+    def _fit_plain(self, stats: SufficientStatistics,
+                   validation_stats: SufficientStatistics) -> FitResult:
         path = Lasso(n_alphas=self.n_alphas, eps=self.eps, tol=self.tol, max_iter=self.max_iter)
         chosen = path.fit(stats, validation_stats)
         if not self.refit:

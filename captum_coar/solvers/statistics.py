@@ -23,7 +23,8 @@ row this object saw) and columns where they occur.
 
 From the sums, :meth:`centered` gives the centred cross products used by every solver and
 :meth:`mse` evaluates the mean squared error of any linear model ``b + X w`` on the rows the
-statistics describe, without the raw data.
+statistics describe, without the raw data; :meth:`minus_prediction` gives the statistics of
+the residual ``Y - X W`` of a fixed linear map (for fits that shrink toward a prior).
 """
 
 from __future__ import annotations
@@ -239,6 +240,21 @@ class SufficientStatistics:
         sxy = self.xty - m * torch.outer(mx, my)
         syy = (self.y_sq_sum - m * my * my).clamp_min(0.0)
         return sxx, sxy, syy
+
+    def minus_prediction(self, weights: torch.Tensor) -> "SufficientStatistics":
+        """A new object: the statistics of ``Y - X @ weights`` (``weights`` (N, n)) on the same
+        rows (``X``'s sums are shared values, copied)."""
+        w = weights.to(device=self.device, dtype=self.dtype)
+        if tuple(w.shape) != (self.n_components, self.n_outputs):
+            raise ValueError(f"weights must have shape {(self.n_components, self.n_outputs)},"
+                             f" got {tuple(w.shape)}.")
+        state = self.to_dict()
+        xtx_w = self.xtx @ w
+        state["xty"] = self.xty - xtx_w
+        state["y_sum"] = self.y_sum - self.x_sum @ w
+        state["y_sq_sum"] = (self.y_sq_sum - 2.0 * (w * self.xty).sum(0)
+                             + (w * xtx_w).sum(0)).clamp_min(0.0)
+        return SufficientStatistics.from_dict(state, device=self.device)
 
     def mse(self, coef: torch.Tensor, intercept: torch.Tensor) -> torch.Tensor:
         """Mean squared error (n,) of ``intercept + X @ coef.T`` on the rows summarised.

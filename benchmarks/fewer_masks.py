@@ -7,8 +7,9 @@ For each setup of ``benchmarks/paper_setups.py`` (A resnet, B vit, C gpt2; model
 2. for every ``m`` of the grid (``--factors`` times N) fit on the store's first ``m`` rows:
    least squares (m > N), ``ridge_auto`` (GCV, all m rows), ``ridge_auto`` with the penalty
    chosen on the last 20% of the m rows and refitted on all of them, ``lasso_auto`` (same
-   split), the difference of means (maximum sample reuse), and ``ridge_auto`` shrunk toward a prior: attribution patching (3 forward
-   equivalents per example: one forward and one backward) or leave-one-out (N + 1);
+   split), the difference of means (maximum sample reuse), and ``ridge_auto`` shrunk toward
+   (or ``lasso_auto`` sparse around) a prior: attribution patching (3 forward equivalents per
+   example: one forward and one backward) or leave-one-out (N + 1);
 3. score every fit by the paper's counterfactual correlation (``--test-masks`` fresh masks at
    the same fraction, another seed; one call for all fits); the asymptote is least squares on
    all M rows;
@@ -107,6 +108,7 @@ def estimators(prior: Dict[str, Tuple[torch.Tensor, int]]) -> Dict[str, Tuple[An
     }
     for name, (p, cost) in prior.items():
         table[f"prior ridge: {name} (GCV)"] = (AutoRidge(prior=p), 0.0, cost)
+        table[f"prior lasso: {name} (held-out 20%, refit)"] = (AutoLasso(prior=p), 0.2, cost)
     return table
 
 

@@ -237,8 +237,9 @@ def _holds_experts(name: str, module: nn.Module) -> bool:
     if "expert" not in label or "shared" in label:
         return False
     fused = any(p.dim() >= 3 for p in module.parameters(recurse=False))
-    listed = isinstance(module, nn.ModuleList) or any(
-        isinstance(child, nn.ModuleList) and len(child) > 1 for child in module.children())
+    containers = (nn.ModuleList, nn.ModuleDict)
+    listed = isinstance(module, containers) or any(
+        isinstance(child, containers) and len(child) > 1 for child in module.children())
     return fused or listed
 
 

@@ -168,3 +168,23 @@ def test_mixture_of_experts_is_refused_or_named_never_counted_as_dense_mlps():
         components = ComponentSet.from_model(qwen)
     mlps = [g.module_name for g in components if g.kind == "mlp_neuron"]
     assert mlps == [f"model.layers.{i}.mlp.shared_expert.down_proj" for i in range(2)]
+
+
+def test_expert_containers_are_found_by_structure_and_shared_experts_are_not():
+    from captum_coar._transformers import find_expert_blocks
+
+    def mlp():
+        return nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 8))
+
+    class Block(nn.Module):
+        def __init__(self, container):
+            super().__init__()
+            self.router = nn.Linear(8, 3)
+            self.experts = container
+            self.shared_expert = mlp()
+
+    model = nn.Sequential(Block(nn.ModuleList([mlp() for _ in range(3)])),
+                          Block(nn.ModuleDict({str(i): mlp() for i in range(3)})),
+                          mlp())
+    assert find_expert_blocks(model) == ["0.experts", "1.experts"]
+    assert find_expert_blocks(nn.Sequential(mlp(), mlp())) == []

@@ -347,8 +347,14 @@ def train_or_load(
     info.update(name=name, quick=quick, threads=torch.get_num_threads(), config=rec,
                 torch_version=torch.__version__)
     cache.mkdir(parents=True, exist_ok=True)
-    torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, pt)
-    side.write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
+    # Written under temporary names and renamed, the description last: an interrupted save
+    # never leaves weights that a description vouches for but that were not fully written.
+    side.unlink(missing_ok=True)
+    tmp_pt, tmp_side = pt.with_suffix(".pt.tmp"), side.with_suffix(".json.tmp")
+    torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, tmp_pt)
+    tmp_side.write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp_pt, pt)
+    os.replace(tmp_side, side)
     _log(verbose, f"{name}: test acc {info['test_accuracy']:.4f} in "
                   f"{info['train_seconds']:.0f}s; saved {pt}")
     info.update(cache_path=_shown_path(pt), loaded_from_cache=False)

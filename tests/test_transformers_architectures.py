@@ -1,4 +1,5 @@
-"""Heads and MLP neurons found in 14 transformers families built from tiny configs.
+"""Heads and MLP neurons found in 15 transformers families built from tiny configs, and the
+heads (plus any dense MLP beside the experts) of two mixture-of-experts families.
 
 For every family: the heads found equal layers x heads per attention role (query heads for
 grouped- and multi-query attention; self and cross attention in separately labelled groups),
@@ -8,6 +9,7 @@ projections on a deep copy.
 """
 
 import copy
+import warnings
 
 import pytest
 import torch
@@ -151,3 +153,47 @@ def test_heads_and_mlp_neurons_found_and_gated_equals_zeroed(family):
     torch.testing.assert_close(gated, zeroed, rtol=1e-5, atol=1e-6 * scale)
     # the ablation changed the logits by far more than the tolerance
     assert (gated - plain).abs().max() > 1e-3 * scale
+
+
+MOE = {
+    "mixtral": (lambda: T.MixtralConfig(num_hidden_layers=L, num_attention_heads=H,
+                                        num_key_value_heads=2, hidden_size=D, intermediate_size=16,
+                                        vocab_size=V, num_local_experts=4,
+                                        num_experts_per_tok=2),
+                T.MixtralForCausalLM, ["attention_heads"], {"head": L * H}),
+    "qwen2_moe": (lambda: T.Qwen2MoeConfig(num_hidden_layers=L, num_attention_heads=H,
+                                           num_key_value_heads=2, hidden_size=D,
+                                           intermediate_size=16, moe_intermediate_size=8,
+                                           shared_expert_intermediate_size=24, vocab_size=V,
+                                           num_experts=4, num_experts_per_tok=2),
+                  T.Qwen2MoeForCausalLM, None, {"head": L * H, "mlp_neuron": L * 24}),
+}
+
+
+@pytest.mark.parametrize("family", sorted(MOE))
+def test_mixture_of_experts_heads_and_dense_neurons_gated_equals_zeroed(family):
+    config_fn, cls, kinds, expected = MOE[family]
+    torch.manual_seed(0)
+    model = cls(config_fn()).eval()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        components = ComponentSet.from_model(model, kinds=kinds)
+    # the default selection names the experts it leaves out; heads alone warn about nothing
+    assert [str(w.message)[:30] for w in caught] == (
+        ["found 2 mixture-of-experts blo"] if kinds is None else [])
+    found = {}
+    for group in components.groups:
+        found[group.kind] = found.get(group.kind, 0) + group.n_units
+    assert found == expected, found
+    keep = torch.rand(components.n_components,
+                      generator=torch.Generator().manual_seed(3)) > 0.3
+    inputs = _tokens(model)
+    with torch.no_grad():
+        with ablated(components, keep):
+            gated = model(**inputs).logits
+        zeroed = zero_input_columns(model, components, keep)(**inputs).logits
+        plain = model(**inputs).logits
+    scale = plain.abs().max().item()
+    torch.testing.assert_close(gated, zeroed, rtol=1e-5, atol=1e-6 * scale)
+    assert (gated - plain).abs().max() > 1e-3 * scale
+

@@ -23,10 +23,10 @@ Solvers (:mod:`captum_coar.solvers`): ``"least_squares"`` (as in the paper's rel
 configs), ``"ridge"``, ``"lasso"``, ``"ridge_auto"`` (penalty by generalised cross-validation,
 or on held-out rows; ``AutoRidge(prior=...)`` shrinks toward any method's attributions),
 ``"lasso_auto"`` (penalty on held-out rows; ``AutoLasso(prior=...)`` departs from a prior on
-few components), ``"streaming"`` (needs raw data: a store) or an instance. The default (``solver=None``) is least squares when there are more than
-``2 N`` training masks and ``ridge_auto`` otherwise (least squares is undefined at
-``m <= N`` and noisier than the chosen ridge up to about ``2 N``; see
-``benchmarks/README.md``, "Fewer masks"). With ``validation_fraction > 0`` the last rows are
+few components), ``"streaming"`` (needs raw data: a store) or an instance. The default
+(``solver=None``) is least squares when there are more than ``2 N`` training masks and
+``ridge_auto`` otherwise (least squares is undefined at ``m <= N`` and noisier than the
+chosen ridge up to about ``2 N``; see ``benchmarks/README.md``, "Fewer masks"). With ``validation_fraction > 0`` the last rows are
 held out; solvers that choose a penalty use them, and every result reports the held-out mean
 squared error.
 

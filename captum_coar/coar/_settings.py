@@ -19,6 +19,7 @@ where float64 statistics live.
 
 from __future__ import annotations
 
+import copy
 import os
 import time
 import warnings
@@ -40,6 +41,8 @@ from ..ablation import AblationStrategy, resolve_ablation
 from ..components import ComponentSet, model_device
 from ..outputs import CallableOutput, OutputFunction, resolve_output
 from ..sampling import BLOCK_ROWS, MaskSampler, resolve_sampler
+from ..solvers.selection import without_prior
+from ..solvers.statistics import SufficientStatistics
 from ._fingerprint import DataScan
 from ._identity import describe_callable
 
@@ -181,12 +184,9 @@ def check_store_size(n_masks: int, n_components: int, n_examples: int, itemsize:
 
 
 def check_solver_arguments(solver: Any, with_validation: bool) -> None:
-    """Run ``solver`` (a copy) on tiny synthetic statistics, so that arguments it refuses (a bad
-    penalty grid, a missing validation set) are refused before any forward pass."""
-    import copy
-
-    from ..solvers.statistics import SufficientStatistics
-
+    """Run ``solver`` (a copy, without its prior, whose shape :func:`check_prior` checks) on
+    tiny synthetic statistics, so that arguments it refuses (a bad penalty grid, a missing
+    validation set) are refused before any forward pass."""
     if not hasattr(solver, "fit") or getattr(solver, "streaming", False):
         return
     generator = torch.Generator().manual_seed(0)
@@ -197,14 +197,15 @@ def check_solver_arguments(solver: Any, with_validation: bool) -> None:
         stats.update(masks, torch.randn(16, 1, generator=generator, dtype=torch.float64))
         return stats
 
-    trial = copy.deepcopy(solver)
+    trial = copy.deepcopy(without_prior(solver))
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # conditioning of made-up data says nothing
             trial.fit(tiny(), tiny() if with_validation else None)
     except (TypeError, ValueError) as error:
-        raise ValueError(f"solver {solver!r} refuses its arguments (checked before collection,"
-                         f" on tiny synthetic statistics): {error}") from error
+        raise ValueError(f"solver {type(solver).__name__} ({getattr(solver, 'name', '?')!r})"
+                         " refuses its arguments (checked before collection, on tiny synthetic"
+                         f" statistics): {error}") from error
 
 
 def stats_device(components: ComponentSet) -> torch.device:

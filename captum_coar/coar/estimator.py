@@ -59,7 +59,7 @@ from ..components import ComponentSet, model_device, result_dtype
 from ..outputs import OutputFunction
 from ..sampling import MaskSampler
 from ..solvers import FitResult, LeastSquares, Solver, StreamingSolver, resolve_solver
-from ..solvers.selection import check_prior, without_prior
+from ..solvers.selection import check_prior
 from ..solvers.statistics import SufficientStatistics
 from ..stores.base import MaskOutputStore, RowSelection
 from ..stores.memmap import MemmapStore
@@ -302,7 +302,7 @@ class ComponentAblationRegression(PerturbationAttribution, CollectionEntryPoints
         n_val = validation_split(n_masks, validation_fraction)
         self._check_enough_masks(resolved, n_masks - n_val, n_masks)
         if isinstance(resolved, Solver):
-            check_solver_arguments(without_prior(resolved), with_validation=n_val > 0)
+            check_solver_arguments(resolved, with_validation=n_val > 0)
         return resolved
 
     def _check_enough_masks(self, solver: Any, n_train: int, n_masks: int) -> None:

@@ -230,6 +230,9 @@ def test_prior_lasso_through_attribute_checks_the_prior_first(digits):
     with pytest.raises(ValueError, match=r"`prior` must be a tensor of shape \(5, 18\)"):
         coar.attribute(x, target=y, n_masks=40, validation_fraction=0.2,
                        solver=AutoLasso(prior=torch.zeros(4, 18)))
+    with pytest.raises(ValueError, match=r"solver AutoLasso \('lasso_auto'\) refuses its arguments"
+                       r".*validation_fraction > 0"):
+        coar.attribute(x, target=y, n_masks=40, solver=AutoLasso(prior=torch.zeros(5, 18)))
     assert counted.calls == 0
     prior = torch.randn(5, 18, generator=torch.Generator().manual_seed(0), dtype=F64)
     out = coar.attribute(x, target=y, n_masks=40, ablation_fraction=0.2, validation_fraction=0.2,

@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -164,9 +165,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     command = "python benchmarks/fewer_masks_shared.py " + " ".join(
         argv if argv is not None else sys.argv[1:])
     result["command"] = command.strip()
-    out = Path(args.out) if args.out else RESULTS / "fewer_masks_shared.json"
-    if args.quick and not args.out:
-        out = Path("/tmp") / "fewer_masks_shared_quick.json"
+    default = (Path(tempfile.gettempdir()) / "fewer_masks_shared_quick.json" if args.quick
+               else RESULTS / "fewer_masks_shared.json")
+    out = Path(args.out) if args.out else default
     out.write_text(json.dumps(result, indent=1))
     text = render(result)
     out.with_suffix(".md").write_text(text)

@@ -189,6 +189,17 @@ def test_auto_lasso_picks_on_held_out_rows_and_refits_like_sklearn() -> None:
         AutoLasso().fit(train)
 
 
+def test_minus_prediction_equals_statistics_of_the_residual_rows() -> None:
+    X, Y, _, _ = make_problem(40, 6, 3, noise=0.5, seed=9)
+    W = torch.randn(6, 3, generator=torch.Generator().manual_seed(4), dtype=F64)
+    shifted = SufficientStatistics.from_arrays(X, Y).minus_prediction(W)
+    direct = SufficientStatistics.from_arrays(X, Y - X.to(F64) @ W)
+    for key, value in direct.to_dict().items():
+        torch.testing.assert_close(shifted.to_dict()[key], value, rtol=1e-12, atol=1e-10)
+    with pytest.raises(ValueError, match=r"weights must have shape \(6, 3\)"):
+        SufficientStatistics.from_arrays(X, Y).minus_prediction(W.T)
+
+
 def test_prior_lasso_is_sklearn_lasso_of_the_prior_residual() -> None:
     """Known answer: with a prior ``p``, lasso_auto is sklearn's Lasso of ``y - X p'`` (at the
     chosen penalty) plus ``p``; and when the truth is the prior plus a few large departures,

@@ -132,6 +132,21 @@ def zero_input_columns(model, components, keep):
     return edited
 
 
+def assert_gated_equals_zeroed(model, components, inputs):
+    """Gating a random 30% of the components gives the logits of a deep copy with their input
+    columns zeroed, and changes the logits by far more than the tolerance."""
+    keep = torch.rand(components.n_components,
+                      generator=torch.Generator().manual_seed(3)) > 0.3
+    with torch.no_grad():
+        with ablated(components, keep):
+            gated = model(**inputs).logits
+        zeroed = zero_input_columns(model, components, keep)(**inputs).logits
+        plain = model(**inputs).logits
+    scale = plain.abs().max().item()
+    torch.testing.assert_close(gated, zeroed, rtol=1e-5, atol=1e-6 * scale)
+    assert (gated - plain).abs().max() > 1e-3 * scale
+
+
 @pytest.mark.parametrize("family", sorted(FAMILIES))
 def test_heads_and_mlp_neurons_found_and_gated_equals_zeroed(family):
     model, inputs = build(family)
@@ -142,17 +157,7 @@ def test_heads_and_mlp_neurons_found_and_gated_equals_zeroed(family):
         found[group.kind] = found.get(group.kind, 0) + group.n_units
     assert found == {**expected_heads, "mlp_neuron": expected_neurons}, found
     assert all(g.site == "input" for g in components.groups)
-    keep = torch.rand(components.n_components,
-                      generator=torch.Generator().manual_seed(3)) > 0.3
-    with torch.no_grad():
-        with ablated(components, keep):
-            gated = model(**inputs).logits
-        zeroed = zero_input_columns(model, components, keep)(**inputs).logits
-        plain = model(**inputs).logits
-    scale = plain.abs().max().item()
-    torch.testing.assert_close(gated, zeroed, rtol=1e-5, atol=1e-6 * scale)
-    # the ablation changed the logits by far more than the tolerance
-    assert (gated - plain).abs().max() > 1e-3 * scale
+    assert_gated_equals_zeroed(model, components, inputs)
 
 
 MOE = {
@@ -185,15 +190,5 @@ def test_mixture_of_experts_heads_and_dense_neurons_gated_equals_zeroed(family):
     for group in components.groups:
         found[group.kind] = found.get(group.kind, 0) + group.n_units
     assert found == expected, found
-    keep = torch.rand(components.n_components,
-                      generator=torch.Generator().manual_seed(3)) > 0.3
-    inputs = _tokens(model)
-    with torch.no_grad():
-        with ablated(components, keep):
-            gated = model(**inputs).logits
-        zeroed = zero_input_columns(model, components, keep)(**inputs).logits
-        plain = model(**inputs).logits
-    scale = plain.abs().max().item()
-    torch.testing.assert_close(gated, zeroed, rtol=1e-5, atol=1e-6 * scale)
-    assert (gated - plain).abs().max() > 1e-3 * scale
+    assert_gated_equals_zeroed(model, components, _tokens(model))
 

@@ -257,17 +257,32 @@ def _identity(settings: CollectionSettings, strategy: AblationStrategy, scan: Da
         data_fingerprint=scan.data_fingerprint, first_batch=first)
 
 
+def _scan_and_settings(data: Iterable[Any], batch_fn: Optional[BatchFn],
+                       forward_func: Callable[..., Any], components: ComponentSet, n_masks: int,
+                       ablation_fraction: Optional[float], sampler: Union[str, MaskSampler],
+                       ablation: Union[str, AblationStrategy], output: OutputLike, seed: int,
+                       perturbations_per_eval: Optional[int], max_rows: Optional[int],
+                       chunk_rows: Optional[int]) -> Tuple[DataScan, Any, CollectionSettings]:
+    """One pass over the data's first batch and every setting resolved and checked (once per
+    collection, before any forward pass)."""
+    scan, first = read_data(data, batch_fn)
+    settings = CollectionSettings.build(
+        forward_func, components, n_masks, ablation_fraction, sampler, ablation, output,
+        has_target=scan.has_target, seed=seed, perturbations_per_eval=perturbations_per_eval,
+        max_rows=max_rows, chunk_rows=chunk_rows,
+        fractional_target_batch=scan.fractional_target_batch)
+    return scan, first, settings
+
+
 def identify(forward_func: Callable[..., Any], components: ComponentSet, data: Iterable[Any], *,
              n_masks: int, ablation_fraction: Optional[float] = None,
              sampler: Union[str, MaskSampler] = "bernoulli",
              ablation: Union[str, AblationStrategy] = "weights", output: OutputLike = None,
              seed: int = 0, batch_fn: Optional[BatchFn] = None) -> Dict[str, Any]:
     """The identity a collection with these arguments would have (one pass, one probe)."""
-    scan, first = read_data(data, batch_fn)
-    settings = CollectionSettings.build(forward_func, components, n_masks, ablation_fraction,
-                                        sampler, ablation, output, has_target=scan.has_target,
-                                        seed=seed,
-                                        fractional_target_batch=scan.fractional_target_batch)
+    scan, first, settings = _scan_and_settings(
+        data, batch_fn, forward_func, components, n_masks, ablation_fraction, sampler, ablation,
+        output, seed, None, None, None)
     with model_state_kept(components.model):
         strategy = fitted_ablation(settings.ablation, forward_func, components)
         return _identity(settings, strategy, scan, first)
@@ -309,12 +324,9 @@ def collect(forward_func: Callable[..., Any], components: ComponentSet, data: It
     Returns the store. Raises ``ValueError`` when the store holds data made differently, and
     ``RuntimeError`` when another process is writing into it.
     """
-    scan, first = read_data(data, batch_fn)
-    settings = CollectionSettings.build(
-        forward_func, components, n_masks, ablation_fraction, sampler, ablation, output,
-        has_target=scan.has_target, seed=seed, perturbations_per_eval=perturbations_per_eval,
-        max_rows=max_rows, chunk_rows=chunk_rows,
-        fractional_target_batch=scan.fractional_target_batch)
+    scan, first, settings = _scan_and_settings(
+        data, batch_fn, forward_func, components, n_masks, ablation_fraction, sampler, ablation,
+        output, seed, perturbations_per_eval, max_rows, chunk_rows)
     if store is None:
         store = InMemoryStore()
     elif not isinstance(store, MaskOutputStore):
@@ -352,12 +364,9 @@ def collect_statistics(forward_func: Callable[..., Any], components: ComponentSe
     validation statistics. Statistics live on the model's device in ``dtype`` (float64).
     Arguments as in :func:`collect`.
     """
-    scan, first = read_data(data, batch_fn)
-    settings = CollectionSettings.build(
-        forward_func, components, n_masks, ablation_fraction, sampler, ablation, output,
-        has_target=scan.has_target, seed=seed, perturbations_per_eval=perturbations_per_eval,
-        max_rows=max_rows, chunk_rows=chunk_rows,
-        fractional_target_batch=scan.fractional_target_batch)
+    scan, first, settings = _scan_and_settings(
+        data, batch_fn, forward_func, components, n_masks, ablation_fraction, sampler, ablation,
+        output, seed, perturbations_per_eval, max_rows, chunk_rows)
     n_val = validation_split(settings.n_masks, validation_fraction)
     index = select_rows(rows, settings.n_masks)
     device = stats_device(settings.components)

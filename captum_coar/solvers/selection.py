@@ -41,8 +41,8 @@ from .lasso import Lasso
 from .statistics import SufficientStatistics
 from .uncertainty import attach_standard_errors
 
-__all__ = ["AutoRidge", "AutoLasso", "merged_statistics", "prior_weights", "check_prior",
-           "without_prior"]
+__all__ = ["AutoRidge", "AutoLasso", "PriorSolver", "merged_statistics", "prior_weights",
+           "check_prior", "without_prior"]
 
 
 def merged_statistics(stats: SufficientStatistics,
@@ -81,16 +81,24 @@ def prior_weights(prior: Optional[torch.Tensor], rescale: bool,
     return P
 
 
-def _describe_prior(out: Dict[str, Any], prior: Optional[torch.Tensor]) -> Dict[str, Any]:
-    if isinstance(prior, torch.Tensor):
-        out["prior"] = f"tensor{tuple(prior.shape)}"
-    return out
+class PriorSolver(Solver):
+    """A solver that can be given a prior attribution: its constructor stores ``prior``
+    (``(n_examples, n_components)`` or None) and ``rescale`` (see :func:`prior_weights`)."""
+
+    prior: Optional[torch.Tensor] = None
+    rescale: bool = True
+
+    def describe(self) -> Dict[str, Any]:
+        out = super().describe()
+        if isinstance(self.prior, torch.Tensor):
+            out["prior"] = f"tensor{tuple(self.prior.shape)}"  # not the values
+        return out
 
 
 def check_prior(solver: Any, n_examples: int, n_components: int) -> None:
     """Refuse a solver's ``prior`` that is not ``(n_examples, n_components)``, before any
     forward pass (solvers without a prior pass)."""
-    prior = solver.prior if isinstance(solver, (AutoRidge, AutoLasso)) else None
+    prior = solver.prior if isinstance(solver, PriorSolver) else None
     if prior is not None and tuple(getattr(prior, "shape", ())) != (n_examples, n_components):
         raise fail("prior", f"a tensor of shape ({n_examples}, {n_components}) (examples,"
                    " components)", prior)
@@ -99,14 +107,14 @@ def check_prior(solver: Any, n_examples: int, n_components: int) -> None:
 def without_prior(solver: Any) -> Any:
     """``solver`` itself, or for a solver with a prior a copy without it (for argument checks
     on statistics of another shape)."""
-    if isinstance(solver, (AutoRidge, AutoLasso)) and solver.prior is not None:
+    if isinstance(solver, PriorSolver) and solver.prior is not None:
         params = solver.get_params()
         params["prior"] = None
         return type(solver)(**params)
     return solver
 
 
-class AutoRidge(Solver):
+class AutoRidge(PriorSolver):
     """Ridge, optionally shrunk toward a prior attribution, with the penalty chosen for you.
 
     Parameters
@@ -149,9 +157,6 @@ class AutoRidge(Solver):
         self.refit = refit
         self.rcond = rcond
         self.standard_errors = standard_errors
-
-    def describe(self) -> Dict[str, Any]:
-        return _describe_prior(super().describe(), self.prior)
 
     # -- the pieces ----------------------------------------------------------------------
     def _grid(self, sxx: torch.Tensor, m: int, N: int) -> torch.Tensor:
@@ -274,7 +279,7 @@ class AutoRidge(Solver):
         return P + evecs @ (inv.T * (evecs.T @ sxy))
 
 
-class AutoLasso(Solver):
+class AutoLasso(PriorSolver):
     """Lasso with its penalty chosen on held-out rows, then refitted on all rows; optionally
     sparse *around* a prior attribution.
 
@@ -297,9 +302,6 @@ class AutoLasso(Solver):
         self.tol = tol
         self.max_iter = max_iter
         self.refit = refit
-
-    def describe(self) -> Dict[str, Any]:
-        return _describe_prior(super().describe(), self.prior)
 
     def _fit(self, stats: SufficientStatistics,
              validation_stats: Optional[SufficientStatistics]) -> FitResult:

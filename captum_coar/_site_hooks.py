@@ -11,7 +11,9 @@ passes the activation through :meth:`SiteHooks.on_activation`, which subclasses 
 :class:`~captum_coar._recording.ActivationRecorder`). Hooks and patches are removed on exit,
 after success or an exception, and by :meth:`SiteHooks.remove` (idempotent); if registration
 fails part-way, whatever was registered is removed before the error propagates. A site that is
-not a tensor (the tuple output of ``nn.LSTM``) raises a ``TypeError`` naming the module and the
+not a tensor (the tuple output of ``nn.LSTM``) raises, unless the group declares
+``output_index`` (then that element of a tuple output is the site and the rest passes
+through untouched); otherwise it raises a ``TypeError`` naming the module and the
 ``site="input"`` alternative (:func:`site_tensor`).
 """
 
@@ -69,7 +71,14 @@ class SiteHooks:
         unpatch_multihead_attention(self._patched)
 
     def _output_hook(self, position: int, group: ComponentGroup) -> Callable:
-        def hook(module: nn.Module, args: Any, output: Any) -> Tensor:
+        def hook(module: nn.Module, args: Any, output: Any) -> Any:
+            index = group.output_index
+            if index is not None and isinstance(output, (tuple, list)):
+                element = site_tensor(group, module, output[index] if len(output) > index
+                                      else None)
+                items = list(output)
+                items[index] = self.on_activation(position, group, module, element)
+                return type(output)(items) if isinstance(output, list) else tuple(items)
             return self.on_activation(position, group, module, site_tensor(group, module, output))
         return hook
 

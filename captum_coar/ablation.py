@@ -25,6 +25,10 @@ Implementations
   feature and position (``per_position=True``).
 - :class:`ResampleAblation`: the activation of a reference input; example ``j`` of a batch is
   paired with reference row ``perm[j % R]`` for a seeded permutation, the same for every mask.
+- :class:`PatchAblation` (``baselines=`` of every method): the activation of the *paired*
+  baseline example, same row and same positions (activation patching: clean inputs with
+  corrupted baselines is noising, the reverse denoising). Fitting records every site's
+  activation on the baselines once; the baselines must have exactly the inputs' shape.
 
 Strategies that need data are fitted with ``fit(forward_func, components)``. Fitting is an
 explicit step taken when a method starts its work: :func:`fitted_ablation` resolves a name or
@@ -52,6 +56,7 @@ __all__ = [
     "ConstantAblation",
     "MeanAblation",
     "ResampleAblation",
+    "PatchAblation",
     "resolve_ablation",
     "fitted_ablation",
     "ABLATIONS",
@@ -251,6 +256,50 @@ class ResampleAblation(_ReferenceAblation):
 
     def describe(self):
         return {"name": self.name, "seed": int(self.seed)}
+
+
+class PatchAblation(_ReferenceAblation):
+    """Replace ablated activations by their value on the paired baseline example (patching).
+
+    Example ``e`` of the attributed batch is paired with row ``e`` of ``baselines``: an ablated
+    component takes the activation it has when the model runs on ``baselines[e]``, at the same
+    positions. Every method builds one from its ``baselines=`` argument; it records the
+    baseline activations once per call, never once per mask.
+
+    Args:
+        baselines: a tensor or tuple of tensors, one per input, each shaped exactly like the
+            input it pairs with (same batch, same sequence length).
+        additional_forward_args: the extra arguments the baselines run with (the inputs').
+    """
+
+    name = "patch"
+
+    def __init__(self, baselines, additional_forward_args=None, batch_size=256) -> None:
+        super().__init__(baselines, additional_forward_args, batch_size)
+
+    @property
+    def n_examples(self) -> int:
+        first = self.reference_inputs[0] if isinstance(self.reference_inputs, tuple) \
+            else self.reference_inputs
+        return int(first.shape[0])
+
+    def _summarise(self, group, activations):
+        return activations
+
+    def replacement(self, group, module, activation, example_index=None):
+        reference = self._statistic(group)
+        if example_index is None:
+            example_index = torch.arange(activation.shape[0])
+        example_index = example_index.to(reference.device)
+        if tuple(reference.shape[1:]) != tuple(activation.shape[1:]) or (
+                example_index.numel() != activation.shape[0]) or bool(
+                (example_index >= reference.shape[0]).any()):
+            raise ValueError(
+                f"patching at {group.module_name!r}: the baselines gave activations of shape"
+                f" {tuple(reference.shape)} but the batch has {tuple(activation.shape)} (examples"
+                f" up to {int(example_index.max()) + 1}); the baselines must pair one to one with"
+                " the inputs, with the same shape")
+        return reference[example_index].to(activation.device, activation.dtype)
 
 
 ABLATIONS: Registry[AblationStrategy] = Registry(

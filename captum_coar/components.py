@@ -22,6 +22,16 @@ maps to one kind (``filter`` -> ``conv_filters``, ``neuron`` -> ``linear_neurons
 :meth:`ComponentSet.summary` prints one screen of groups and counts. Bad specifications raise
 ``ValueError`` / ``TypeError`` naming the module and what was expected.
 
+Token positions: a group may also declare ``positions`` (on ``position_axis``, 1 for
+``(batch, seq, features)`` activations). Each component is then one unit *at one position*,
+numbered position-major (all units at the first position, then the next), labelled
+``.../head[2]@-1``; an unlisted position is never gated. A position is an int (negative counts
+from the end of the sequence) or a ``(name, per-example indices)`` pair, e.g.
+``("subject_last", (3, 5, 4))`` with one index per example of the attributed batch
+(:func:`check_example_positions` refuses another batch size). ``output_index=0`` makes the
+first element of a tuple output the site (a transformer block's hidden states).
+:mod:`captum_coar.positions` builds such groups.
+
 Weight layouts are explicit: a ``neuron`` of ``nn.Linear`` is row ``weight[j, :]``; a neuron
 of Hugging Face's ``Conv1D`` (weight stored ``[in, out]``) is column ``weight[:, j]``; both
 ablate output feature ``j``. A ``head`` ``h`` is the input slice
@@ -34,7 +44,7 @@ import difflib
 import hashlib
 import json
 from dataclasses import asdict, dataclass
-from typing import Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor, nn
@@ -45,16 +55,18 @@ __all__ = [
     "ComponentGroup",
     "ComponentSet",
     "is_hf_conv1d",
+    "check_example_positions",
     "SITES",
     "KINDS",
 ]
 
 SITES: Tuple[str, ...] = ("output", "input")
-KINDS: Tuple[str, ...] = ("conv_filters", "linear_neurons", "attention_heads", "mlp_neurons")
+KINDS: Tuple[str, ...] = ("conv_filters", "linear_neurons", "attention_heads", "mlp_neurons",
+                          "residual_stream")
 #: unit word of a group -> the selection kind it belongs to (custom words are their own kind)
 UNIT_KINDS: Dict[str, str] = {"filter": "conv_filters", "neuron": "linear_neurons",
                               "head": "attention_heads", "cross_head": "attention_heads",
-                              "mlp_neuron": "mlp_neurons"}
+                              "mlp_neuron": "mlp_neurons", "residual": "residual_stream"}
 
 NamePatterns = Union[None, str, Sequence[str], Callable[[str], bool]]
 
@@ -71,10 +83,14 @@ class ComponentGroup:
     Attributes:
         module_name: name of the module in ``model.named_modules()``.
         kind: label word for a unit, e.g. ``"filter"``, ``"neuron"``, ``"head"``.
-        n_units: number of components in this group.
+        n_units: units along ``unit_axis`` (components = units x positions).
         site: ``"output"`` (the module's output) or ``"input"`` (its first positional input).
         unit_axis: axis of the activation (batch is axis 0) that holds the units.
         unit_size: features per unit along ``unit_axis`` (``head_dim`` for heads).
+        positions: token positions, each an int or a ``(name, per-example indices)`` pair;
+            empty (the default) = one component per unit over all positions together.
+        position_axis: the activation axis that holds positions (with ``positions``).
+        output_index: for a module that returns a tuple, the element that is the site.
     """
 
     module_name: str
@@ -83,6 +99,9 @@ class ComponentGroup:
     site: str = "output"
     unit_axis: int = -1
     unit_size: int = 1
+    positions: Tuple[Any, ...] = ()
+    position_axis: int = 1
+    output_index: Optional[int] = None
 
     def __post_init__(self) -> None:
         if self.site not in SITES:
@@ -99,14 +118,39 @@ class ComponentGroup:
                 f"group {self.module_name!r}: unit_axis=0 is the batch axis; units must lie on"
                 " another axis (e.g. 1 for conv channels, -1 for linear features)"
             )
+        object.__setattr__(self, "positions", _normalised_positions(self.module_name,
+                                                                    self.positions))
+        if self.positions and self.position_axis in (0, self.unit_axis):
+            raise ValueError(
+                f"group {self.module_name!r}: position_axis={self.position_axis} must differ"
+                f" from the batch axis 0 and from unit_axis={self.unit_axis}")
 
     @property
     def width(self) -> int:
         """Number of features along ``unit_axis`` that the group covers."""
         return self.n_units * self.unit_size
 
-    def label(self, unit: int) -> str:
-        return f"{self.module_name}/{self.kind}[{unit}]"
+    @property
+    def n_positions(self) -> int:
+        """Positions per unit (1 when the group declares none)."""
+        return max(1, len(self.positions))
+
+    @property
+    def n_components(self) -> int:
+        """Components in the group: units x positions."""
+        return self.n_units * self.n_positions
+
+    def position_name(self, slot: int) -> str:
+        """The label of position ``slot``: the int, or the per-example position's name."""
+        position = self.positions[slot]
+        return str(position) if isinstance(position, int) else position[0]
+
+    def label(self, index: int) -> str:
+        """Label of component ``index`` of this group (position-major with positions)."""
+        if not self.positions:
+            return f"{self.module_name}/{self.kind}[{index}]"
+        slot, unit = divmod(int(index), self.n_units)
+        return f"{self.module_name}/{self.kind}[{unit}]@{self.position_name(slot)}"
 
     @property
     def selection_kind(self) -> str:
@@ -143,7 +187,7 @@ class ComponentSet:
             seen.add(key)
         self.model = model
         self.groups: Tuple[ComponentGroup, ...] = tuple(groups)
-        sizes = [g.n_units for g in self.groups]
+        sizes = [g.n_components for g in self.groups]
         self.offsets: Tuple[int, ...] = tuple(int(sum(sizes[:i])) for i in range(len(sizes) + 1))
 
     # ----------------------------------------------------------------- size and labels
@@ -158,7 +202,7 @@ class ComponentSet:
         return iter(self.groups)
 
     def __repr__(self) -> str:
-        parts = ", ".join(f"{g.module_name}:{g.n_units} {g.kind}s" for g in self.groups[:4])
+        parts = ", ".join(f"{g.module_name}:{g.n_components} {g.kind}s" for g in self.groups[:4])
         more = f", ... ({len(self.groups)} groups)" if len(self.groups) > 4 else ""
         return f"ComponentSet({self.n_components} components: {parts}{more})"
 
@@ -173,7 +217,7 @@ class ComponentSet:
 
     @property
     def labels(self) -> List[str]:
-        return [g.label(u) for g in self.groups for u in range(g.n_units)]
+        return [g.label(u) for g in self.groups for u in range(g.n_components)]
 
     def label(self, index: int) -> str:
         group, unit = self.locate(index)
@@ -202,10 +246,10 @@ class ComponentSet:
         """Map ``(module name, unit)`` to the flat component index."""
         for position, g in enumerate(self.groups):
             if g.module_name == module_name and (site is None or g.site == site):
-                if not 0 <= unit < g.n_units:
+                if not 0 <= unit < g.n_components:
                     raise IndexError(
                         f"unit {unit} is out of range for {module_name!r}, which has"
-                        f" {g.n_units} {g.kind}s"
+                        f" {g.n_components} {g.kind}s"
                     )
                 return self.offsets[position] + int(unit)
         names = [g.module_name for g in self.groups]
@@ -275,11 +319,11 @@ class ComponentSet:
         lines = [f"{type(self.model).__name__}: {self.n_components:,} components in"
                  f" {len(self.groups)} groups"]
         for (kind, unit), groups in rows.items():
-            sizes = sorted({g.n_units for g in groups})
+            sizes = sorted({g.n_components for g in groups})
             per = str(sizes[0]) if len(sizes) == 1 else f"{sizes[0]}-{sizes[-1]}"
             span = groups[0].module_name + ("" if len(groups) == 1 else
                                             f" ... {groups[-1].module_name}")
-            total = sum(g.n_units for g in groups)
+            total = sum(g.n_components for g in groups)
             lines.append(f"  {kind:<16} {unit + 's':<12} {len(groups):>4} groups x {per:>6}"
                          f" = {total:>9,}  ({span})")
         text = "\n".join(lines)
@@ -354,3 +398,43 @@ def require_module(modules: Mapping[str, nn.Module], name: str) -> nn.Module:
     close = difflib.get_close_matches(name, [n for n in modules if n], n=3)
     hint = f"; did you mean {close}?" if close else ""
     raise ValueError(f"no module named {name!r} in the model{hint}")
+
+
+def _normalised_positions(module_name: str, positions: Any) -> Tuple[Any, ...]:
+    """``positions`` as a hashable tuple of ints and ``(name, tuple of ints)`` pairs."""
+    out: List[Any] = []
+    names = set()
+    for position in tuple(positions or ()):
+        if isinstance(position, (int, torch.Tensor)) and not isinstance(position, bool) and (
+                not isinstance(position, torch.Tensor) or position.dim() == 0):
+            out.append(int(position))
+            continue
+        if (isinstance(position, (tuple, list)) and len(position) == 2
+                and isinstance(position[0], str)):
+            indices = torch.as_tensor(position[1])
+            if indices.dim() != 1 or indices.is_floating_point() or indices.numel() == 0:
+                raise ValueError(
+                    f"group {module_name!r}: per-example position {position[0]!r} must hold one"
+                    f" integer index per example (a 1-d integer tensor), got"
+                    f" {tuple(indices.shape)} {indices.dtype}")
+            out.append((position[0], tuple(int(i) for i in indices.tolist())))
+            names.add(position[0])
+            continue
+        raise TypeError(
+            f"group {module_name!r}: a position must be an int or a (name, per-example indices)"
+            f" pair, got {position!r}")
+    labels = [p if isinstance(p, int) else p[0] for p in out]
+    if len(set(labels)) != len(labels):
+        raise ValueError(f"group {module_name!r}: positions {labels} repeat a position")
+    return tuple(out)
+
+
+def check_example_positions(components: ComponentSet, n_examples: int) -> None:
+    """``ValueError`` unless every per-example position has one index per example."""
+    for group in components.groups:
+        for position in group.positions:
+            if not isinstance(position, int) and len(position[1]) != n_examples:
+                raise ValueError(
+                    f"per-example position {position[0]!r} of {group.module_name!r} holds"
+                    f" {len(position[1])} indices but the batch has {n_examples} examples;"
+                    " give one index per example of the inputs being attributed")

@@ -46,6 +46,7 @@ from torch import Tensor, nn
 from ._site_hooks import SiteHooks
 from .ablation import AblationStrategy, fitted_ablation, resolve_ablation
 from .components import ComponentGroup, ComponentSet, is_hf_conv1d
+from .positions import position_gate
 
 __all__ = ["ComponentGates", "ablated", "expand_gate"]
 
@@ -53,8 +54,14 @@ __all__ = ["ComponentGates", "ablated", "expand_gate"]
 _FRESH_OUTPUT_TYPES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
 
-def expand_gate(gate: Tensor, group: ComponentGroup, activation: Tensor) -> Tensor:
-    """View ``gate`` (batch, n_units) so it broadcasts over ``activation`` at the group's axis."""
+def expand_gate(gate: Tensor, group: ComponentGroup, activation: Tensor,
+                example_index: Optional[Tensor] = None) -> Tensor:
+    """View ``gate`` (batch, n_components of the group) so it broadcasts over ``activation``.
+
+    For a group at token positions the result is activation-shaped along the position axis
+    too (:func:`captum_coar.positions.position_gate`); ``example_index`` resolves per-example
+    positions.
+    """
     axis = group.unit_axis % activation.dim()
     if activation.shape[axis] != group.width:
         raise ValueError(
@@ -67,6 +74,8 @@ def expand_gate(gate: Tensor, group: ComponentGroup, activation: Tensor) -> Tens
             f"gates have {gate.shape[0]} rows but the activation at {group.module_name!r} has batch"
             f" size {activation.shape[0]}; give one gate row per row of the batch (or a single row)"
         )
+    if group.positions:
+        return position_gate(gate, group, activation, example_index)
     if group.unit_size > 1:
         gate = gate.repeat_interleave(group.unit_size, dim=1)
     shape = [1] * activation.dim()
@@ -121,7 +130,7 @@ class ComponentGates(SiteHooks):
         columns = self.values[:, self.components.group_slice(position)]
         # Gates may be given on the CPU (ablated(), GatedForward) for a model on an accelerator.
         gate = expand_gate(columns.to(device=activation.device, dtype=activation.dtype), group,
-                           activation)
+                           activation, self.example_index)
         replacement = self.strategy.replacement(group, module, activation, self.example_index)
         # Overwriting a fresh output saves allocating (and page-faulting) a second activation.
         out = activation if self._may_overwrite(group, module, activation, gate) else None

@@ -241,16 +241,16 @@ def plot_component_attributions(
                          f" n_components = {components.n_components}, got {tuple(attributions.shape)}")
     what = output_label(output)
     groups = components.groups
-    width = max(g.n_units for g in groups)
+    width = max(g.n_components for g in groups)
     grid = torch.full((len(groups), width), float("nan"), dtype=torch.float64)
     for pos, g in enumerate(groups):
-        grid[pos, : g.n_units] = values[components.group_slice(pos)]
+        grid[pos, : g.n_components] = values[components.group_slice(pos)]
     scale = float(values.abs().max()) or 1.0
     ax = _axes(ax, (8.0, 1.6 + 0.45 * max(len(groups), 0.4 * top_k)))
     image = ax.imshow(grid.numpy(), aspect="auto", cmap=cmap, vmin=-scale, vmax=scale,
                       interpolation="nearest")
     ax.set_yticks(range(len(groups)))
-    ax.set_yticklabels([f"{g.module_name} ({g.n_units} {g.kind}s)" for g in groups], fontsize="small")
+    ax.set_yticklabels([f"{g.module_name} ({g.n_components} {g.kind}s)" for g in groups], fontsize="small")
     ax.set_xlabel(f"unit index within the group\nred (+) = supports the {what}: ablating it"
                   f" lowers the {what};  blue (-) = ablating it raises it", fontsize="small")
     ax.figure.colorbar(image, ax=ax, label=f"attribution ({what} units)", fraction=0.04, pad=0.02)

@@ -134,10 +134,14 @@ def test_gate_integrated_gradients_baselines_and_chunks(convnet):
     # gates that start at 1 have nothing to integrate
     start = torch.zeros(components.n_components)
     start[:5] = 1.0
-    partial = method.attribute(x, target=target, n_steps=12, baselines=start)
+    partial = method.attribute(x, target=target, n_steps=12, gate_baselines=start)
     assert torch.all(partial[:, :5] == 0)
     with pytest.raises(ValueError, match="starting gate values"):
-        method.attribute(x, target=target, baselines=torch.zeros(3))
+        method.attribute(x, target=target, gate_baselines=torch.zeros(3))
+    # the old meaning of baselines= (a gate value) still works, with a deprecation warning
+    with pytest.warns(DeprecationWarning, match="gate_baselines"):
+        old = method.attribute(x, target=target, n_steps=12, baselines=start)
+    assert_close(old, partial)
 
 
 # ----------------------------------------------------------------------------- grad x param

@@ -27,13 +27,15 @@ import torch
 from captum.attr import GradientAttribution
 from torch import Tensor
 
-from .._checks import check_callable, check_instance
-from .._inputs import as_tuple, input_tuple
+from .._checks import check_callable, check_instance, check_optional_positive_int
+from .._inputs import as_tuple, example_batches, input_tuple
+from .._pairing import patch_strategy
 from .._state import keeps_model_state
 from ..ablation import AblationStrategy, fitted_ablation, resolve_ablation
-from ..components import ComponentSet
+from ..components import ComponentSet, check_example_positions, model_device
 from ..gates import ComponentGates
 from ..outputs import OutputFunction, resolve_output
+from ._layer_gradients import gate_gradients
 
 __all__ = ["ComponentMethod", "ComponentGradientMethod", "require_float_inputs",
            "format_inputs", "format_baselines", "OutputSpec", "format_result", "Attributions",
@@ -123,15 +125,30 @@ class ComponentMethod:
         self.components = components
         self.ablation = ablation
 
-    def _start(self, output: OutputSpec, target: Any) -> OutputFunction:
-        """Validate the stored arguments and resolve the output function for this call."""
+    def _start(self, output: OutputSpec, target: Any, inputs: Optional[Tuple[Tensor, ...]] = None,
+               baselines: Any = None, additional_forward_args: Any = None) -> OutputFunction:
+        """Validate the stored arguments and resolve this call's output function and strategy.
+
+        ``strategy_`` is the constructor's ablation (resolved once and reused, so a fitted
+        strategy is fitted on the first call), or, when ``baselines`` is given, a
+        :class:`~captum_coar.ablation.PatchAblation` fitted on them for this call only.
+        """
         check_instance("components", self.components, ComponentSet, "a ComponentSet",
                        "build one with ComponentSet.from_model(model) or a selector"
                        " (conv_filters, linear_neurons, attention_heads, mlp_neurons)")
         check_callable("forward_func", self.forward_func)
-        if getattr(self, "_ablation_key", None) is not self.ablation:
-            self.strategy_ = resolve_ablation(self.ablation)
-            self._ablation_key = self.ablation
+        if baselines is not None:
+            if inputs is None:
+                raise TypeError(f"{type(self).__name__}: baselines= needs the inputs")
+            self.strategy_ = patch_strategy(self.ablation, inputs, baselines,
+                                            additional_forward_args, self.forward_func)
+        else:
+            if getattr(self, "_ablation_key", None) is not self.ablation:
+                self._own_strategy = resolve_ablation(self.ablation)
+                self._ablation_key = self.ablation
+            self.strategy_ = self._own_strategy
+        if inputs is not None:
+            check_example_positions(self.components, int(inputs[0].shape[0]))
         fitted_ablation(self.strategy_, self.forward_func, self.components)
         return resolve_output(output, target)
 
@@ -151,3 +168,22 @@ class ComponentGradientMethod(ComponentMethod, GradientAttribution):
                  ablation: Union[str, AblationStrategy] = "weights") -> None:
         GradientAttribution.__init__(self, forward_func)
         self._init_components(components, ablation)
+
+    def _gate_estimate(self, inputs: Tuple[Tensor, ...], extra: Tuple[Any, ...], target: Any,
+                       output_fn: OutputFunction, internal_batch_size: Optional[int]) -> Tensor:
+        """``dF/dg`` at every gate 1 under this call's strategy, ``(batch, n_components)``:
+        attribution patching, one forward and one backward per ``internal_batch_size``
+        examples (global example indices, so paired baselines line up)."""
+        n_examples = inputs[0].shape[0]
+        per_pass = check_optional_positive_int("internal_batch_size", internal_batch_size)
+        device = model_device(self.components.model)
+        parts = []
+        with self._gates() as hooks:
+            for rows, batch, batch_extra, batch_target in example_batches(
+                    inputs, extra, target, per_pass or n_examples):
+                gates = torch.ones(rows.stop - rows.start, self.n_components, device=device)
+                _, grad = gate_gradients(self.forward_func, hooks, batch, batch_extra, gates,
+                                         torch.arange(rows.start, rows.stop, device=device),
+                                         batch_target, output_fn)
+                parts.append(grad)
+        return torch.cat(parts)

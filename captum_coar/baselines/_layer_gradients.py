@@ -109,7 +109,17 @@ def forward_values(forward_func: Callable[..., Any], hooks: Optional[ComponentGa
 
 
 def per_component(group: ComponentGroup, tensor: Tensor) -> Tensor:
-    """Sum an activation-shaped ``(rows, ...)`` tensor within each unit: ``(rows, n_units)``."""
+    """Sum an activation-shaped ``(rows, ...)`` tensor within each unit: ``(rows, n_units)``.
+
+    Groups at token positions are refused: these sums run over every position.
+    """
+    if group.positions:
+        raise ValueError(
+            f"group {group.module_name!r} declares token positions {list(group.positions)[:4]},"
+            " but this method sums each unit over all positions (and weights are shared across"
+            " positions). Use a gate method for components at positions: ComponentAblation,"
+            " ComponentAttributionPatching, ComponentAtPStar, ComponentIntegratedGradients or"
+            " COAR")
     axis = group.unit_axis % tensor.dim()
     if tensor.shape[axis] != group.width:
         raise ValueError(

@@ -200,6 +200,7 @@ class ComponentAtPStar(ComponentGradientMethod):
         grad_drop: bool = False,
         internal_batch_size: Optional[int] = None,
         qk_rows: int = 256,
+        baselines: Any = None,
     ) -> Attributions:
         """AtP* estimates ``(batch, n_components)`` (magnitudes when ``grad_drop``).
 
@@ -209,10 +210,13 @@ class ComponentAtPStar(ComponentGradientMethod):
             grad_drop: combine per-block GradDrop estimates into magnitudes.
             internal_batch_size: examples per pass (default all).
             qk_rows: rows (examples x components) per forward-mode pass of the QK fix.
+            baselines: paired reference inputs shaped like ``inputs`` (the AtP* paper's
+                setting): the replacement is the activation on the paired baseline, with the
+                QK fix and GradDrop as above.
         """
-        output_fn = self._start(output, target)
         check_choice("qk_fix", qk_fix, ("heads", "all", "none"))
         inputs_t, extra, n_examples = format_inputs(inputs, additional_forward_args)
+        output_fn = self._start(output, target, inputs_t, baselines, extra)
         per_pass = check_optional_positive_int("internal_batch_size", internal_batch_size)
         qk_rows = check_optional_positive_int("qk_rows", qk_rows) or 256
         fixed = self._qk_columns(qk_fix)
@@ -250,7 +254,7 @@ class ComponentAtPStar(ComponentGradientMethod):
             raise ValueError(f"grad_drop needs at least two transformer blocks; found {list(blocks)}")
         modules = dict(model.named_modules())
         own = [_block_of(g.module_name) for g in self.components.groups
-               for _ in range(g.n_units)]
+               for _ in range(g.n_components)]
         return [([modules[n] for n in names],
                  torch.tensor([b != block for b in own], dtype=torch.bool))
                 for block, names in blocks.items()]

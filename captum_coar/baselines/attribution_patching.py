@@ -19,13 +19,9 @@ from __future__ import annotations
 
 from typing import Any, Optional, Tuple, Union
 
-import torch
 from captum.log import log_usage
 from torch import Tensor
 
-from .._checks import check_optional_positive_int
-from .._inputs import example_batches
-from ..components import model_device
 from ._base import (
     Attributions,
     ComponentGradientMethod,
@@ -33,7 +29,6 @@ from ._base import (
     format_inputs,
     format_result,
 )
-from ._layer_gradients import gate_gradients
 
 __all__ = ["ComponentAttributionPatching"]
 
@@ -59,20 +54,15 @@ class ComponentAttributionPatching(ComponentGradientMethod):
         additional_forward_args: Any = None,
         internal_batch_size: Optional[int] = None,
         output: OutputSpec = None,
+        baselines: Any = None,
     ) -> Attributions:
-        """First-order ablation effect of every component, ``(batch, n_components)``."""
-        output_fn = self._start(output, target)
+        """First-order ablation effect of every component, ``(batch, n_components)``.
+
+        ``baselines``: paired reference inputs shaped like ``inputs``; the replacement is then
+        the activation on the paired baseline and the result is the AtP paper's estimate
+        ``dF/da (inputs) . (a(inputs) - a(baselines))`` of ``F(inputs) - F(c patched)``.
+        """
         inputs_t, extra, n_examples = format_inputs(inputs, additional_forward_args)
-        per_pass = check_optional_positive_int("internal_batch_size", internal_batch_size)
-        per_pass = per_pass or n_examples
-        device = model_device(self.components.model)
-        parts = []
-        with self._gates() as hooks:
-            for rows, batch, batch_extra, batch_target in example_batches(inputs_t, extra, target,
-                                                                          per_pass):
-                gates = torch.ones(rows.stop - rows.start, self.n_components, device=device)
-                _, grad = gate_gradients(self.forward_func, hooks, batch, batch_extra, gates,
-                                         torch.arange(rows.start, rows.stop, device=device),
-                                         batch_target, output_fn)
-                parts.append(grad)
-        return format_result(torch.cat(parts), inputs)
+        output_fn = self._start(output, target, inputs_t, baselines, extra)
+        return format_result(self._gate_estimate(inputs_t, extra, target, output_fn,
+                                                 internal_batch_size), inputs)

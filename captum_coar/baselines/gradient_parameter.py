@@ -78,14 +78,25 @@ class ComponentGradientXParameter(ComponentGradientMethod):
         additional_forward_args: Any = None,
         internal_batch_size: Optional[int] = None,
         output: OutputSpec = None,
+        baselines: Any = None,
     ) -> Attributions:
-        """Gradient x parameter of every component, ``(batch, n_components)``."""
-        output_fn = self._start(output, target)
+        """Gradient x parameter of every component, ``(batch, n_components)``.
+
+        ``baselines``: paired reference inputs shaped like ``inputs``. The parameters are the
+        same in both runs, so the parameter delta is replaced by the activation delta to the
+        paired baseline: the result is then exactly
+        :class:`ComponentAttributionPatching` with the same baselines (gradient x parameter
+        *is* attribution patching under weight ablation; see the module docs).
+        """
+        inputs_t, extra, n_examples = format_inputs(inputs, additional_forward_args)
+        output_fn = self._start(output, target, inputs_t, baselines, extra)
+        if baselines is not None:
+            return format_result(self._gate_estimate(inputs_t, extra, target, output_fn,
+                                                     internal_batch_size), inputs)
         groups = self.components.groups
         modules = [self.components.module(g) for g in groups]
         for group, module in zip(groups, modules):
             _check_weight_component(group, module)
-        inputs_t, extra, n_examples = format_inputs(inputs, additional_forward_args)
         per_pass = check_optional_positive_int("internal_batch_size", internal_batch_size)
         per_pass = per_pass or n_examples
         parts = []

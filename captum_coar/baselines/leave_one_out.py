@@ -66,6 +66,7 @@ class ComponentAblation(ComponentMethod, PerturbationAttribution):
         inputs: Union[Tensor, Tuple[Tensor, ...]],
         target: Any = None,
         additional_forward_args: Any = None,
+        baselines: Any = None,
         perturbations_per_eval: Optional[int] = None,
         show_progress: bool = False,
         output: OutputSpec = None,
@@ -76,12 +77,17 @@ class ComponentAblation(ComponentMethod, PerturbationAttribution):
         Args:
             inputs, target, additional_forward_args, perturbations_per_eval, show_progress:
                 as in Captum's ``FeatureAblation`` (a "perturbation" = one component ablated).
+            baselines: paired reference inputs shaped like ``inputs``: an ablated component
+                takes its activation on the paired baseline example, so the result is exact
+                activation patching, ``F(inputs) - F(inputs with c patched)`` (clean inputs
+                with corrupted baselines: noising; the reverse: denoising). None: the
+                constructor's ablation.
             output: output function name or callable (see :mod:`captum_coar.outputs`).
             max_rows: rows per forward pass when ``perturbations_per_eval`` is None (default:
                 :func:`~captum_coar.engine.default_max_rows` of the model's device).
         """
-        output_fn = self._start(output, target)
         inputs_t, extra, n_examples = format_inputs(inputs, additional_forward_args)
+        output_fn = self._start(output, target, inputs_t, baselines, extra)
         check_optional_positive_int("perturbations_per_eval", perturbations_per_eval)
         check_optional_positive_int("max_rows", max_rows)
         device = model_device(self.components.model)

@@ -52,10 +52,11 @@ from captum.log import log_usage
 from torch import Tensor
 
 from .._checks import check_positive_int
-from .._inputs import TensorOrTuple
+from .._inputs import TensorOrTuple, input_tuple
+from .._pairing import check_default_ablation, patch_strategy
 from .._state import keeps_model_state
-from ..ablation import AblationStrategy, resolve_ablation
-from ..components import ComponentSet, model_device, result_dtype
+from ..ablation import AblationStrategy, PatchAblation, resolve_ablation
+from ..components import ComponentSet, check_example_positions, model_device, result_dtype
 from ..outputs import OutputFunction
 from ..sampling import MaskSampler
 from ..solvers import FitResult, LeastSquares, Solver, StreamingSolver, resolve_solver
@@ -130,6 +131,7 @@ class ComponentAblationRegression(PerturbationAttribution, CollectionEntryPoints
         max_rows: Optional[int] = None,
         show_progress: bool = False,
         stop_when: Optional[StopWhen] = None,
+        baselines: Any = None,
     ) -> Union[Tensor, Tuple[Tensor]]:
         """COAR attributions ``(batch, n_components)`` for the examples of ``inputs``.
 
@@ -168,6 +170,11 @@ class ComponentAblationRegression(PerturbationAttribution, CollectionEntryPoints
             stop_when: a :class:`~captum_coar.coar.adaptive.StopWhen` rule: adaptive
                 collection (``n_masks`` must then be None or ``"auto"``); the report is in
                 ``last_result_.settings["adaptive"]``.
+            baselines: paired reference inputs shaped like ``inputs`` (Captum's meaning): each
+                mask chooses which components take their activation on the paired baseline
+                example (activation patching; the baseline activations are recorded once per
+                call). The coefficient of ``c`` then estimates ``E[F | c kept] - E[F | c
+                patched]``; the collection's identity covers the baselines.
 
         Returns:
             Tensor ``(batch, n_components)``, or the 1-tuple ``(tensor,)`` when ``inputs`` is a
@@ -176,6 +183,11 @@ class ComponentAblationRegression(PerturbationAttribution, CollectionEntryPoints
         """
         data = tensor_batches(inputs, target, additional_forward_args)  # checks the inputs
         n_examples = sum(int(batch[0][0].shape[0]) for batch in data)
+        check_example_positions(self.components, n_examples)
+        ablation: Union[str, AblationStrategy] = self.ablation
+        if baselines is not None:
+            ablation = patch_strategy(self.ablation, input_tuple(inputs), baselines,
+                                      additional_forward_args, self.forward_func)
         N = self.components.n_components
         if n_masks == "auto" or stop_when is not None:  # adaptive: rounds until the rule stops
             rule = adaptive_rule(n_masks, stop_when, validation_fraction)
@@ -184,6 +196,7 @@ class ComponentAblationRegression(PerturbationAttribution, CollectionEntryPoints
             resolved = self._prepare(rule.resolved(N).first_masks or 2, solver, 0.0)
             result, _ = collect_until(self, data, rule, resolved, ablation_fraction=ablation_fraction,
                                       sampler=sampler, output=output, seed=seed,
+                                      ablation=ablation,
                                       perturbations_per_eval=perturbations_per_eval,
                                       max_rows=max_rows, show_progress=show_progress)
             return (result.attributions,) if isinstance(inputs, tuple) else result.attributions
@@ -196,7 +209,7 @@ class ComponentAblationRegression(PerturbationAttribution, CollectionEntryPoints
         resolved = self._prepare(n_masks, solver, validation_fraction)
         common: Dict[str, Any] = dict(
             n_masks=n_masks, ablation_fraction=ablation_fraction, sampler=sampler,
-            ablation=self.ablation, output=output, seed=seed,
+            ablation=ablation, output=output, seed=seed,
             perturbations_per_eval=perturbations_per_eval, max_rows=max_rows,
             show_progress=show_progress)
         if isinstance(resolved, StreamingSolver):
@@ -219,16 +232,17 @@ class ComponentAblationRegression(PerturbationAttribution, CollectionEntryPoints
                 n_masks: Optional[int] = None, **kwargs: Any) -> MaskOutputStore:
         """Collect masks and outputs over ``data`` into ``store`` (see
         :func:`captum_coar.coar.collection.collect`); resumes when the store holds partial data."""
+        kwargs.setdefault("ablation", self.ablation)
         return collect(self.forward_func, self.components, data, store,
-                       n_masks=self._default_n_masks(n_masks), ablation=self.ablation, **kwargs)
+                       n_masks=self._default_n_masks(n_masks), **kwargs)
 
     def collect_statistics(self, data: Iterable[Any], *, n_masks: Optional[int] = None,
                            **kwargs: Any) -> CollectedStatistics:
         """Sufficient statistics over ``data`` without raw storage (see
         :func:`captum_coar.coar.collection.collect_statistics`)."""
+        kwargs.setdefault("ablation", self.ablation)
         return collect_statistics(self.forward_func, self.components, data,
-                                  n_masks=self._default_n_masks(n_masks), ablation=self.ablation,
-                                  **kwargs)
+                                  n_masks=self._default_n_masks(n_masks), **kwargs)
 
     def fit(self, source: Union[MaskOutputStore, str, CollectedStatistics, SufficientStatistics],
             solver: SolverLike = "least_squares", validation_fraction: float = 0.0,
@@ -282,10 +296,17 @@ class ComponentAblationRegression(PerturbationAttribution, CollectionEntryPoints
 
     def _check_identity(self, record: Dict[str, Any], where: str) -> None:
         """Refuse data collected for other components, model weights or ablation."""
+        ablation = describe_ablation(resolve_ablation(self.ablation))
+        recorded = record.get("ablation")
+        if isinstance(recorded, dict) and recorded.get("name") == PatchAblation.name:
+            # collected with baselines=: the patch (and its baselines' fingerprint) is the
+            # data's; an estimator with the default ablation fits it
+            check_default_ablation(self.ablation)
+            ablation = recorded
         mine = {"n_components": self.components.n_components,
                 "components_fingerprint": self.components.fingerprint,
                 "model_fingerprint": model_fingerprint(self.components.model),
-                "ablation": describe_ablation(resolve_ablation(self.ablation))}
+                "ablation": ablation}
         check_same_identity(mine, record, f"{where} was collected differently from this"
                             " estimator", "estimator", "data", fields=ESTIMATOR_FIELDS,
                             advice="Fit with the model, components and ablation the data was"

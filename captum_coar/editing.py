@@ -33,12 +33,14 @@ any method (COAR, leave-one-out, attribution patching, random numbers):
   persistent hooks of :func:`~captum_coar.ablate_persistently` for other strategies.
   :func:`edited_state_dict` returns a plain ``state_dict`` with the edit written in, which
   loads into a fresh instance of the unmodified model class (no ``captum_coar`` needed); the
-  model itself is left unchanged.
+  model itself is never written. A tied weight is edited under the ablated module's key only,
+  with a warning naming the other keys (see :func:`edited_state_dict`).
 """
 
 from __future__ import annotations
 
 import numbers
+import warnings
 from typing import Any, Callable, Dict, Optional, Sequence, Tuple, Union
 
 import torch
@@ -49,7 +51,7 @@ from ._engine import evaluate_masks
 from .ablation import AblationStrategy, WeightAblation, ZeroAblation, resolve_ablation
 from .components import ComponentSet
 from .editing_results import EditCurve, EditResult
-from .edits import WeightEdit, ablate_persistently, zero_components
+from .edits import WeightEdit, ablate_persistently, shared_names, weight_slices, zero_components
 from .gates import ComponentGates
 from .outputs import OutputFunction, resolve_output
 
@@ -311,15 +313,44 @@ def edited_state_dict(components: ComponentSet, indices: Any,
                       ablation: Union[str, AblationStrategy] = "weights") -> Dict[str, Tensor]:
     """A plain ``state_dict`` (cloned tensors) of ``components.model`` with the edit written in.
 
-    Only ``"weights"`` and ``"zero"`` ablations can be written into weights. The model is
-    edited, copied and restored bit for bit before returning.
+    Only ``"weights"`` and ``"zero"`` ablations can be written into weights. The model itself
+    is never written: the slices are zeroed in the cloned tensors, under the key of the module
+    whose components are ablated only. So for tied weights (GPT-2's ``lm_head.weight`` is
+    ``transformer.wte.weight``) the export warns and names the other key(s): it equals the
+    gated model exactly when loaded into a model whose copies are untied (for transformers,
+    ``tie_word_embeddings=False``); a model that ties them holds one tensor for all the keys,
+    and ``load_state_dict`` leaves it with the values of whichever key it writes last.
     """
+    keep = _keep_mask(components, indices)
     if not isinstance(resolve_ablation(ablation), (WeightAblation, ZeroAblation)):
         raise ValueError("`ablation` must be 'weights' or 'zero' to export a state_dict (other"
                          f" strategies need hooks: use apply_edit); got {ablation!r}")
     model: nn.Module = components.model
-    edit = zero_components(components, _keep_mask(components, indices), ablation=ablation)
-    try:
-        return {name: value.detach().clone() for name, value in model.state_dict().items()}
-    finally:
-        edit.undo()
+    slices = weight_slices(components, keep, ablation=ablation)
+    state = {name: value.detach().clone() for name, value in model.state_dict().items()}
+    for key, index in slices:
+        if key not in state:
+            raise ValueError(f"edited_state_dict: the model's state_dict has no key {key!r} for"
+                             " the edited weight (a custom state_dict hook renames it); use"
+                             " apply_edit and save the edited model yourself")
+        state[key][index] = 0
+    for key in dict.fromkeys(key for key, _ in slices):
+        _warn_tied_export(model, key, list(state))
+    return state
+
+
+def _warn_tied_export(model: nn.Module, key: str, order: Sequence[str]) -> None:
+    others = shared_names(model, key)[1:]
+    if not others:
+        return
+    last = max([key] + others, key=lambda name: order.index(name) if name in order else -1)
+    effect = ("the edit then also zeroes the same entries of " + ", ".join(map(repr, others))
+              if last == key else "the edit is then lost")
+    warnings.warn(
+        f"edited_state_dict: {key!r} shares its tensor with {others} (tied weights). The export"
+        f" writes the edit under {key!r} only and keeps {others} unedited, so it computes what"
+        " the gated model computes only when loaded into a model whose copies are untied (for"
+        " transformers: config.tie_word_embeddings=False). A model that ties them holds one"
+        " tensor for all these keys and torch's load_state_dict leaves it with the key written"
+        f" last ({last!r} in this state_dict's order): {effect}, which gating does not do",
+        stacklevel=2)

@@ -7,7 +7,8 @@ import matplotlib only when called.
 
 from .components import ComponentGroup, ComponentSet
 from .selectors import attention_heads, conv_filters, linear_neurons, mlp_neurons
-from .ablation import (AblationStrategy, ConstantAblation, MeanAblation, ResampleAblation,
+from .ablation import (AblationStrategy, ConstantAblation, MeanAblation, PatchAblation,
+                       ResampleAblation,
                        WeightAblation, ZeroAblation, fitted_ablation, resolve_ablation)
 from .gates import ComponentGates, ablated
 from ._recording import ActivationRecorder, record_activations
@@ -30,12 +31,16 @@ from .coar import (AdaptiveReport, COARResult, CollectedStatistics, ComponentAbl
                    shard_rows, tensor_batches)
 from .baselines import (ComponentAblation, ComponentAtPStar, ComponentAttributionPatching,
                         ComponentConductance, ComponentGradientXParameter,
-                        ComponentIntegratedGradients, ComponentInternalInfluence)
+                        ComponentIntegratedGradients, ComponentInternalInfluence,
+                        ComponentRelevancePatching)
 from .interop import GatedForward, ablation_perturbation
 from .evaluation import (EVALUATION_SEED, CounterfactualCorrelationResult, TopKAblationCurve,
                          counterfactual_correlation, topk_ablation_curve)
 from .visualization import (output_label, plot_component_attributions, plot_correlation_bars,
                             plot_counterfactual_scatter, plot_topk_curves)
+from .patching import PatchingResult, activation_patching
+from .patching_plots import plot_patching_grid
+from .positions import at_positions, residual_stream
 from .edits import WeightEdit, ablate_persistently, zero_components
 from .editing import (EditCurve, EditResult, apply_edit, choose_k, coar_edit, component_scores,
                       edit_curve, edit_masks, edited_state_dict, select_components)
@@ -45,10 +50,10 @@ __version__ = "0.2.0"
 __all__ = [
     # components
     "ComponentGroup", "ComponentSet", "conv_filters", "linear_neurons", "attention_heads",
-    "mlp_neurons",
+    "mlp_neurons", "residual_stream", "at_positions",
     # ablation and gates
     "AblationStrategy", "ZeroAblation", "WeightAblation", "ConstantAblation", "MeanAblation",
-    "ResampleAblation", "resolve_ablation", "fitted_ablation", "ComponentGates", "ablated",
+    "ResampleAblation", "PatchAblation", "resolve_ablation", "fitted_ablation", "ComponentGates", "ablated",
     "ActivationRecorder", "record_activations",
     # outputs and the batched engine
     "OutputFunction", "Margin", "Logit", "LogProb", "Loss", "SequenceMargin", "resolve_output",
@@ -70,12 +75,14 @@ __all__ = [
     # baselines and Captum interop
     "ComponentAblation", "ComponentAttributionPatching", "ComponentIntegratedGradients",
     "ComponentGradientXParameter", "ComponentConductance", "ComponentInternalInfluence",
-    "ComponentAtPStar",
+    "ComponentAtPStar", "ComponentRelevancePatching",
     "GatedForward", "ablation_perturbation",
     # evaluation and plots
     "counterfactual_correlation", "CounterfactualCorrelationResult", "topk_ablation_curve",
     "TopKAblationCurve", "EVALUATION_SEED", "plot_counterfactual_scatter",
     "plot_correlation_bars", "plot_component_attributions", "plot_topk_curves", "output_label",
+    # activation patching between paired prompts
+    "activation_patching", "PatchingResult", "plot_patching_grid",
     # editing
     "WeightEdit", "zero_components", "ablate_persistently",
     "component_scores", "select_components", "edit_masks", "edit_curve", "choose_k", "coar_edit",

@@ -43,7 +43,7 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
@@ -150,7 +150,8 @@ class ComponentGroup:
         if not self.positions:
             return f"{self.module_name}/{self.kind}[{index}]"
         slot, unit = divmod(int(index), self.n_units)
-        return f"{self.module_name}/{self.kind}[{unit}]@{self.position_name(slot)}"
+        unit_part = self.kind if self.n_units == 1 else f"{self.kind}[{unit}]"
+        return f"{self.module_name}/{unit_part}@{self.position_name(slot)}"
 
     @property
     def selection_kind(self) -> str:
@@ -353,18 +354,21 @@ class ComponentSet:
         kinds: Union[None, str, Sequence[str]] = None,
         include: NamePatterns = None,
         exclude: NamePatterns = None,
+        positions: Optional[Sequence[Any]] = None,
     ) -> "ComponentSet":
         """Select components by kind and by module-name pattern.
 
         Args:
             model: the model.
             kinds: any of ``"conv_filters"``, ``"linear_neurons"``, ``"attention_heads"``,
-                ``"mlp_neurons"``. None: heads + MLP neurons for a transformer with a Hugging
+                ``"mlp_neurons"``, ``"residual_stream"`` (each transformer block's output
+                vector). None: heads + MLP neurons for a transformer with a Hugging
                 Face style ``config`` (embeddings, ``lm_head``, classifier heads and q/k/v
                 maps are left out); conv filters, Linear neurons and heads for any other model.
             include / exclude: glob patterns (``"layer1.*"``), a list of them, or a predicate
                 on the module name. Heads and MLP neurons match on the name of the projection
                 they feed (``h.0.attn.c_proj``, ``h.0.mlp.c_proj``).
+            positions: token positions: every unit at each (see :mod:`captum_coar.positions`).
 
         Groups come in the model's module order. Linear maps that serve as attention output
         projections are left out of ``linear_neurons`` when ``attention_heads`` is selected.
@@ -372,7 +376,10 @@ class ComponentSet:
         """
         from .selectors import select_groups
 
-        return cls(model, select_groups(model, kinds, include, exclude))
+        groups = select_groups(model, kinds, include, exclude)
+        if positions is not None:
+            groups = [replace(g, positions=tuple(positions)) for g in groups]
+        return cls(model, groups)
 
 
 def model_device(model: nn.Module) -> torch.device:

@@ -39,6 +39,7 @@ from ._checks import check_choice, check_fraction, check_int, check_integer_valu
 from ._engine import evaluate_masks, gated_outputs, progress, rows_per_pass
 from ._evaluation_results import CounterfactualCorrelationResult, TopKAblationCurve
 from ._inputs import as_tuple, input_tuple
+from ._pairing import patch_strategy
 from ._state import keeps_model_state
 from .ablation import AblationStrategy, fitted_ablation
 from .components import ComponentSet, model_device
@@ -172,6 +173,7 @@ def counterfactual_correlation(
     perturbations_per_eval: Optional[int] = None,
     max_rows: Optional[int] = None,
     show_progress: bool = False,
+    baselines: Any = None,
 ) -> CounterfactualCorrelationResult:
     """Counterfactual correlation of one or many attribution methods (the COAR paper's metric).
 
@@ -193,6 +195,9 @@ def counterfactual_correlation(
             with: a warning is raised when ``seed`` is in ``fit_seeds`` or equals the
             ``seed`` a result object given in ``attributions`` reports.
         correlation: ``"pearson"`` (the paper's) or ``"spearman"``.
+        baselines: paired reference inputs shaped like ``inputs``: the held-out masks then
+            patch components from the paired baseline example (use the baselines the
+            attributions were computed with); ``ablation`` must stay ``"weights"``.
         keep_masks: keep the masks in the result (``n_fractions * n_masks * N`` booleans).
 
     Cost: one ablated forward per (mask, example) and fraction, whatever the number of
@@ -220,6 +225,9 @@ def counterfactual_correlation(
     common = dict(target=target, additional_forward_args=additional_forward_args, output=output,
                   ablation=ablation, perturbations_per_eval=perturbations_per_eval,
                   max_rows=max_rows)
+    if baselines is not None:
+        ablation = patch_strategy(ablation, input_tuple(inputs), baselines,
+                                  additional_forward_args, forward_func)
     ablation = fitted_ablation(ablation, forward_func, components)
     common["ablation"] = ablation
     hooks = ComponentGates(components, ablation)
@@ -277,12 +285,15 @@ def topk_ablation_curve(
     n_steps: int = 11,
     max_rows: Optional[int] = None,
     show_progress: bool = False,
+    baselines: Any = None,
 ) -> TopKAblationCurve:
     """Ablate the ``k`` highest (``largest=True``) or lowest attributed components per example.
 
     ``ks`` defaults to ``n_steps`` values from 0 to ``max_fraction * n_components``. Each
     example gets its own masks, so the cost is ``n_methods * n_k * batch`` ablated forwards,
     ``max_rows`` rows per pass. Ties in the attributions are broken by component index.
+    ``baselines``: paired reference inputs; ablated components are then patched from the
+    paired baseline example (``ablation`` must stay ``"weights"``).
     """
     forward_func = components.model if forward_func is None else forward_func
     n_examples, n_comp = _n_examples(inputs), components.n_components
@@ -304,6 +315,9 @@ def topk_ablation_curve(
     results = []
     bar = progress(len(pairs) * n_examples, show_progress, "top-k ablations")
     try:
+        if baselines is not None:
+            ablation = patch_strategy(ablation, input_tuple(inputs), baselines,
+                                      additional_forward_args, forward_func)
         strategy = fitted_ablation(ablation, forward_func, components)
         with ComponentGates(components, strategy) as hooks, torch.no_grad():
             for start in range(0, len(pairs), per_pass):

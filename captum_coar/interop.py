@@ -29,6 +29,12 @@ perturbation ``gates - perturbed``, so ``attribution . perturbation`` is the sum
 of the ablated components, which a good attribution matches with
 ``F(gates) - F(perturbed)``.
 
+``baselines=`` (paired reference inputs, Captum's meaning): gate 0 then means the component's
+activation on the paired baseline example, so ``FeatureAblation`` on the gates is exact
+activation patching. The baselines pair with the model inputs passed after the gates (row
+``e`` of the baselines with input row ``e``; the first ``len(baselines)`` inputs are checked
+against them on every call, shapes equal) and run with ``baseline_forward_args``.
+
 ``sensitivity_max`` needs no adapter: like COAR, every baseline returns a 1-tuple of
 attributions for a tuple of inputs, which is what that metric passes and expects.
 """
@@ -42,6 +48,7 @@ from torch import Tensor
 
 from ._checks import check_instance
 from ._inputs import as_tuple, expand_target, repeat_rows
+from ._pairing import paired_baselines, patch_strategy
 from ._state import keeps_model_state
 from .ablation import AblationStrategy, fitted_ablation, resolve_ablation
 from .components import ComponentSet, model_device
@@ -61,15 +68,20 @@ class GatedForward:
         ablation: strategy name or instance (what gate 0 means).
         output: None to return the model output (use Captum's ``target=``), or an output
             function name / callable; then the last positional argument is the target.
+        baselines: paired reference inputs (see the module docs); None = ``ablation``.
+        baseline_forward_args: extra forward arguments of the baseline run.
     """
 
     def __init__(self, forward_func: Callable[..., Any], components: ComponentSet,
                  ablation: Union[str, AblationStrategy] = "weights",
-                 output: Union[None, str, OutputFunction, Callable[..., Tensor]] = None) -> None:
+                 output: Union[None, str, OutputFunction, Callable[..., Tensor]] = None,
+                 baselines: Any = None, baseline_forward_args: Any = None) -> None:
         self.forward_func = forward_func
         self.components = components
         self.ablation = ablation
         self.output = output
+        self.baselines = baselines
+        self.baseline_forward_args = baseline_forward_args
 
     @property
     def n_components(self) -> int:
@@ -115,6 +127,8 @@ class GatedForward:
         if not isinstance(gates, Tensor) or gates.dim() != 2 or gates.shape[1] != self.n_components:
             shape = tuple(gates.shape) if isinstance(gates, Tensor) else type(gates).__name__
             raise ValueError(f"gates must have shape (rows, {self.n_components}), got {shape}")
+        if self.baselines is not None:
+            self._pair_baselines(model_args)
         model_args, target, index = self._match_rows(gates.shape[0], model_args, target)
         fitted_ablation(self.strategy_, self.forward_func, self.components)
         with ComponentGates(self.components, self.strategy_) as hooks:
@@ -125,6 +139,22 @@ class GatedForward:
         if self.output is None:
             return result
         return self.output_fn_(result, target)
+
+    def _pair_baselines(self, model_args: Tuple[Any, ...]) -> None:
+        """Check the baselines against the model inputs; build the patch strategy once."""
+        given = as_tuple(self.baselines)
+        inputs = tuple(model_args[:len(given)])
+        if len(inputs) < len(given) or not all(isinstance(x, Tensor) for x in inputs):
+            raise ValueError(
+                f"GatedForward has {len(given)} baselines but was called with"
+                f" {len(inputs)} tensor inputs after the gates; the baselines pair with the"
+                " first model inputs")
+        if getattr(self, "_baselines_key", None) is not self.baselines:
+            self.strategy_ = patch_strategy(self.ablation, inputs, self.baselines,
+                                            self.baseline_forward_args, self.forward_func)
+            self._baselines_key = self.baselines
+        else:
+            paired_baselines(inputs, self.baselines, self.forward_func)
 
     def _match_rows(self, n_gates: int, model_args: Tuple[Any, ...],
                     target: Any) -> Tuple[Tuple[Any, ...], Any, Optional[Tensor]]:

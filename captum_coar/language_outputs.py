@@ -23,6 +23,8 @@ Implementations (names registered in :data:`captum_coar.outputs.OUTPUTS`):
 - ``"logit_difference"`` (:class:`LogitDifference`): logit of an answer token minus that of a
   distractor at the last real position (the usual patching metric); ``target`` =
   ``(batch, 2)`` as ``[answer, distractor]``.
+- ``"answer_probability"`` (:class:`AnswerProbability`): ``p(target | prefix)`` at the last
+  real position, the bounded patching metric; ``target`` = one token id per row.
 - ``"sequence_margin"``: :class:`captum_coar.outputs.SequenceMargin`, averaged over real
   positions when the output carries a mask.
 
@@ -43,7 +45,7 @@ from ._checks import check_integer_values, fail
 from .outputs import OUTPUTS, SEQUENCE_OUTPUTS, OutputFunction, logits_of
 
 __all__ = ["LanguageModelOutput", "LanguageModelForward", "TokenLogProb",
-           "ContinuationLogProb", "LogitDifference", "last_positions"]
+           "ContinuationLogProb", "LogitDifference", "AnswerProbability", "last_positions"]
 
 IGNORE = -100
 
@@ -158,6 +160,19 @@ class LogitDifference(OutputFunction):
         return pair[:, 0] - pair[:, 1]
 
 
+class AnswerProbability(TokenLogProb):
+    """``p(target | prefix)``: the probability of the answer token at the last real position.
+
+    The probability metric of activation patching (bounded in [0, 1], unlike the logit
+    difference); ``target`` = one answer token id per row.
+    """
+
+    name = "answer_probability"
+
+    def __call__(self, model_output: Any, target: Any) -> Tensor:
+        return super().__call__(model_output, target).exp()
+
+
 class ContinuationLogProb(OutputFunction):
     """Summed log-probability of the continuation that ends each row's real tokens.
 
@@ -216,7 +231,8 @@ class ContinuationLogProb(OutputFunction):
 
 for _name, _factory in (("token_log_prob", TokenLogProb),
                         ("continuation_log_prob", ContinuationLogProb),
-                        ("logit_difference", LogitDifference)):
+                        ("logit_difference", LogitDifference),
+                        ("answer_probability", AnswerProbability)):
     if _name not in OUTPUTS:
         OUTPUTS.register(_name, _factory)
     if _name not in SEQUENCE_OUTPUTS:

@@ -34,8 +34,8 @@ from torch import Tensor, nn
 from ._transformers import find_attention
 from .components import ComponentGroup, ComponentSet
 
-__all__ = ["at_positions", "residual_stream", "position_gate", "patching_grid",
-           "transformer_blocks"]
+__all__ = ["at_positions", "residual_stream", "residual_group", "position_gate",
+           "patching_grid", "transformer_blocks"]
 
 
 def at_positions(components: ComponentSet, positions: Sequence[Any]) -> ComponentSet:
@@ -69,6 +69,20 @@ def transformer_blocks(model: nn.Module) -> List[str]:
     return names
 
 
+def residual_group(model: nn.Module, block: str, hidden_size: Optional[int] = None,
+                   positions: Sequence[Any] = ()) -> ComponentGroup:
+    """The residual stream after ``block``: its whole output vector, one unit."""
+    if hidden_size is None:
+        config = getattr(model, "config", None)
+        hidden_size = next((getattr(config, k) for k in ("hidden_size", "n_embd", "d_model")
+                            if isinstance(getattr(config, k, None), int)), None)
+        if hidden_size is None:
+            raise ValueError(f"cannot read the hidden size of {type(model).__name__} from a"
+                             " config; pass hidden_size=...")
+    return ComponentGroup(block, "residual", 1, unit_size=int(hidden_size),
+                          positions=tuple(positions), output_index=0)
+
+
 def residual_stream(model: nn.Module, positions: Optional[Sequence[Any]] = None,
                     seq_len: Optional[int] = None, hidden_size: Optional[int] = None,
                     blocks: Optional[Sequence[str]] = None) -> ComponentSet:
@@ -77,7 +91,8 @@ def residual_stream(model: nn.Module, positions: Optional[Sequence[Any]] = None,
     Args:
         model: a transformer (Hugging Face or any model with numbered blocks of attention).
         positions: ints and ``(name, indices)`` pairs; None = every position ``0 ..
-            seq_len - 1`` (then ``seq_len`` is required).
+            seq_len - 1`` when ``seq_len`` is given, else one component per block over all
+            positions together.
         seq_len: the sequence length, for ``positions=None``.
         hidden_size: the block output width (default: the config's ``hidden_size`` /
             ``n_embd`` / ``d_model``).
@@ -86,21 +101,11 @@ def residual_stream(model: nn.Module, positions: Optional[Sequence[Any]] = None,
     A component is the block's whole output vector at one position: ablating it with
     ``baselines=`` replaces that position's hidden state by the baseline's (causal tracing).
     """
-    if positions is None:
-        if seq_len is None:
-            raise ValueError("residual_stream needs positions=... or seq_len=... (all positions)")
+    if positions is None and seq_len is not None:
         positions = list(range(int(seq_len)))
-    if hidden_size is None:
-        config = getattr(model, "config", None)
-        hidden_size = next((getattr(config, k) for k in ("hidden_size", "n_embd", "d_model")
-                            if isinstance(getattr(config, k, None), int)), None)
-        if hidden_size is None:
-            raise ValueError(f"cannot read the hidden size of {type(model).__name__} from a"
-                             " config; pass hidden_size=...")
     names = list(blocks) if blocks is not None else transformer_blocks(model)
-    groups = [ComponentGroup(name, "residual", 1, unit_size=int(hidden_size),
-                             positions=tuple(positions), output_index=0) for name in names]
-    return ComponentSet(model, groups)
+    return ComponentSet(model, [residual_group(model, name, hidden_size, positions or ())
+                                for name in names])
 
 
 def _resolved(group: ComponentGroup, slot: int, rows: int, seq_len: int,

@@ -18,6 +18,10 @@ Contract
   row ``j`` of the up projection: with a bias ``b_j`` and GELU the unit then outputs
   ``gelu(b_j) != 0``; only for a bias-free up projection with ``act(0) = 0`` (ReLU, GELU, SiLU
   gates of Llama-style MLPs) do the two agree.
+- ``residual_stream`` (kind of :func:`select_groups`; :func:`captum_coar.positions.residual_stream`):
+  one component per transformer block, its whole output hidden vector.
+- ``positions=`` of :func:`attention_heads` and :func:`mlp_neurons` takes each unit at each
+  token position (:func:`captum_coar.positions.at_positions`).
 - :func:`select_groups`: the kinds above filtered by glob patterns or predicates; used by
   :meth:`ComponentSet.from_model`. With ``kinds=None`` a model with a Hugging Face style
   ``config`` and attention modules gets heads + MLP neurons (no embeddings, ``lm_head``,
@@ -35,7 +39,7 @@ from __future__ import annotations
 
 import fnmatch
 import warnings
-from typing import Callable, Dict, List, Mapping, Optional, Sequence, Set, Union
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Set, Union
 
 from torch import nn
 
@@ -55,6 +59,7 @@ from .components import (
     NamePatterns,
     require_module,
 )
+from .positions import at_positions, residual_group, transformer_blocks
 
 __all__ = ["conv_filters", "linear_neurons", "attention_heads", "mlp_neurons", "select_groups",
            "default_kinds", "name_filter"]
@@ -104,7 +109,9 @@ def select_groups(
     if unknown or not kinds:
         raise ValueError(f"kinds={list(kinds)!r} is not allowed; choose from {KINDS}")
     keep = name_filter(include, exclude)
-    sites = find_attention(model) if {"attention_heads", "mlp_neurons"} & set(kinds) else []
+    sites = (find_attention(model) if {"attention_heads", "mlp_neurons", "residual_stream"}
+             & set(kinds) else [])
+    blocks = set(transformer_blocks(model)) if "residual_stream" in kinds else set()
     by_projection = {s.projection_name: s for s in sites} if "attention_heads" in kinds else {}
     down = set(find_mlp_down_projections(model, sites)) if "mlp_neurons" in kinds else set()
     if "mlp_neurons" in kinds:
@@ -121,6 +128,8 @@ def select_groups(
     for name, module in model.named_modules():
         if not keep(name):
             continue
+        if name in blocks:
+            groups.append(residual_group(model, name))
         if "conv_filters" in kinds and isinstance(module, _CONV_TYPES):
             groups.append(_conv_group(name, module))
         if name in by_projection:
@@ -176,22 +185,31 @@ def linear_neurons(model: nn.Module, names: Optional[Sequence[str]] = None) -> C
     return ComponentSet(model, groups)
 
 
-def mlp_neurons(model: nn.Module, names: Optional[Sequence[str]] = None) -> ComponentSet:
-    """MLP hidden units: the input features of each MLP's down projection (found or named)."""
+def mlp_neurons(model: nn.Module, names: Optional[Sequence[str]] = None,
+                positions: Optional[Sequence[Any]] = None) -> ComponentSet:
+    """MLP hidden units: the input features of each MLP's down projection (found or named).
+
+    ``positions``: token positions (see :mod:`captum_coar.positions`); each neuron at each.
+    """
     modules = dict(model.named_modules())
     if names is None:
-        return ComponentSet.from_model(model, kinds=("mlp_neurons",))
+        return _positioned(ComponentSet.from_model(model, kinds=("mlp_neurons",)), positions)
     groups = []
     for name in _as_list(names):
         _require_linear(modules, name, "mlp_neurons (the MLP's down projection)")
         groups.append(_mlp_group(name, modules[name]))
-    return ComponentSet(model, groups)
+    return _positioned(ComponentSet(model, groups), positions)
+
+
+def _positioned(components: ComponentSet, positions: Optional[Sequence[Any]]) -> ComponentSet:
+    return components if positions is None else at_positions(components, positions)
 
 
 def attention_heads(
     model: nn.Module,
     names: Union[None, Sequence[str], Mapping[str, int]] = None,
     n_heads: Optional[int] = None,
+    positions: Optional[Sequence[Any]] = None,
 ) -> ComponentSet:
     """Attention heads as slices of the input of each attention output projection.
 
@@ -201,7 +219,13 @@ def attention_heads(
             ``{projection name: n_heads}`` gives head counts explicitly. None: every attention
             module found.
         n_heads: head count for projections that are not part of a found attention module.
+        positions: token positions (see :mod:`captum_coar.positions`); each head at each.
     """
+    return _positioned(_attention_heads(model, names, n_heads), positions)
+
+
+def _attention_heads(model: nn.Module, names: Union[None, Sequence[str], Mapping[str, int]],
+                     n_heads: Optional[int]) -> ComponentSet:
     modules = dict(model.named_modules())
     sites = find_attention(model)
     if names is None:

@@ -137,16 +137,18 @@ class ComponentMethod:
                        "build one with ComponentSet.from_model(model) or a selector"
                        " (conv_filters, linear_neurons, attention_heads, mlp_neurons)")
         check_callable("forward_func", self.forward_func)
+        strategy: AblationStrategy
         if baselines is not None:
             if inputs is None:
                 raise TypeError(f"{type(self).__name__}: baselines= needs the inputs")
-            self.strategy_ = patch_strategy(self.ablation, inputs, baselines,
-                                            additional_forward_args, self.forward_func)
+            strategy = patch_strategy(self.ablation, inputs, baselines,
+                                      additional_forward_args, self.forward_func)
         else:
             if getattr(self, "_ablation_key", None) is not self.ablation:
                 self._own_strategy = resolve_ablation(self.ablation)
                 self._ablation_key = self.ablation
-            self.strategy_ = self._own_strategy
+            strategy = self._own_strategy
+        self.strategy_ = strategy
         if inputs is not None:
             check_example_positions(self.components, int(inputs[0].shape[0]))
         fitted_ablation(self.strategy_, self.forward_func, self.components)

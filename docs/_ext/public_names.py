@@ -28,7 +28,8 @@ logger = logging.getLogger(__name__)
 #: submodules; the most specific entry wins.
 GROUPS: Sequence[Tuple[str, Sequence[str]]] = (
     ("package", ("captum_coar",)),
-    ("components", ("captum_coar.components", "captum_coar.selectors")),
+    ("components", ("captum_coar.components", "captum_coar.selectors",
+                    "captum_coar.positions")),
     ("ablation", ("captum_coar.ablation", "captum_coar.gates", "captum_coar._recording",
                   "captum_coar._attention_patch")),
     ("outputs", ("captum_coar.outputs", "captum_coar.language_outputs")),
@@ -39,6 +40,7 @@ GROUPS: Sequence[Tuple[str, Sequence[str]]] = (
                    "captum_coar.coar._fingerprint", "captum_coar.coar._identity")),
     ("baselines", ("captum_coar.baselines", "captum_coar.interop", "captum_coar._compat")),
     ("evaluation", ("captum_coar.evaluation", "captum_coar._evaluation_results")),
+    ("patching", ("captum_coar.patching", "captum_coar.patching_plots")),
     ("plots", ("captum_coar.visualization",)),
     ("editing", ("captum_coar.editing", "captum_coar.editing_results", "captum_coar.edits")),
 )

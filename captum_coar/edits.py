@@ -177,6 +177,11 @@ class WeightEdit:
 
 
 def _weight_index(group: ComponentGroup, module: nn.Module, unit: int) -> Any:
+    if group.positions:
+        raise ValueError(
+            f"group {group.module_name!r} is at token positions: a weight is shared by every"
+            " position, so no weight edit removes a component at one position only. Use"
+            " ablate_persistently (hooks) for components at positions")
     if group.site == "input":
         cols = slice(unit * group.unit_size, (unit + 1) * group.unit_size)
         if isinstance(module, nn.Linear):

@@ -254,3 +254,14 @@ def test_explicit_ablation_with_baselines_is_refused():
     with pytest.raises(ValueError, match="both define what replaces"):
         ComponentAblation(model, components, ablation="zero").attribute(
             x, target=torch.zeros(2, dtype=torch.long), baselines=x + 1)
+
+
+def test_weight_edits_of_components_at_positions_are_refused():
+    from captum_coar import zero_components
+
+    model = _model("gpt2")
+    components = at_positions(attention_heads(model), [-1])
+    mask = torch.ones(components.n_components, dtype=torch.bool)
+    mask[0] = False
+    with pytest.raises(ValueError, match="shared by every position"):
+        zero_components(components, mask)

@@ -11,6 +11,7 @@ from captum_coar import (
     ComponentAttributionPatching,
     ComponentGradientXParameter,
     ComponentIntegratedGradients,
+    ComponentRelevancePatching,
     ConstantAblation,
     FixedFractionSampler,
     Lasso,
@@ -130,7 +131,9 @@ def test_solver_check_catches_wrong_coefficients():
     (lambda m, c: ComponentGradientXParameter(m, c), {}),
     (lambda m, c: ComponentIntegratedGradients(m, c), {"n_steps": 8}),
     (lambda m, c: ComponentAblationRegression(m, c), {"n_masks": 60, "ablation_fraction": 0.3}),
-], ids=["leave-one-out", "attribution patching", "gradient x parameter", "gate IG", "COAR"])
+    (lambda m, c: ComponentRelevancePatching(m, c, require_attention=False), {}),
+], ids=["leave-one-out", "attribution patching", "gradient x parameter", "gate IG", "COAR",
+        "relevance patching"])
 def test_builtin_attribution_methods_give_the_exact_answer_on_an_additive_model(factory, kwargs):
     check_attribution_method(factory, exact=True, **kwargs)
 

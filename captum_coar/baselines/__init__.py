@@ -25,6 +25,8 @@ Implementations
 - :class:`ComponentConductance`: Captum's layer conductance summed per component, all
   layers in one pass.
 - :class:`ComponentInternalInfluence`: Captum's internal influence summed per component.
+- :class:`ComponentRelevancePatching` (RelP): AtP with LRP coefficients for the gradient (LN,
+  attention, identity and half rules in the backward pass).
 """
 
 from .atp_star import ComponentAtPStar
@@ -34,6 +36,7 @@ from .gradient_parameter import ComponentGradientXParameter
 from .integrated_gradients import ComponentIntegratedGradients
 from .internal_influence import ComponentInternalInfluence
 from .leave_one_out import ComponentAblation
+from .relevance_patching import ComponentRelevancePatching
 
 __all__ = [
     "ComponentAblation",
@@ -43,4 +46,5 @@ __all__ = [
     "ComponentGradientXParameter",
     "ComponentConductance",
     "ComponentInternalInfluence",
+    "ComponentRelevancePatching",
 ]

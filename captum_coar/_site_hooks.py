@@ -77,15 +77,28 @@ class SiteHooks:
                 element = site_tensor(group, module, output[index] if len(output) > index
                                       else None)
                 items = list(output)
-                items[index] = self.on_activation(position, group, module, element)
+                items[index] = self._batch_first(position, group, module, element)
                 return type(output)(items) if isinstance(output, list) else tuple(items)
-            return self.on_activation(position, group, module, site_tensor(group, module, output))
+            return self._batch_first(position, group, module, site_tensor(group, module, output))
         return hook
+
+    def _batch_first(self, position: int, group: ComponentGroup, module: nn.Module,
+                     activation: Tensor) -> Tensor:
+        """:meth:`on_activation` on the batch-first view of a group's activation."""
+        if group.batch_axis == 0:
+            return self.on_activation(position, group, module, activation)
+        if activation.dim() <= group.batch_axis:
+            raise ValueError(
+                f"module {group.module_name!r}: batch_axis={group.batch_axis} but its"
+                f" {group.site} has only {activation.dim()} axes {tuple(activation.shape)}")
+        moved = self.on_activation(position, group, module,
+                                   activation.movedim(group.batch_axis, 0))
+        return moved.movedim(0, group.batch_axis)
 
     def _input_hook(self, position: int, group: ComponentGroup) -> Callable:
         def hook(module: nn.Module, args: Tuple[Any, ...]) -> Tuple[Any, ...]:
             first = site_tensor(group, module, args[0] if args else None)
-            return (self.on_activation(position, group, module, first),) + tuple(args[1:])
+            return (self._batch_first(position, group, module, first),) + tuple(args[1:])
         return hook
 
 

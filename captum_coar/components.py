@@ -91,6 +91,9 @@ class ComponentGroup:
             empty (the default) = one component per unit over all positions together.
         position_axis: the activation axis that holds positions (with ``positions``).
         output_index: for a module that returns a tuple, the element that is the site.
+        batch_axis: the activation axis that holds the batch (1 for sequence-first
+            ``(seq, batch, features)`` layouts). Hooks move it to axis 0 before anything else,
+            so ``unit_axis`` and ``position_axis`` count in that batch-first view.
     """
 
     module_name: str
@@ -102,6 +105,7 @@ class ComponentGroup:
     positions: Tuple[Any, ...] = ()
     position_axis: int = 1
     output_index: Optional[int] = None
+    batch_axis: int = 0
 
     def __post_init__(self) -> None:
         if self.site not in SITES:
@@ -118,6 +122,9 @@ class ComponentGroup:
                 f"group {self.module_name!r}: unit_axis=0 is the batch axis; units must lie on"
                 " another axis (e.g. 1 for conv channels, -1 for linear features)"
             )
+        if int(self.batch_axis) < 0:
+            raise ValueError(f"group {self.module_name!r}: batch_axis={self.batch_axis} must"
+                             " count from the front (0 for batch-first, 1 for sequence-first)")
         object.__setattr__(self, "positions", _normalised_positions(self.module_name,
                                                                     self.positions))
         if self.positions and self.position_axis in (0, self.unit_axis):

@@ -135,10 +135,10 @@ def select_groups(
         if name in by_projection:
             groups.append(_site_group(by_projection[name], module))
         if name in down:
-            groups.append(_mlp_group(name, module))
+            groups.append(_mlp_group(name, module, model))
         if ("linear_neurons" in kinds and is_linear_like(module)
                 and name not in by_projection and name not in mha_out_projs):
-            groups.append(_linear_group(name, module))
+            groups.append(_linear_group(name, module, model))
             linear_chosen.append(name)
     if not groups:
         raise ValueError(
@@ -180,7 +180,7 @@ def linear_neurons(model: nn.Module, names: Optional[Sequence[str]] = None) -> C
     groups = []
     for name in _as_list(names):
         _require_linear(modules, name, "linear_neurons")
-        groups.append(_linear_group(name, modules[name]))
+        groups.append(_linear_group(name, modules[name], model))
     _warn_tied(model, [g.module_name for g in groups])
     return ComponentSet(model, groups)
 
@@ -197,7 +197,7 @@ def mlp_neurons(model: nn.Module, names: Optional[Sequence[str]] = None,
     groups = []
     for name in _as_list(names):
         _require_linear(modules, name, "mlp_neurons (the MLP's down projection)")
-        groups.append(_mlp_group(name, modules[name]))
+        groups.append(_mlp_group(name, modules[name], model))
     return _positioned(ComponentSet(model, groups), positions)
 
 
@@ -292,12 +292,29 @@ def _conv_group(name: str, module: nn.Module) -> ComponentGroup:
     return ComponentGroup(name, "filter", int(getattr(module, "out_channels")), "output", unit_axis=1)
 
 
-def _linear_group(name: str, module: nn.Module) -> ComponentGroup:
-    return ComponentGroup(name, "neuron", linear_widths(module)[1], "output", unit_axis=-1)
+def _linear_group(name: str, module: nn.Module, model: nn.Module) -> ComponentGroup:
+    return ComponentGroup(name, "neuron", linear_widths(module)[1], "output", unit_axis=-1,
+                          batch_axis=batch_axis_of(model, name))
 
 
-def _mlp_group(name: str, module: nn.Module) -> ComponentGroup:
-    return ComponentGroup(name, "mlp_neuron", linear_widths(module)[0], "input", unit_axis=-1)
+def _mlp_group(name: str, module: nn.Module, model: nn.Module) -> ComponentGroup:
+    return ComponentGroup(name, "mlp_neuron", linear_widths(module)[0], "input", unit_axis=-1,
+                          batch_axis=batch_axis_of(model, name))
+
+
+_SEQUENCE_FIRST_LAYERS = (nn.TransformerEncoderLayer, nn.TransformerDecoderLayer)
+
+
+def batch_axis_of(model: nn.Module, name: str) -> int:
+    """1 inside a PyTorch transformer layer built with ``batch_first=False`` (its maps see
+    ``(seq, batch, features)``), else 0: the batch axis comes from the declared layout, never
+    from a coincidence of sizes."""
+    parts = name.split(".")
+    for end in range(len(parts) - 1, 0, -1):
+        parent = model.get_submodule(".".join(parts[:end]))
+        if isinstance(parent, _SEQUENCE_FIRST_LAYERS):
+            return 0 if parent.self_attn.batch_first else 1
+    return 0
 
 
 def _site_group(site: AttentionSite, projection: nn.Module) -> ComponentGroup:

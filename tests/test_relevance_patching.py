@@ -267,6 +267,12 @@ def test_refuses_attention_it_cannot_reach_and_cleans_up(torch_mha):
     # without attention required, the other rules run (GELU in the MLP)
     relp = ComponentRelevancePatching(model, comps, require_attention=False).attribute(x, target=0)
     assert torch.isfinite(relp).all() and hook_count(model) == hooks
+    # a forward function that runs submodules only is checked when the pass ends
+    neurons = linear_neurons(model, ["mlp.0"])
+    with pytest.raises(TypeError, match="reached no attention it recognises"):
+        ComponentRelevancePatching(lambda v: model.head(model.mlp(model.embed(v)).mean(1)),
+                                   neurons).attribute(x, target=0)
+    assert hook_count(model) == hooks
 
 
 def test_norm_with_an_unknown_formula_is_refused():

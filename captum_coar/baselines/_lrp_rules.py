@@ -76,6 +76,7 @@ class LRPRules:
         self.model = model
         self.require_attention = require_attention
         self.attention_calls = 0
+        self.ran = False  # a hook of the context fired (a forward pass of the model ran)
         self.names = {id(m): n for n, m in model.named_modules()}
         self.norm_forms: Dict[int, Tuple[bool, float]] = {}
 
@@ -168,6 +169,13 @@ def _norm_form(rules: LRPRules, module: nn.Module, x: Tensor, y: Tensor) -> Tupl
         " supports LayerNorm and RMSNorm; use ComponentAttributionPatching for this model")
 
 
+def _root_hook(rules: LRPRules) -> Callable[..., None]:
+    def hook(module: nn.Module, args: Tuple[Any, ...], output: Any) -> None:
+        rules.ran = True
+        rules.check_attention_seen()
+    return hook
+
+
 def _norm_hook(rules: LRPRules) -> Callable[..., Tensor]:
     def hook(module: nn.Module, args: Tuple[Any, ...], output: Any) -> Tensor:
         x = _tensor_arg(rules, module, args, output)
@@ -196,6 +204,7 @@ def _half_hook(module: nn.Module, args: Tuple[Any, ...]) -> Tuple[Any, ...]:
 
 def _tensor_arg(rules: LRPRules, module: nn.Module, args: Tuple[Any, ...], output: Any) -> Tensor:
     """The module's first input, checked to be a tensor shaped like its (tensor) output."""
+    rules.ran = True
     x = args[0] if args else None
     if not (isinstance(x, Tensor) and isinstance(output, Tensor) and x.shape == output.shape):
         raise TypeError(
@@ -276,6 +285,8 @@ def _hf_attention_wrapped(model: nn.Module, rules: LRPRules) -> Iterator[None]:
     from transformers import AttentionInterface
 
     mapping: Dict[str, Any] = AttentionInterface._global_mapping
+    # "eager" is the model's own function; a name only an instance maps locally is not ours
+    names = {name for name in names if name == "eager" or name in mapping}
     saved = {name: mapping.get(name, _MISSING) for name in names}
     try:
         for name in names:
@@ -326,8 +337,9 @@ def lrp_rules(model: nn.Module, require_attention: bool = True) -> Iterator[LRPR
                                                             prepend=True))
         for down in _gated_down_projections(model):
             handles.append(down.register_forward_pre_hook(_half_hook, prepend=True))
-        handles.append(model.register_forward_hook(
-            lambda module, args, output: rules.check_attention_seen()))
+        handles.append(model.register_forward_hook(_root_hook(rules)))
         stack.enter_context(_hf_attention_wrapped(model, rules))
         stack.enter_context(_RuleMode(rules))
         yield rules
+        if rules.ran:  # also when forward_func ran submodules of model only
+            rules.check_attention_seen()

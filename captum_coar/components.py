@@ -379,7 +379,7 @@ class ComponentSet:
 
         Groups come in the model's module order. Linear maps that serve as attention output
         projections are left out of ``linear_neurons`` when ``attention_heads`` is selected.
-        A selection of more than 50,000 components warns; :meth:`summary` shows what was taken.
+        A selection of 50,000 components or more warns; :meth:`summary` shows what was taken.
         """
         from .selectors import select_groups
 

@@ -147,11 +147,12 @@ def select_groups(
         )
     _warn_tied(model, linear_chosen)
     total = sum(g.n_units for g in groups)
-    if total > LARGE_SELECTION:
+    if total >= LARGE_SELECTION:
         warnings.warn(
-            f"selected {total:,} components in {len(groups)} groups; COAR needs several ablations"
-            " per component, so narrow the selection with kinds=, include= or exclude= (see"
-            " ComponentSet.summary())", stacklevel=3)
+            f"selected {total:,} components in {len(groups)} groups ({LARGE_SELECTION:,} or"
+            " more: the float64 Gram matrix of 50,000 components alone takes 20 GB); COAR needs"
+            " several ablations per component, so narrow the selection with kinds=, include= or"
+            " exclude= (see ComponentSet.summary())", stacklevel=3)
     return groups
 
 

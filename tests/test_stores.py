@@ -103,11 +103,12 @@ def test_resume_after_crash_is_bit_identical(setup, reference_store, tmp_path):
     resumed = CountingForward(model)
     collect(resumed, components, loader, path, **SETTINGS)
     _assert_same_store(reference, path)
-    # nothing committed is recomputed: chunk 0 and chunk 1's first batch (16 calls) are kept
-    assert full_calls == 46 and resumed.calls == full_calls - 16
+    # nothing committed is recomputed: chunk 0 and chunk 1's first batch (16 calls) are kept;
+    # a resume re-checks one stored row on every example (one call per batch: 3)
+    assert full_calls == 46 and resumed.calls == full_calls - 16 + 3
     again = CountingForward(model)
     collect(again, components, loader, path, **SETTINGS)
-    assert again.calls == 1  # complete rows are skipped: only the probe runs
+    assert again.calls == 1 + 3  # complete rows are skipped: only the probe and re-check run
 
 
 def test_resume_in_memory_store(setup):

@@ -8,31 +8,24 @@ Contract
 ``[start, stop)`` runs (:func:`row_ranges`). :meth:`CollectedStatistics.merge` adds another
 part in place after checking that both carry the same identity (a field missing on one side is
 a difference) and that no row is counted twice; parts without any identity (built by hand) are
-added only to each other. :func:`captum_coar.coar.shards.merge_statistics` is the checked merge
-of many sources (stores, files, statistics).
+added only to each other. :meth:`CollectedStatistics.check_rows` refuses statistics whose row
+count disagrees with the rows they say they cover (e.g. all-reduced twice).
+:func:`captum_coar.coar.shards.merge_statistics` is the checked merge of many sources (stores,
+files, statistics).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, Optional
 
 import numpy as np
 
+from ..solvers._ranges import count_rows, row_ranges, rows_of
 from ..solvers.statistics import SufficientStatistics
 from ._identity import check_same_identity
 
 __all__ = ["CollectedStatistics", "row_ranges", "rows_of"]
-
-
-def row_ranges(rows: np.ndarray) -> List[List[int]]:
-    """Sorted unique rows as ``[[start, stop), ...]`` runs (JSON friendly)."""
-    rows = np.asarray(rows, dtype=np.int64)
-    if rows.size == 0:
-        return []
-    breaks = np.nonzero(np.diff(rows) != 1)[0] + 1
-    starts, ends = rows[np.r_[0, breaks]], rows[np.r_[breaks - 1, rows.size - 1]] + 1
-    return [[int(a), int(b)] for a, b in zip(starts, ends)]
 
 
 @dataclass
@@ -47,9 +40,27 @@ class CollectedStatistics:
     validation: Optional[SufficientStatistics]
     settings: Dict[str, Any] = field(default_factory=dict)
 
+    def check_rows(self, label: str = "these statistics") -> None:
+        """``ValueError`` unless the counts of the parts equal the number of ``rows`` covered."""
+        for part in (self.train, self.validation):
+            if part is not None:
+                part.check_rows()
+        if "rows" not in self.settings:
+            return
+        count = self.train.count + (self.validation.count if self.validation is not None else 0)
+        covered = count_rows(self.settings["rows"])
+        if count != covered:
+            raise ValueError(
+                f"{label} count {count} rows (training and validation) but cover {covered}"
+                f" (settings['rows'] = {self.settings['rows'][:4]}"
+                f"{' ...' if len(self.settings['rows']) > 4 else ''}): rows were added twice"
+                " (e.g. all-reduced twice) or the sums were changed; collect or merge again")
+
     def merge(self, other: "CollectedStatistics") -> "CollectedStatistics":
         """Add another part's statistics in place (identities checked, rows not counted twice);
         returns self."""
+        self.check_rows()
+        other.check_rows("the other statistics")
         mine, theirs = "probe" in self.settings, "probe" in other.settings
         if mine or theirs:
             check_same_identity(self.settings, other.settings, "these statistics were made"
@@ -74,9 +85,3 @@ class CollectedStatistics:
             else:
                 self.validation.merge(other.validation)
         return self
-
-
-def rows_of(ranges: List[List[int]]) -> np.ndarray:
-    """Inverse of :func:`row_ranges`: the rows of ``[start, stop)`` runs."""
-    parts = [np.arange(int(a), int(b), dtype=np.int64) for a, b in ranges]
-    return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)

@@ -183,12 +183,13 @@ def check_store_size(n_masks: int, n_components: int, n_examples: int, itemsize:
     return needed
 
 
-def check_solver_arguments(solver: Any, with_validation: bool) -> None:
+def check_solver_arguments(solver: Any, with_validation: bool) -> Any:
     """Run ``solver`` (a copy, without its prior, whose shape :func:`check_prior` checks) on
     tiny synthetic statistics, so that arguments it refuses (a bad penalty grid, a missing
-    validation set) are refused before any forward pass."""
+    validation set) are refused before any forward pass; returns that trial fit (None for a
+    streaming solver), which says e.g. whether the solver gives standard errors."""
     if not hasattr(solver, "fit") or getattr(solver, "streaming", False):
-        return
+        return None
     generator = torch.Generator().manual_seed(0)
 
     def tiny() -> SufficientStatistics:
@@ -201,7 +202,7 @@ def check_solver_arguments(solver: Any, with_validation: bool) -> None:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # conditioning of made-up data says nothing
-            trial.fit(tiny(), tiny() if with_validation else None)
+            return trial.fit(tiny(), tiny() if with_validation else None)
     except (TypeError, ValueError) as error:
         raise ValueError(f"solver {type(solver).__name__} ({getattr(solver, 'name', '?')!r})"
                          " refuses its arguments (checked before collection, on tiny synthetic"

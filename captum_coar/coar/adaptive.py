@@ -20,7 +20,8 @@ Contract
 
 3. It stops when ``criterion="correlation"`` and the correlation improved by less than ``tol``
    since the previous round (or is already within ``tol`` of 1, so no round could), or when ``criterion="relative_width"`` and the relative width is
-   at most ``tol``; otherwise the next round grows ``m`` by ``growth`` (capped at
+   at most ``tol`` (a solver without standard errors is refused for it before any
+   collection); otherwise the next round grows ``m`` by ``growth`` (capped at
    ``max_masks``), and it stops at the cap.
 
 With a ``store`` (a :class:`~captum_coar.stores.base.MaskOutputStore` or a directory) every
@@ -45,6 +46,7 @@ from ..solvers.statistics import SufficientStatistics
 from ..solvers.uncertainty import normal_quantile
 from ..stores.base import MaskOutputStore
 from ..stores.memmap import MemmapStore
+from ._settings import check_solver_arguments
 
 if TYPE_CHECKING:
     from .estimator import COARResult, ComponentAblationRegression
@@ -174,6 +176,11 @@ def collect_until(estimator: "ComponentAblationRegression", data: Iterable[Any],
                    " ridge, ridge_auto, lasso...)", resolved)
     N = estimator.components.n_components
     rule = rule.resolved(N)
+    trial = check_solver_arguments(resolved, with_validation=False)
+    if rule.criterion == "relative_width" and getattr(trial, "standard_errors", None) is None:
+        raise fail("solver", "one that gives standard errors for criterion='relative_width'"
+                   " (least_squares, ridge, ridge_auto)", resolved.name,
+                   "Checked before any collection; or use criterion='correlation'")
     assert rule.max_masks is not None and rule.first_masks is not None
     cap, n_val = rule.max_masks, rule.n_validation
     total = cap + n_val
@@ -200,7 +207,7 @@ def collect_until(estimator: "ComponentAblationRegression", data: Iterable[Any],
             stop = 1.0 - corr < rule.tol or (previous is not None and corr - previous < rule.tol)
             previous = corr
         else:
-            if width is None:
+            if width is None:  # the trial fit gave standard errors, this one did not
                 raise fail("solver", "one that gives standard errors for criterion="
                            "'relative_width' (least_squares, ridge, ridge_auto)", resolved.name)
             stop = width <= rule.tol

@@ -32,8 +32,11 @@ with ONE entered :class:`~captum_coar.gates.ComponentGates` reused for every bat
   ``n_masks``. ``CollectedStatistics.settings`` holds the identity, the validation split and
   the rows covered, so results of different row shards can be checked and merged.
 
-Everything is validated, the strategy fitted and the probe run before the first collecting
-forward pass; the model's parameters and buffers are left as they were
+Everything is validated, the shared preflight run (:mod:`captum_coar._preflight`: empty
+batches, non-finite inputs and random training-mode modules with the settings, then its probe
+on the first batch after every argument check; the targets of every batch are checked against
+the classes it found), the strategy fitted and the identity probe run before the first
+collecting forward pass; the model's parameters and buffers are left as they were
 (:func:`captum_coar._state.model_state_kept`). Setting up chunks is linear in ``n_masks``.
 Non-finite outputs raise ``ValueError`` naming the mask rows and examples. A ``DataLoader``
 that shuffles, or data that changes between passes (random augmentation), is refused.
@@ -56,21 +59,23 @@ import torch
 from torch import Tensor
 
 from .._engine import evaluate_masks, progress
+from .._preflight import preflight
 from .._state import model_state_kept
 from ..ablation import AblationStrategy, fitted_ablation
 from ..components import ComponentSet, model_device
 from ..gates import ComponentGates
 from ..outputs import OutputFunction
 from ..sampling import MaskSampler
+from ..solvers._footprint import check_statistics_memory
 from ..solvers.statistics import SufficientStatistics
 from ..stores._integrity import describe_rows
 from ..stores.base import MaskOutputStore, RowSelection, select_rows
-from ..stores.memmap import MemmapStore
+from ..stores.memmap import METADATA_FILE, MemmapStore
 from ..stores.memory import InMemoryStore
 from ._batches import Batch, BatchFn, read_data, split_batch, tensor_batches
 from ._collected import CollectedStatistics, row_ranges
 from ._fingerprint import DataScan
-from ._identity import collection_identity, identity_differences
+from ._identity import collection_identity, identity_differences, recheck_stored_outputs
 from ._settings import (
     CollectionSettings,
     check_store_size,
@@ -166,14 +171,14 @@ class _StatisticsSink:
     def end_chunk(self, rows: np.ndarray, masks: Tensor) -> None:
         if self.buffer is None:
             return
-        held_out = torch.from_numpy(rows >= self.first_validation_row)
+        held_np = rows >= self.first_validation_row
         masks = masks.to(self.buffer.device)
-        held_out = held_out.to(self.buffer.device)
+        held_out = torch.from_numpy(held_np).to(self.buffer.device)
         if (~held_out).any():
-            self.train.update(masks[~held_out], self.buffer[~held_out])
+            self.train.update(masks[~held_out], self.buffer[~held_out], rows=rows[~held_np])
         if held_out.any():
             assert self.validation is not None
-            self.validation.update(masks[held_out], self.buffer[held_out])
+            self.validation.update(masks[held_out], self.buffer[held_out], rows=rows[held_np])
         self.buffer = None
 
 
@@ -225,6 +230,8 @@ def _run(settings: CollectionSettings, strategy: AblationStrategy, data: Iterabl
                     inputs, target, extra = split_batch(batch, batch_fn)
                     size = int(inputs[0].shape[0])
                     scan.verify(b, size, (inputs, target, extra), verify_passes)
+                    if settings.preflight is not None:  # raw gather errors otherwise
+                        settings.preflight.check_target(target, start)
                     stop = start + size
                     todo = (done >= start) & (done < stop)
                     if todo.any():
@@ -271,7 +278,17 @@ def _scan_and_settings(data: Iterable[Any], batch_fn: Optional[BatchFn],
         has_target=scan.has_target, seed=seed, perturbations_per_eval=perturbations_per_eval,
         max_rows=max_rows, chunk_rows=chunk_rows,
         fractional_target_batch=scan.fractional_target_batch)
+    # empty batch, non-finite inputs, random training-mode modules (no forward pass)
+    preflight("COAR collection", forward_func, components, first[0], probe=False)
     return scan, first, settings
+
+
+def _probe(settings: CollectionSettings, first: Batch) -> None:
+    """The shared preflight's probe on the first batch (targets, determinism, finite outputs):
+    the first forward passes of a collection, after every argument check."""
+    inputs, target, extra = first
+    settings.preflight = preflight("COAR collection", settings.forward_func, settings.components,
+                                   inputs, target, extra, settings.output)
 
 
 def identify(forward_func: Callable[..., Any], components: ComponentSet, data: Iterable[Any], *,
@@ -284,6 +301,7 @@ def identify(forward_func: Callable[..., Any], components: ComponentSet, data: I
         data, batch_fn, forward_func, components, n_masks, ablation_fraction, sampler, ablation,
         output, seed, None, None, None)
     with model_state_kept(components.model):
+        _probe(settings, first)
         strategy = fitted_ablation(settings.ablation, forward_func, components)
         return _identity(settings, strategy, scan, first)
 
@@ -295,6 +313,14 @@ def _available_bytes(store: MaskOutputStore) -> Tuple[int, str]:
             where = where.parent
         return shutil.disk_usage(where).free, f"on the disk at {str(where)!r}"
     return machine_memory(), "in this machine's memory"
+
+
+def _check_new_store(store: MaskOutputStore, settings: CollectionSettings, scan: DataScan,
+                     max_store_bytes: Optional[int]) -> None:
+    available, where = _available_bytes(store)
+    itemsize = np.dtype(getattr(store, "dtype", "float32")).itemsize
+    check_store_size(settings.n_masks, settings.components.n_components, scan.n_examples,
+                     itemsize, available, where, max_store_bytes)
 
 
 # --------------------------------------------------------------------------- public API
@@ -331,17 +357,22 @@ def collect(forward_func: Callable[..., Any], components: ComponentSet, data: It
         store = InMemoryStore()
     elif not isinstance(store, MaskOutputStore):
         store = MemmapStore(store)
+    fresh = (not (store.path / METADATA_FILE).exists() if isinstance(store, MemmapStore)
+             else not store.is_open)
+    if fresh:  # refused before the directory is created or claimed
+        _check_new_store(store, settings, scan, max_store_bytes)
+    index = select_rows(rows, settings.n_masks)
+    with model_state_kept(components.model):  # before the store is claimed or created
+        _probe(settings, first)
     with model_state_kept(components.model), store.writing():
         if not store.is_open:
-            available, where = _available_bytes(store)
-            itemsize = np.dtype(getattr(store, "dtype", "float32")).itemsize
-            check_store_size(settings.n_masks, components.n_components, scan.n_examples,
-                             itemsize, available, where, max_store_bytes)
-        index = select_rows(rows, settings.n_masks)
+            _check_new_store(store, settings, scan, max_store_bytes)
         strategy = fitted_ablation(settings.ablation, settings.forward_func, components)
         identity = _identity(settings, strategy, scan, first)
         store.open({**settings.extras(scan), **identity}, identity_differences)
         _repair(store, index, settings.chunk_size(scan.n_examples))
+        recheck_stored_outputs(settings.forward_func, components, strategy, settings.output, data,
+                               batch_fn, store)
         _run(settings, strategy, data, batch_fn, scan, index, _StoreSink(store), show_progress,
              verify_passes=not isinstance(data, (list, tuple)))
     return store
@@ -371,11 +402,13 @@ def collect_statistics(forward_func: Callable[..., Any], components: ComponentSe
     index = select_rows(rows, settings.n_masks)
     device = stats_device(settings.components)
     N, n = settings.components.n_components, scan.n_examples
+    check_statistics_memory(N, n, dtype, device, parts=2 if n_val else 1)  # before any forward
+    train = SufficientStatistics(N, n, dtype=dtype, device=device)
+    validation = SufficientStatistics(N, n, dtype=dtype, device=device) if n_val else None
     with model_state_kept(components.model):
+        _probe(settings, first)
         strategy = fitted_ablation(settings.ablation, settings.forward_func, components)
         identity = _identity(settings, strategy, scan, first)
-        train = SufficientStatistics(N, n, dtype=dtype, device=device)
-        validation = SufficientStatistics(N, n, dtype=dtype, device=device) if n_val else None
         sink = _StatisticsSink(train, validation, settings.n_masks - n_val, n)
         _run(settings, strategy, data, batch_fn, scan, index, sink, show_progress,
              verify_passes=not isinstance(data, (list, tuple)))

@@ -45,6 +45,7 @@ import torch.distributed as dist
 from ..ablation import AblationStrategy
 from ..components import ComponentSet
 from ..sampling import MaskSampler
+from ..solvers._ranges import add_ranges
 from ..solvers.statistics import SufficientStatistics
 from ..stores.base import RowSelection, select_rows
 from ..stores.memmap import MemmapStore
@@ -201,11 +202,16 @@ def all_reduce_statistics(stats: Union[CollectedStatistics, SufficientStatistics
                           group: Any = None) -> Union[CollectedStatistics, SufficientStatistics]:
     """Sum statistics over the ranks of ``group`` in place (every rank ends with the total).
 
-    Shapes (and whether validation statistics exist) are compared across ranks first; the
-    tensors are reduced where the backend can (CUDA for nccl, the CPU for gloo).
+    Shapes (and whether validation statistics exist) are compared across ranks first, and so
+    are the rows each rank covers: a row held by two ranks -- statistics all-reduced a second
+    time, or ranks that collected the same rows -- is refused on every rank (``ValueError``),
+    as are statistics whose count disagrees with their rows. Statistics that do not know their
+    rows (built by hand) cannot be checked. Offset-shifted (float32) sums are brought to one
+    shift first. The tensors are reduced where the backend can (CUDA for nccl, the CPU for
+    gloo); afterwards ``rows`` (and ``settings["rows"]``) is the union of the ranks' rows.
     """
     what = "all_reduce_statistics"
-    _, _, backend = _group_info(group, what)
+    _, world, backend = _group_info(group, what)
     if isinstance(stats, SufficientStatistics):
         parts = [stats]
     elif isinstance(stats, CollectedStatistics):
@@ -214,21 +220,49 @@ def all_reduce_statistics(stats: Union[CollectedStatistics, SufficientStatistics
         raise TypeError(f"expected CollectedStatistics or SufficientStatistics, got"
                         f" {type(stats).__name__}")
     shapes = [(p.n_components, p.n_outputs, str(p.dtype)) for p in parts]
-    _collective(lambda: (None, {"(n_components, n_outputs, dtype) per part": shapes}), group, what)
-    for part in parts:
+
+    def check() -> Tuple[None, Dict[str, Any]]:
+        stats.check_rows()
+        return None, {"(n_components, n_outputs, dtype) per part": shapes}
+
+    _collective(check, group, what)
+    local = {"rows": [p.rows for p in parts], "count": [p.count for p in parts],
+             "shift": [None if p.dtype == torch.float64 else p.y_shift.cpu().tolist()
+                       for p in parts],
+             "settings": (stats.settings.get("rows") if isinstance(stats, CollectedStatistics)
+                          else None)}
+    entries: List[Any] = [None] * world
+    dist.all_gather_object(entries, local, group=group)
+    unions = [_union([e["rows"][i] for e in entries]) for i in range(len(parts))]
+    settings_rows = _union([e["settings"] for e in entries])
+    for i, part in enumerate(parts):
+        shifts = [e["shift"][i] for e in entries if e["count"][i] and e["shift"][i] is not None]
+        if shifts:
+            part.shift_to(torch.tensor(shifts[0], dtype=torch.float64))
         device = _reduce_device(backend, part.device)
-        for key, value in part.to_dict().items():
-            if key == "count":
-                total = value.to(device)
-                dist.all_reduce(total, op=dist.ReduceOp.SUM, group=group)
-                part.count = int(round(float(total.item())))
-                continue
+        for key in ("xtx", "xty", "x_sum", "y_sum", "y_sq_sum"):
             target = getattr(part, key)
             buffer = target if target.device == device else target.to(device)
             dist.all_reduce(buffer, op=dist.ReduceOp.SUM, group=group)
             if buffer is not target:
                 target.copy_(buffer)
+        part.count = int(sum(e["count"][i] for e in entries))
+        part.rows = unions[i]
+    if isinstance(stats, CollectedStatistics) and settings_rows is not None:
+        stats.settings["rows"] = settings_rows
     return stats
+
+
+def _union(per_rank: List[Any]) -> Optional[List[List[int]]]:
+    """The union of the ranks' row runs (None when any rank does not know its rows);
+    ``ValueError`` naming the ranks when a row is on two of them."""
+    if any(rows is None for rows in per_rank):
+        return None
+    total: List[List[int]] = []
+    for rank, rows in enumerate(per_rank):
+        total = add_ranges(total, rows, f"ranks 0..{rank - 1}" if rank else "no rank",
+                           f"rank {rank}")
+    return total
 
 
 def collect_distributed(forward_func: Callable[..., Any], components: ComponentSet, data: Any,

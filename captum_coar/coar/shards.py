@@ -184,9 +184,12 @@ def save_statistics(stats: Union[CollectedStatistics, SufficientStatistics],
     def tensors(part: Optional[SufficientStatistics]) -> Optional[Dict[str, torch.Tensor]]:
         return None if part is None else {k: v.detach().cpu() for k, v in part.to_dict().items()}
 
+    stats.check_rows()
     payload = {"format": _FORMAT, "version": 1, "train": tensors(stats.train),
                "validation": tensors(stats.validation),
-               "settings": json.dumps(stats.settings, sort_keys=True, default=str)}
+               "settings": json.dumps(stats.settings, sort_keys=True, default=str),
+               "rows": json.dumps([stats.train.rows, None if stats.validation is None else
+                                   stats.validation.rows])}
     target = Path(path)
     tmp = unique_temp_path(target)
     try:
@@ -210,11 +213,17 @@ def load_statistics(path: Union[str, "os.PathLike[str]"],
         raise ValueError(f"{str(path)!r} is not a captum_coar statistics file (save_statistics)")
     try:
         validation = payload["validation"]
-        return CollectedStatistics(
+        loaded = CollectedStatistics(
             SufficientStatistics.from_dict(payload["train"], device=device),
             None if validation is None else SufficientStatistics.from_dict(validation,
                                                                            device=device),
             json.loads(payload["settings"]))
+        rows = json.loads(payload.get("rows", "[null, null]"))
+        for part, covered in zip((loaded.train, loaded.validation), rows):
+            if part is not None:
+                part.rows = covered
+        loaded.check_rows(repr(str(path)))
+        return loaded
     except (KeyError, TypeError, ValueError, RuntimeError) as error:
         raise ValueError(f"{str(path)!r} is damaged: {type(error).__name__}: {error}") from error
 
@@ -296,6 +305,7 @@ def merge_statistics(sources: Union[Source, Sequence[Source]], *, validation_fra
             stats = item if isinstance(item, CollectedStatistics) else CollectedStatistics(item, None)
             known = stats.settings.get("rows")
             rows = None if known is None else rows_of(known)
+        stats.check_rows(label)
         parts.append((label, stats, rows))
     identified = [(label, stats) for label, stats, _ in parts if "probe" in stats.settings]
     unidentified = [label for label, stats, _ in parts if "probe" not in stats.settings]
@@ -325,6 +335,12 @@ def merge_statistics(sources: Union[Source, Sequence[Source]], *, validation_fra
         if (stats.train.n_components, stats.train.n_outputs) != (N, n):
             raise ValueError(f"{label} holds statistics of {stats.train.n_components} components"
                              f" x {stats.train.n_outputs} outputs, {parts[0][0]} of {N} x {n}")
+    for key in ("distributed", "files", "checksum", "progress_semantics", "created"):
+        settings.pop(key, None)
+    if "n_masks" in settings:  # rows counted twice are named by source before any sum
+        total = sum(s.train.count + (s.validation.count if s.validation is not None else 0)
+                    for _, s, _ in parts)
+        _check_rows(parts, int(settings["n_masks"]), total, require_complete, settings)
     train = SufficientStatistics(N, n, device=where)
     has_val = any(s.validation is not None for _, s, _ in parts)
     validation = SufficientStatistics(N, n, device=where) if has_val else None
@@ -332,11 +348,6 @@ def merge_statistics(sources: Union[Source, Sequence[Source]], *, validation_fra
         train.merge(stats.train)
         if stats.validation is not None and validation is not None:
             validation.merge(stats.validation)
-    for key in ("distributed", "files", "checksum", "progress_semantics", "created"):
-        settings.pop(key, None)
-    if "n_masks" in settings:
-        total = train.count + (validation.count if validation is not None else 0)
-        _check_rows(parts, int(settings["n_masks"]), total, require_complete, settings)
     return CollectedStatistics(train, validation, settings)
 
 

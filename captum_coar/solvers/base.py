@@ -170,6 +170,7 @@ def _check_stats_pair(stats: Any, validation_stats: Any, min_rows: int = 2) -> N
         raise TypeError(f"stats must be SufficientStatistics, got {type(stats).__name__}.")
     if stats.count < min_rows:
         raise ValueError(f"need at least {min_rows} rows (masks) to fit, got {stats.count}.")
+    stats.check_rows()  # a count that disagrees with the rows covered: rows added twice
     if validation_stats is None:
         return
     if not isinstance(validation_stats, SufficientStatistics):
@@ -188,6 +189,7 @@ def _check_stats_pair(stats: Any, validation_stats: Any, min_rows: int = 2) -> N
         )
     if validation_stats.count < 1:
         raise ValueError("validation_stats holds no rows.")
+    validation_stats.check_rows()
 
 
 class Solver(_Describable, ABC):

@@ -15,11 +15,29 @@ seen so far::
 in ``dtype`` (float64 by default) on ``device``. Memory is ``O(N^2 + N n)``, independent of
 ``m``. ``update(X, Y)`` adds a chunk; ``merge(other)`` adds another object's sums (chunks or
 machines in any order give the same statistics up to float rounding; with boolean masks
-``xtx`` and ``x_sum`` are exact). ``to_dict()`` / ``from_dict()`` expose the sums as plain
-tensors so ``torch.distributed.all_reduce`` or a ``.pt`` / ``.npz`` file can carry them.
+``xtx`` and ``x_sum`` are exact). ``to_dict()`` / ``from_dict()`` expose the sums (and
+``y_shift``, which is not a sum: see below) as plain tensors so
+``torch.distributed.all_reduce`` (:func:`captum_coar.coar.distributed.all_reduce_statistics`)
+or a ``.pt`` / ``.npz`` file can carry them.
 
 Non-finite outputs raise a ``ValueError`` naming the rows (global, counted from the first
 row this object saw) and columns where they occur.
+
+Rows: ``rows`` lists the mask rows the sums cover as ``[start, stop)`` runs when every
+``update`` said which rows it adds (``update(X, Y, rows=...)``, as collection does), else None
+(unknown). Adding a row twice -- by ``update``, ``merge`` or a second all-reduce -- raises
+``ValueError``, and :meth:`check_rows` (run by every solver's ``fit``) refuses statistics whose
+``count`` disagrees with their rows.
+
+Offset outputs: statistics in a dtype other than float64 (opt-in float32) accumulate the
+outputs minus ``y_shift``, the per-output mean of the first chunk they receive, so outputs
+with a large offset (e.g. logits near 1000) keep their precision (the centred sums are
+invariant to the shift). ``xty``, ``y_sum`` and ``y_sq_sum`` hold sums of ``Y - y_shift``;
+``y_shift`` is zero for float64, so there they are the plain sums. :meth:`means` gives the
+true means; ``merge`` and all-reduce bring the other part to this object's shift first.
+
+Memory: the constructor refuses, by name and with the bytes needed, statistics that would not
+fit in the device's available memory (:mod:`captum_coar.solvers._footprint`).
 
 From the sums, :meth:`centered` gives the centred cross products used by every solver and
 :meth:`mse` evaluates the mean squared error of any linear model ``b + X w`` on the rows the
@@ -29,9 +47,13 @@ the residual ``Y - X W`` of a fixed linear map (for fits that shrink toward a pr
 
 from __future__ import annotations
 
-from typing import Dict, Mapping, Optional, Tuple, Union
+from typing import Any, Dict, Mapping, Optional, Tuple, Union
 
+import numpy as np
 import torch
+
+from ._footprint import check_statistics_memory
+from ._ranges import RowRanges, add_ranges, count_rows, row_ranges
 
 __all__ = ["SufficientStatistics"]
 
@@ -85,13 +107,16 @@ class SufficientStatistics:
         self.n_outputs = n_outputs
         self.dtype = dtype
         self.device = torch.device(device) if device is not None else torch.device("cpu")
+        check_statistics_memory(n_components, n_outputs, dtype, self.device)
         dev = self.device
         self.xtx = torch.zeros((n_components, n_components), dtype=dtype, device=dev)
         self.xty = torch.zeros((n_components, n_outputs), dtype=dtype, device=dev)
         self.x_sum = torch.zeros((n_components,), dtype=dtype, device=dev)
         self.y_sum = torch.zeros((n_outputs,), dtype=dtype, device=dev)
         self.y_sq_sum = torch.zeros((n_outputs,), dtype=dtype, device=dev)
+        self.y_shift = torch.zeros((n_outputs,), dtype=dtype, device=dev)
         self.count = 0
+        self.rows: Optional[RowRanges] = []  # [start, stop) runs covered; None = unknown
 
     # -- accumulation -----------------------------------------------------------------
     def _check_chunk(self, X: torch.Tensor, Y: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -112,7 +137,9 @@ class SufficientStatistics:
             )
         if X.dtype.is_complex:
             raise ValueError(f"X must be bool or real, got dtype {X.dtype}.")
-        Y = Y.to(device=self.device, dtype=self.dtype)
+        Y = Y.to(device=self.device)
+        if not Y.is_floating_point() or Y.dtype == torch.float16 or Y.dtype == torch.bfloat16:
+            Y = Y.to(self.dtype)
         bad = ~torch.isfinite(Y)
         if bool(bad.any()):
             raise ValueError(_describe_nonfinite(bad, self.count, "Y (outputs)"))
@@ -124,9 +151,15 @@ class SufficientStatistics:
                 raise ValueError(_describe_nonfinite(bad, self.count, "X (masks)"))
         return X, Y
 
-    def update(self, X: torch.Tensor, Y: torch.Tensor) -> "SufficientStatistics":
-        """Add a chunk: ``X`` (r, N) bool or float keep masks, ``Y`` (r, n) outputs."""
+    def update(self, X: torch.Tensor, Y: torch.Tensor, rows: Any = None) -> "SufficientStatistics":
+        """Add a chunk: ``X`` (r, N) bool or float keep masks, ``Y`` (r, n) outputs, and
+        optionally the indices of the ``r`` mask rows (see the module docstring)."""
         X, Y = self._check_chunk(X, Y)
+        covered = self._rows_after(X.shape[0], rows)
+        if self.count == 0 and X.shape[0] and self.dtype != torch.float64:
+            self.y_shift = Y.to(torch.float64).mean(0).to(self.dtype)
+        Y = (Y - self.y_shift.to(Y.dtype)).to(self.dtype)
+        self.rows = covered
         rows = X.shape[0]
         step = max(1, min(_EXACT_FLOAT32_ROWS, _SUBCHUNK_ELEMENTS // max(1, self.n_components)))
         for lo in range(0, rows, step):
@@ -161,8 +194,44 @@ class SufficientStatistics:
             raise ValueError(f"X must have shape (rows, n_components), got {tuple(X.shape)}.")
         return cls(int(X.shape[1]), n_outputs, dtype=dtype, device=device).update(X, Y)
 
+    def _rows_after(self, n_rows: int, rows: Any) -> Optional[RowRanges]:
+        """The rows covered after adding ``n_rows`` rows with indices ``rows`` (None: unknown)."""
+        if n_rows == 0:
+            return self.rows
+        if rows is None or self.rows is None:
+            return None
+        index = np.asarray(torch.as_tensor(rows).cpu().numpy() if isinstance(rows, torch.Tensor)
+                           else rows, dtype=np.int64).reshape(-1)
+        unique = np.unique(index)
+        if index.size != n_rows or unique.size != n_rows:
+            raise ValueError(f"rows must give {n_rows} distinct row indices, one per row of X;"
+                             f" got {index.size} indices, {unique.size} distinct")
+        return add_ranges(self.rows, row_ranges(unique), "these statistics", "the chunk")
+
+    def check_rows(self) -> None:
+        """``ValueError`` unless ``count`` equals the number of rows covered (when known)."""
+        if self.rows is not None and count_rows(self.rows) != self.count:
+            raise ValueError(
+                f"these statistics count {self.count} rows but cover {count_rows(self.rows)}"
+                f" ({self.rows[:4]}{' ...' if len(self.rows) > 4 else ''} as [start, stop) runs):"
+                " some rows were added twice (e.g. statistics all-reduced twice) or the sums were"
+                " changed by hand; collect or merge them again")
+
+    def shift_to(self, shift: torch.Tensor) -> "SufficientStatistics":
+        """Re-express the sums relative to ``shift`` (n,) instead of ``y_shift`` (in place)."""
+        new = shift.to(device=self.device, dtype=self.dtype)
+        d = self.y_shift - new  # Y - new = (Y - y_shift) + d
+        if bool((d != 0).any()):
+            m = float(self.count)
+            self.y_sq_sum += 2.0 * d * self.y_sum + m * d * d
+            self.xty += torch.outer(self.x_sum, d)
+            self.y_sum += m * d
+        self.y_shift = new.clone()
+        return self
+
     def merge(self, other: "SufficientStatistics") -> "SufficientStatistics":
-        """Add ``other``'s sums into this object (in place) and return ``self``."""
+        """Add ``other``'s sums into this object (in place) and return ``self``; rows are not
+        counted twice (see the module docstring)."""
         if not isinstance(other, SufficientStatistics):
             raise TypeError(f"can only merge SufficientStatistics, got {type(other).__name__}.")
         if (other.n_components, other.n_outputs) != (self.n_components, self.n_outputs):
@@ -171,9 +240,18 @@ class SufficientStatistics:
                 f"(n_components, n_outputs) = {(self.n_components, self.n_outputs)} vs "
                 f"{(other.n_components, other.n_outputs)}."
             )
+        rows = (None if self.rows is None or other.rows is None else
+                add_ranges(self.rows, other.rows, "these statistics", "the other"))
+        if self.count == 0 and other.count:
+            self.y_shift = other.y_shift.to(device=self.device, dtype=self.dtype).clone()
+        part = other
+        if not torch.equal(other.y_shift.to(device=self.device, dtype=self.dtype), self.y_shift):
+            part = SufficientStatistics.from_dict(other.to_dict(), device=self.device)
+            part.shift_to(self.y_shift)
         for key in _KEYS[:-1]:
-            getattr(self, key).add_(getattr(other, key).to(device=self.device, dtype=self.dtype))
+            getattr(self, key).add_(getattr(part, key).to(device=self.device, dtype=self.dtype))
         self.count += other.count
+        self.rows = rows
         return self
 
     # -- serialisation ----------------------------------------------------------------
@@ -181,6 +259,7 @@ class SufficientStatistics:
         """The sums as tensors (``count`` as a 0-dim float64 tensor, so all_reduce SUM works)."""
         out = {key: getattr(self, key) for key in _KEYS[:-1]}
         out["count"] = torch.tensor(float(self.count), dtype=torch.float64, device=self.device)
+        out["y_shift"] = self.y_shift
         return out
 
     @classmethod
@@ -214,6 +293,13 @@ class SufficientStatistics:
                     f"state[{key!r}] must have shape {shape}, got {tuple(value.shape)}."
                 )
             setattr(stats, key, value.to(device=stats.device, dtype=dtype).clone())
+        if "y_shift" in state:
+            shift = torch.as_tensor(state["y_shift"])
+            if tuple(shift.shape) != (n_outputs,):
+                raise ValueError(f"state['y_shift'] must have shape {(n_outputs,)}, got"
+                                 f" {tuple(shift.shape)}.")
+            stats.y_shift = shift.to(device=stats.device, dtype=dtype).clone()
+        stats.rows = None  # tensors do not say which rows they cover
         count = float(torch.as_tensor(state["count"]).item())
         if count < 0 or count != round(count):
             raise ValueError(f"state['count'] must be a non-negative integer, got {count}.")
@@ -229,11 +315,12 @@ class SufficientStatistics:
     def means(self) -> Tuple[torch.Tensor, torch.Tensor]:
         """Column means of X (N,) and of Y (n,)."""
         self._require_rows(1)
-        return self.x_sum / self.count, self.y_sum / self.count
+        return self.x_sum / self.count, self.y_sum / self.count + self.y_shift
 
     def centered(self) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Centred sums ``Sxx`` (N, N), ``Sxy`` (N, n), ``Syy`` (n,) (not divided by m)."""
-        mx, my = self.means()
+        self._require_rows(1)
+        mx, my = self.x_sum / self.count, self.y_sum / self.count  # my of Y - y_shift
         m = self.count
         sxx = self.xtx - m * torch.outer(mx, mx)
         sxx = 0.5 * (sxx + sxx.T)
@@ -254,7 +341,9 @@ class SufficientStatistics:
         state["y_sum"] = self.y_sum - self.x_sum @ w
         state["y_sq_sum"] = (self.y_sq_sum - 2.0 * (w * self.xty).sum(0)
                              + (w * xtx_w).sum(0)).clamp_min(0.0)
-        return SufficientStatistics.from_dict(state, device=self.device)
+        result = SufficientStatistics.from_dict(state, device=self.device)
+        result.rows = None if self.rows is None else [list(r) for r in self.rows]
+        return result
 
     def mse(self, coef: torch.Tensor, intercept: torch.Tensor) -> torch.Tensor:
         """Mean squared error (n,) of ``intercept + X @ coef.T`` on the rows summarised.
@@ -288,3 +377,4 @@ class SufficientStatistics:
             f"n_outputs={self.n_outputs}, count={self.count}, dtype={self.dtype}, "
             f"device={self.device})"
         )
+

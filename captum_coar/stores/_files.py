@@ -10,28 +10,68 @@ Contract
   key ``"checksum"``; reading names the file when it is missing, empty, not JSON or damaged.
   Writes go to a uniquely named temporary file in the same directory, are flushed and
   ``fsync``-ed, then renamed over the target.
+- :func:`allocate_npy` creates a ``.npy`` file (``O_NOFOLLOW``: never through a link) and
+  reserves its data bytes on disk (``os.posix_fallocate``; where the system lacks it, zeros are
+  written), so a full disk is an ``OSError`` at allocation, never a ``SIGBUS`` in the middle of
+  a collection (the memory maps of sparse files fault when the disk fills up).
 - :class:`DirectoryLock`: an advisory, exclusive, non-blocking ``fcntl.flock`` on
   ``<directory>/.lock`` held while one process writes; a second writer (another process, or
   another store object in this one) gets ``RuntimeError`` naming the directory and the holder's
-  process id. The lock goes away with the process, so a killed writer never blocks a resume.
+  process id. The lock file is opened with ``O_NOFOLLOW``: a ``.lock`` that is a symbolic link,
+  not a regular file, or hard-linked elsewhere is refused (``ValueError``) and its target never
+  written. The lock goes away with the process, so a killed writer never blocks a resume.
+- :func:`named` turns an ``OSError`` raised while working on a file into one that names the
+  file, says what was being done, and what to do (``ENOSPC``, ``EFBIG`` under ``ulimit -f``,
+  ``EDQUOT``, ``EROFS``, ``EACCES``).
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import stat
 import uuid
 import zlib
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, Iterator, Optional, Tuple
 
 import numpy as np
 from numpy.lib import format as npy_format
 
+from ._ownership import NOFOLLOW
+
 __all__ = ["open_checked_npy", "read_json", "write_json_atomic", "DirectoryLock",
-           "unique_temp_path", "LOCK_FILE"]
+           "unique_temp_path", "LOCK_FILE", "allocate_npy", "named"]
 
 LOCK_FILE = ".lock"
+
+_ADVICE = {
+    errno.ENOSPC: "the disk is full: free space, or collect into a directory on another disk",
+    errno.EFBIG: ("the file would exceed the largest file this process may write (the shell's"
+                  " `ulimit -f`) or the file system allows: raise the limit, or lower n_masks"),
+    errno.EDQUOT: "the disk quota is exhausted: free space or ask for a larger quota",
+    errno.EROFS: "the file system is read-only: collect into a writable directory",
+    errno.EACCES: "permission denied: collect into a directory you may write",
+    errno.EPERM: "operation not permitted: collect into a directory you may write",
+}
+
+
+@contextmanager
+def named(path: Path, doing: str, where: str) -> Iterator[None]:
+    """Re-raise an ``OSError`` from the block as one naming ``path`` (same errno and class)."""
+    try:
+        yield
+    except OSError as error:
+        if getattr(error, "_named_by_store", False):
+            raise
+        advice = _ADVICE.get(error.errno or -1, "")
+        reason = error.strerror or str(error)
+        named_error = OSError(error.errno, f"{where}: {doing} {str(path)!r} failed: {reason}"
+                              + (f"; {advice}" if advice else ""), str(path))
+        named_error._named_by_store = True  # type: ignore[attr-defined]
+        raise named_error from error
 
 
 def unique_temp_path(target: Path) -> Path:
@@ -54,7 +94,12 @@ def _regular_file(path: Path, what: str) -> None:
 
 def _read_header(path: Path) -> Tuple[Tuple[int, ...], bool, np.dtype, int]:
     try:
-        with open(path, "rb") as handle:
+        handle = open(path, "rb")
+    except OSError as error:
+        with named(path, "opening", "the store"):
+            raise error
+    try:
+        with handle:
             version = npy_format.read_magic(handle)
             if version == (1, 0):
                 shape, fortran, dtype = npy_format.read_array_header_1_0(handle)
@@ -93,7 +138,51 @@ def open_checked_npy(path: Path, shape: Tuple[int, ...], dtype: np.dtype, mode: 
                          + "; ".join(problems) + ". The file is damaged or belongs to another"
                          " store; it is never padded or reinterpreted (collect into a new"
                          " directory, or restore the file)")
-    return np.load(path, mmap_mode=mode, allow_pickle=False)  # type: ignore[arg-type]
+    with named(path, "memory-mapping", what):
+        return np.load(path, mmap_mode=mode, allow_pickle=False)  # type: ignore[arg-type]
+
+
+def allocate_npy(path: Path, shape: Tuple[int, ...], dtype: np.dtype, what: str) -> int:
+    """Create ``path`` as a zeroed ``.npy`` of ``shape`` and ``dtype`` with its bytes reserved on
+    disk; returns the file's size. Never follows a link; ``OSError`` (named) when the disk is
+    full or the file too large."""
+    dtype = np.dtype(dtype)
+    header = {"descr": npy_format.dtype_to_descr(dtype), "fortran_order": False,
+              "shape": tuple(int(v) for v in shape)}
+    with named(path, "creating", what):
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | NOFOLLOW, 0o644)
+    try:
+        with named(path, f"allocating {_data_bytes(shape, dtype)} bytes for", what):
+            with os.fdopen(os.dup(fd), "wb") as handle:
+                npy_format.write_array_header_1_0(handle, header)
+            offset = os.lseek(fd, 0, os.SEEK_END)
+            _reserve(fd, offset, _data_bytes(shape, dtype))
+            os.fsync(fd)
+            return offset + _data_bytes(shape, dtype)
+    finally:
+        os.close(fd)
+
+
+def _data_bytes(shape: Tuple[int, ...], dtype: np.dtype) -> int:
+    return int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+
+
+def _reserve(fd: int, offset: int, size: int) -> None:
+    """Reserve ``size`` zero bytes at ``offset`` for real (not a sparse hole)."""
+    if size <= 0:
+        return
+    if hasattr(os, "posix_fallocate"):
+        try:
+            os.posix_fallocate(fd, offset, size)
+            return
+        except OSError as error:  # not supported here: write the zeros instead
+            if error.errno not in (errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+                raise
+    block = bytes(1 << 20)
+    os.lseek(fd, offset, os.SEEK_SET)
+    left = size
+    while left:
+        left -= os.write(fd, block[:min(left, len(block))])
 
 
 def _content_checksum(record: Dict[str, Any]) -> int:
@@ -126,11 +215,12 @@ def write_json_atomic(path: Path, record: Dict[str, Any]) -> int:
     record["checksum"] = _content_checksum(record)
     tmp = unique_temp_path(path)
     try:
-        with open(tmp, "w", encoding="utf-8") as handle:
-            json.dump(record, handle, indent=1, sort_keys=True)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
+        with named(path, "writing", "the store"):
+            with open(tmp, "x", encoding="utf-8") as handle:
+                json.dump(record, handle, indent=1, sort_keys=True)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp, path)
     finally:
         if tmp.exists():
             tmp.unlink()
@@ -142,43 +232,63 @@ class DirectoryLock:
 
     def __init__(self, directory: Path) -> None:
         self.directory = directory
-        self._handle: Optional[Any] = None
+        self._fd: Optional[int] = None
 
     @property
     def held(self) -> bool:
-        return self._handle is not None
+        return self._fd is not None
 
     def acquire(self) -> None:
-        if self._handle is not None:
+        if self._fd is not None:
             return
         import fcntl
 
-        self.directory.mkdir(parents=True, exist_ok=True)
-        handle = open(self.directory / LOCK_FILE, "a+", encoding="utf-8")
+        path = self.directory / LOCK_FILE
+        with named(self.directory, "creating the directory", "the store"):
+            self.directory.mkdir(parents=True, exist_ok=True)
         try:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | NOFOLLOW, 0o644)
+        except OSError as error:
+            if error.errno == errno.ELOOP or path.is_symlink():
+                raise ValueError(_not_own_lock(path, "is a symbolic link (to"
+                                               f" {os.readlink(path)!r})")) from None
+            with named(path, "opening the lock file", "the store"):
+                raise error
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode) or info.st_nlink != 1:
+            os.close(fd)
+            what = ("is not a regular file" if not stat.S_ISREG(info.st_mode) else
+                    f"has {info.st_nlink} hard links (it is also another file)")
+            raise ValueError(_not_own_lock(path, what))
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
-            handle.seek(0)
-            holder = handle.read().strip() or "unknown"
-            handle.close()
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
             raise RuntimeError(
                 f"the store at {str(self.directory)!r} is being written by another process or"
                 f" store object (lock held by pid {holder}); only one writer at a time. Wait for"
                 " it to finish (then re-running resumes), or collect into another directory"
             ) from None
-        handle.seek(0)
-        handle.truncate()
-        handle.write(str(os.getpid()))
-        handle.flush()
-        self._handle = handle
+        with named(path, "writing the lock file", "the store"):
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, str(os.getpid()).encode(), 0)
+        self._fd = fd
 
     def release(self) -> None:
-        if self._handle is None:
+        if self._fd is None:
             return
         import fcntl
 
         try:
-            fcntl.flock(self._handle.fileno(), fcntl.LOCK_UN)
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
         finally:
-            self._handle.close()
-            self._handle = None
+            os.close(self._fd)
+            self._fd = None
+
+
+def _not_own_lock(path: Path, what: str) -> str:
+    return (f"the store's lock file {str(path)!r} {what}; a store writes only its own regular"
+            " files and never writes through a link (the target would be overwritten), so"
+            " nothing was written. Remove that entry (it is not this store's lock) or collect"
+            " into a new directory")

@@ -336,20 +336,26 @@ class MaskOutputStore(ABC):
 
         Every chunk's checksums are verified before it is returned.
         """
+        for _, masks, outputs in self._verified_chunks(rows, chunk_rows):
+            yield masks, outputs
+
+    def _verified_chunks(self, rows: RowSelection,
+                         chunk_rows: int) -> Iterator[Tuple[np.ndarray, Tensor, Tensor]]:
+        """``(row indices, masks, outputs)`` of complete, verified selected rows, by chunk."""
         index = self.rows(rows)
         self.check_complete(index)
         for start in range(0, len(index), chunk_rows):
             part = index[start:start + chunk_rows]
             self._check_rows(part)
-            yield self.read_masks(part), self.read_outputs(part)
+            yield part, self.read_masks(part), self.read_outputs(part)
 
     def statistics(self, rows: RowSelection = None, dtype: torch.dtype = torch.float64,
                    device: Optional[Union[str, torch.device]] = None,
                    chunk_rows: int = 4096) -> SufficientStatistics:
         """Sufficient statistics of the selected (complete, verified) rows."""
         stats = SufficientStatistics(self.n_components, self.n_examples, dtype=dtype, device=device)
-        for masks, outputs in self.iter_chunks(rows, chunk_rows):
-            stats.update(masks, outputs)
+        for part, masks, outputs in self._verified_chunks(rows, chunk_rows):
+            stats.update(masks, outputs, rows=part)
         return stats
 
     def __repr__(self) -> str:

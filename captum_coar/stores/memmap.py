@@ -11,8 +11,10 @@ Contract
     outputs.npy     float32 (m, n): the output of every example under every mask
     progress.npy    int64 (m,): examples written per row; row r is complete when it equals n
     checksums.npy   uint32 (m,): CRC-32 of each complete row's packed mask and outputs
-    .lock           advisory lock held while a process writes (temporary files ``.*.tmp``
-                    that a killed writer left are removed by the next one)
+    .lock           advisory lock held while a process writes (the store's own temporary
+                    files ``.<name>.<pid>[.<hex>].tmp`` that a killed writer left are removed
+                    by the next one)
+    .captum_coar_store  the marker that claims the directory for a store
 
 Every array file is a standard ``.npy`` that ``numpy.load(..., mmap_mode="r")`` opens without
 pickle. Opening checks every file before mapping it (a regular file, not a link; header, dtype,
@@ -20,22 +22,40 @@ shape and exact size as the metadata says: :func:`captum_coar.stores._files.open
 and never pads a short file. Writes go to the memory maps; :meth:`commit` flushes masks,
 outputs and checksums to disk *before* it advances and flushes ``progress``, so a killed
 process leaves rows that are either recorded as done (their data is on disk) or redone on
-resume. A directory without ``metadata.json`` holds no valid data and is re-initialised (under
-the lock). Writing requires :meth:`writing` (one writer at a time); a second writer is refused
-with ``RuntimeError``. Errors about damaged files name the file.
+resume. A marked directory without ``metadata.json`` holds no valid data and is re-initialised
+(under the lock). Writing requires :meth:`writing` (one writer at a time); a second writer is
+refused with ``RuntimeError``. Errors about damaged files name the file.
+
+A store touches only what is its own (:mod:`captum_coar.stores._ownership`): a non-empty
+directory that is not a store is refused before anything is written there; files are created
+with ``O_NOFOLLOW`` and their bytes reserved on disk (:func:`~captum_coar.stores._files.
+allocate_npy`), so a full disk is an ``OSError`` naming the store, the file and the bytes
+missing before any row is collected; every ``OSError`` names its file. While a writer holds the
+lock, the directory and files are checked at every commit and before :meth:`writing` returns:
+a store deleted or replaced during a collection raises ``RuntimeError``, never a "complete"
+store that exists nowhere.
 """
 
 from __future__ import annotations
 
+import errno
 import os
+import shutil
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Dict, Iterator, Optional, Union
 
 import numpy as np
-from numpy.lib.format import open_memmap
 
-from ._files import DirectoryLock, open_checked_npy, read_json, write_json_atomic
+from ._files import (
+    DirectoryLock,
+    allocate_npy,
+    named,
+    open_checked_npy,
+    read_json,
+    write_json_atomic,
+)
+from ._ownership import Place, claim, remove_own_temps
 from .base import FORMAT_VERSION, MaskOutputStore
 from .memory import _output_dtype
 
@@ -63,6 +83,7 @@ class MemmapStore(MaskOutputStore):
         self.dtype = dtype
         self.read_only = read_only
         self._lock = DirectoryLock(self.path)
+        self._place: Optional[Place] = None
 
     def _describe_location(self) -> str:
         return f"the store at {str(self.path)!r}"
@@ -77,14 +98,23 @@ class MemmapStore(MaskOutputStore):
         if self.read_only:
             raise ValueError(f"{self._describe_location()} was opened read-only; open it with"
                              " read_only=False to write")
+        where = self._describe_location()
+        claim(self.path)  # refuses a directory of someone else's files before writing there
         self._lock.acquire()
         try:
-            for stale in self.path.glob(".*.tmp"):  # left by a writer killed mid-write
-                stale.unlink()
+            with named(self.path, "removing temporary files in", where):
+                remove_own_temps(self.path)  # left by a writer killed mid-write
+            self._place = Place(self.path, where)
             self._metadata = None  # another writer may have changed the files before the lock
             yield self
+            self._check_place()  # never report rows complete that exist nowhere
         finally:
+            self._place = None
             self._lock.release()
+
+    def _check_place(self) -> None:
+        if self._place is not None:
+            self._place.check()
 
     def _before_write(self) -> None:
         if not self.read_only and not self._lock.held:
@@ -123,6 +153,8 @@ class MemmapStore(MaskOutputStore):
                              " is damaged (collect into a new directory)")
         self._salt = int(metadata["checksum"])
         self._metadata = metadata
+        if self._place is not None:
+            self._place.remember()
         return metadata
 
     def _allocate(self, metadata: Dict[str, Any]) -> None:
@@ -131,16 +163,26 @@ class MemmapStore(MaskOutputStore):
         self._before_write()
         dtype = _output_dtype(self.dtype)
         m, N, n = (int(metadata[k]) for k in ("n_masks", "n_components", "n_examples"))
-        self.path.mkdir(parents=True, exist_ok=True)
         specs: Dict[str, Any] = {"masks": ((m, (N + 7) // 8), np.uint8), "outputs": ((m, n), dtype),
                  "progress": ((m,), np.int64), "checksums": ((m,), np.uint32)}
-        arrays = {}
-        for key, (shape, dt) in specs.items():
-            file = self.path / _FILES[key]
-            if file.is_symlink():
-                file.unlink()  # never write through a link into another store
-            arrays[key] = open_memmap(file, mode="w+", dtype=dt, shape=shape)
-            arrays[key].flush()
+        where = self._describe_location()
+        created = []
+        try:
+            for key, (shape, dt) in specs.items():
+                file = self.path / _FILES[key]
+                if file.is_symlink():
+                    file.unlink()  # an own name: remove the link, never write through it
+                created.append(file)
+                allocate_npy(file, shape, np.dtype(dt), where)
+        except OSError as error:
+            for file in created:  # give the space back: a store without metadata holds nothing
+                if file.exists() and not file.is_symlink():
+                    file.unlink()
+            if error.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise self._disk_full(error, created[-1], specs) from error
+            raise
+        arrays = {key: open_checked_npy(self.path / _FILES[key], shape, np.dtype(dt), "r+", where)
+                  for key, (shape, dt) in specs.items()}
         self._masks, self._outputs = arrays["masks"], arrays["outputs"]
         self._progress, self._checksums = arrays["progress"], arrays["checksums"]
         record = dict(metadata)
@@ -149,13 +191,29 @@ class MemmapStore(MaskOutputStore):
         record["progress_semantics"] = ("progress[r] = examples written for mask row r; row r is"
                                         " complete when progress[r] == n_examples")
         self._salt = write_json_atomic(self.metadata_path, record)
+        if self._place is not None:
+            self._place.remember()
+
+    def _disk_full(self, error: OSError, file: Path, specs: Dict[str, Any]) -> OSError:
+        """The ``OSError`` of a full disk: the store, the file, and the bytes missing."""
+        needed = sum(128 + int(np.prod(shape, dtype=np.int64)) * np.dtype(dt).itemsize
+                     for shape, dt in specs.values())
+        free = shutil.disk_usage(self.path).free
+        return OSError(error.errno, f"{self._describe_location()}: reserving {str(file)!r} on"
+                       f" disk failed: {error.strerror}. The store needs {needed} bytes, the disk"
+                       f" has {free} free ({max(needed - free, 0)} bytes missing; the files"
+                       " made were removed and nothing was collected). Free disk space, collect"
+                       " into a directory on another disk, or lower n_masks", str(file))
 
     def _flush_data(self) -> None:
         self._before_write()
-        self._masks.flush()
-        self._outputs.flush()
-        self._checksums.flush()
+        self._check_place()
+        for key in ("masks", "outputs", "checksums"):
+            with named(self.path / _FILES[key], "flushing", self._describe_location()):
+                getattr(self, f"_{key}").flush()
 
     def _flush_progress(self) -> None:
         self._before_write()
-        self._progress.flush()
+        self._check_place()
+        with named(self.path / _FILES["progress"], "flushing", self._describe_location()):
+            self._progress.flush()

@@ -41,6 +41,8 @@ from .visualization import (output_label, plot_component_attributions, plot_corr
 from .patching import PatchingResult, activation_patching
 from .patching_plots import plot_patching_grid
 from .positions import at_positions, residual_stream
+from .dictionaries import Dictionary, dictionary_latents
+from .sparse_autoencoder import SparseAutoencoder, train_sparse_autoencoder
 from .edits import WeightEdit, ablate_persistently, zero_components
 from .editing import (EditCurve, EditResult, apply_edit, choose_k, coar_edit, component_scores,
                       edit_curve, edit_masks, edited_state_dict, select_components)
@@ -51,6 +53,7 @@ __all__ = [
     # components
     "ComponentGroup", "ComponentSet", "conv_filters", "linear_neurons", "attention_heads",
     "mlp_neurons", "residual_stream", "at_positions",
+    "Dictionary", "dictionary_latents", "SparseAutoencoder", "train_sparse_autoencoder",
     # ablation and gates
     "AblationStrategy", "ZeroAblation", "WeightAblation", "ConstantAblation", "MeanAblation",
     "ResampleAblation", "PatchAblation", "resolve_ablation", "fitted_ablation", "ComponentGates", "ablated",

@@ -14,7 +14,9 @@ fails part-way, whatever was registered is removed before the error propagates. 
 not a tensor (the tuple output of ``nn.LSTM``) raises, unless the group declares
 ``output_index`` (then that element of a tuple output is the site and the rest passes
 through untouched); otherwise it raises a ``TypeError`` naming the module and the
-``site="input"`` alternative (:func:`site_tensor`).
+``site="input"`` alternative (:func:`site_tensor`). For a group with a ``dictionary`` (:mod:`captum_coar.dictionaries`)
+the activation :meth:`SiteHooks.on_activation` sees is the dictionary's latent vector, and
+the site becomes ``a + decode(latents returned) - decode(latents)``.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from torch import Tensor, nn
 
 from ._attention_patch import patch_multihead_attention, unpatch_multihead_attention
 from .components import ComponentGroup, ComponentSet
+from .experts import routing_hooks
 
 __all__ = ["SiteHooks", "site_tensor"]
 
@@ -52,6 +55,9 @@ class SiteHooks:
                 if group.site == "output":
                     self._handles.append(
                         module.register_forward_hook(self._output_hook(position, group)))
+                elif group.site == "routing":  # mixture-of-experts routing weights
+                    self._handles += routing_hooks(
+                        self.components.model, group, self._routing_visit(position, group, module))
                 else:
                     self._handles.append(
                         module.register_forward_pre_hook(self._input_hook(position, group)))
@@ -77,23 +83,41 @@ class SiteHooks:
                 element = site_tensor(group, module, output[index] if len(output) > index
                                       else None)
                 items = list(output)
-                items[index] = self._batch_first(position, group, module, element)
+                items[index] = self._batch_first(position, group, module, element, args)
                 return type(output)(items) if isinstance(output, list) else tuple(items)
-            return self._batch_first(position, group, module, site_tensor(group, module, output))
+            return self._batch_first(position, group, module, site_tensor(group, module, output),
+                                     args)
         return hook
 
     def _batch_first(self, position: int, group: ComponentGroup, module: nn.Module,
-                     activation: Tensor) -> Tensor:
-        """:meth:`on_activation` on the batch-first view of a group's activation."""
+                     activation: Tensor, args: Tuple[Any, ...] = ()) -> Tensor:
+        """:meth:`on_activation` on the batch-first view of a group's activation (through the
+        group's dictionary, which may read the module's first input ``args[0]``)."""
+        source = args[0] if group.dictionary is not None and args else None
         if group.batch_axis == 0:
-            return self.on_activation(position, group, module, activation)
+            return self._visit(position, group, module, activation, source)
         if activation.dim() <= group.batch_axis:
             raise ValueError(
                 f"module {group.module_name!r}: batch_axis={group.batch_axis} but its"
                 f" {group.site} has only {activation.dim()} axes {tuple(activation.shape)}")
-        moved = self.on_activation(position, group, module,
-                                   activation.movedim(group.batch_axis, 0))
+        if isinstance(source, Tensor) and source.dim() > group.batch_axis:
+            source = source.movedim(group.batch_axis, 0)
+        moved = self._visit(position, group, module, activation.movedim(group.batch_axis, 0),
+                            source)
         return moved.movedim(0, group.batch_axis)
+
+    def _visit(self, position: int, group: ComponentGroup, module: nn.Module,
+               activation: Tensor, source: Any) -> Tensor:
+        """:meth:`on_activation` on the activation, or on the latents of a dictionary group."""
+        if group.dictionary is None:
+            return self.on_activation(position, group, module, activation)
+        return group.dictionary.substitute(
+            group, activation, source,
+            lambda latents: self.on_activation(position, group, module, latents))
+
+    def _routing_visit(self, position: int, group: ComponentGroup,
+                       module: nn.Module) -> Callable[[Tensor], Tensor]:
+        return lambda weights: self._batch_first(position, group, module, weights)
 
     def _input_hook(self, position: int, group: ComponentGroup) -> Callable:
         def hook(module: nn.Module, args: Tuple[Any, ...]) -> Tuple[Any, ...]:

@@ -116,8 +116,8 @@ class WeightAblation(AblationStrategy):
 
     def replacement(self, group, module, activation, example_index=None):
         bias = getattr(module, "bias", None)
-        if group.site == "input" or bias is None:
-            return 0.0
+        if group.site == "input" or bias is None or group.dictionary is not None:
+            return 0.0  # a dictionary latent whose decoder row is zeroed contributes nothing
         if not (isinstance(module, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)) or is_hf_conv1d(module)):
             raise TypeError(
                 f"ablation='weights' on module {group.module_name!r} ({type(module).__name__}):"

@@ -18,7 +18,8 @@ Selectors for the common kinds live one layer up, in :mod:`captum_coar.selectors
 this module imports nothing above it) and selects by kind and by name pattern, and
 :meth:`ComponentSet.subset` filters with the same kind vocabulary (``KINDS``): each unit word
 maps to one kind (``filter`` -> ``conv_filters``, ``neuron`` -> ``linear_neurons``, ``head`` and
-``cross_head`` -> ``attention_heads``, ``mlp_neuron`` -> ``mlp_neurons``).
+``cross_head`` -> ``attention_heads``, ``mlp_neuron`` -> ``mlp_neurons``, ``expert`` ->
+``moe_experts``: a mixture-of-experts expert, site ``"routing"``, :mod:`captum_coar.experts`).
 :meth:`ComponentSet.summary` prints one screen of groups and counts. Bad specifications raise
 ``ValueError`` / ``TypeError`` naming the module and what was expected.
 
@@ -31,6 +32,11 @@ from the end of the sequence) or a ``(name, per-example indices)`` pair, e.g.
 (:func:`check_example_positions` refuses another batch size). ``output_index=0`` makes the
 first element of a tuple output the site (a transformer block's hidden states).
 :mod:`captum_coar.positions` builds such groups.
+
+Dictionary latents: a group may declare a ``dictionary`` (a sparse autoencoder or transcoder
+trained on the site); its units are then the dictionary's latents, labelled
+``.../latent[17]``, and the group's fields (with the dictionary's name and parameter hash)
+enter :attr:`ComponentSet.fingerprint`. :mod:`captum_coar.dictionaries` builds such groups.
 
 Weight layouts are explicit: a ``neuron`` of ``nn.Linear`` is row ``weight[j, :]``; a neuron
 of Hugging Face's ``Conv1D`` (weight stored ``[in, out]``) is column ``weight[:, j]``; both
@@ -60,13 +66,14 @@ __all__ = [
     "KINDS",
 ]
 
-SITES: Tuple[str, ...] = ("output", "input")
+SITES: Tuple[str, ...] = ("output", "input", "routing")
 KINDS: Tuple[str, ...] = ("conv_filters", "linear_neurons", "attention_heads", "mlp_neurons",
-                          "residual_stream")
+                          "residual_stream", "moe_experts")
 #: unit word of a group -> the selection kind it belongs to (custom words are their own kind)
 UNIT_KINDS: Dict[str, str] = {"filter": "conv_filters", "neuron": "linear_neurons",
                               "head": "attention_heads", "cross_head": "attention_heads",
-                              "mlp_neuron": "mlp_neurons", "residual": "residual_stream"}
+                              "mlp_neuron": "mlp_neurons", "residual": "residual_stream",
+                              "expert": "moe_experts"}
 
 NamePatterns = Union[None, str, Sequence[str], Callable[[str], bool]]
 
@@ -84,7 +91,9 @@ class ComponentGroup:
         module_name: name of the module in ``model.named_modules()``.
         kind: label word for a unit, e.g. ``"filter"``, ``"neuron"``, ``"head"``.
         n_units: units along ``unit_axis`` (components = units x positions).
-        site: ``"output"`` (the module's output) or ``"input"`` (its first positional input).
+        site: ``"output"`` (the module's output), ``"input"`` (its first positional input)
+            or ``"routing"`` (the routing weights a mixture-of-experts experts container
+            receives, one unit per expert: :mod:`captum_coar.experts`).
         unit_axis: axis of the activation (batch is axis 0) that holds the units.
         unit_size: features per unit along ``unit_axis`` (``head_dim`` for heads).
         positions: token positions, each an int or a ``(name, per-example indices)`` pair;
@@ -94,6 +103,9 @@ class ComponentGroup:
         batch_axis: the activation axis that holds the batch (1 for sequence-first
             ``(seq, batch, features)`` layouts). Hooks move it to axis 0 before anything else,
             so ``unit_axis`` and ``position_axis`` count in that batch-first view.
+        dictionary: a :class:`~captum_coar.dictionaries.Dictionary` (sparse autoencoder or
+            transcoder) whose latents are the units (kind ``"latent"``); the hooks then gate
+            its latent vector, not the site's features (see :mod:`captum_coar.dictionaries`).
     """
 
     module_name: str
@@ -106,6 +118,7 @@ class ComponentGroup:
     position_axis: int = 1
     output_index: Optional[int] = None
     batch_axis: int = 0
+    dictionary: Optional[Any] = None
 
     def __post_init__(self) -> None:
         if self.site not in SITES:
@@ -131,6 +144,8 @@ class ComponentGroup:
             raise ValueError(
                 f"group {self.module_name!r}: position_axis={self.position_axis} must differ"
                 f" from the batch axis 0 and from unit_axis={self.unit_axis}")
+        if self.dictionary is not None:
+            self.dictionary.check_group(self)
 
     @property
     def width(self) -> int:
@@ -340,7 +355,7 @@ class ComponentSet:
         return text
 
     def describe(self) -> List[dict]:
-        return [asdict(g) for g in self.groups]
+        return [_record(g) for g in self.groups]
 
     @property
     def fingerprint(self) -> str:
@@ -349,7 +364,7 @@ class ComponentSet:
         for g in self.groups:
             module = self.module(g)
             shapes = {k: list(v.shape) for k, v in module.named_parameters(recurse=False)}
-            payload.append({"group": asdict(g), "type": type(module).__name__, "params": shapes})
+            payload.append({"group": _record(g), "type": type(module).__name__, "params": shapes})
         text = json.dumps(payload, sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
@@ -387,6 +402,15 @@ class ComponentSet:
         if positions is not None:
             groups = [replace(g, positions=tuple(positions)) for g in groups]
         return cls(model, groups)
+
+
+def _record(group: ComponentGroup) -> dict:
+    """The group's fields as a dict (JSON-ready); ``dictionary`` only when the group has one, so
+    groups without a dictionary keep the fingerprint they had before the field existed."""
+    record = asdict(group)
+    if record["dictionary"] is None:
+        del record["dictionary"]
+    return record
 
 
 def model_device(model: nn.Module) -> torch.device:

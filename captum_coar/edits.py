@@ -177,6 +177,13 @@ class WeightEdit:
 
 
 def _weight_index(group: ComponentGroup, module: nn.Module, unit: int) -> Any:
+    if group.dictionary is not None:
+        raise ValueError(
+            f"group {group.module_name!r} holds the latents of dictionary"
+            f" {group.dictionary.name!r}: a latent is no slice of any weight of the model, so no"
+            " weight edit (zero_components, apply_edit or edited_state_dict with 'weights' or"
+            " 'zero') removes it. Ablate latents with hooks: ablate_persistently(components,"
+            " keep_mask, ablation='zero')")
     if group.positions:
         raise ValueError(
             f"group {group.module_name!r} is at token positions: a weight is shared by every"

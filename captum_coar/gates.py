@@ -180,6 +180,8 @@ class ComponentGates(SiteHooks):
         """
         if group.site != "output" or activation.requires_grad or gate.requires_grad:
             return False
+        if group.dictionary is not None:  # the latents: the dictionary still decodes them
+            return False
         if _has_tangent(activation) or _has_tangent(gate):
             return False
         if not (type(module) in _FRESH_OUTPUT_TYPES or is_hf_conv1d(module)):

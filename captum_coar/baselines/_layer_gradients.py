@@ -36,7 +36,8 @@ from ..components import ComponentGroup, ComponentSet
 from ..gates import ComponentGates
 from ..outputs import OutputFunction
 
-__all__ = ["SiteRecorder", "site_gradients", "gate_gradients", "per_component", "point_chunks",
+__all__ = ["SiteRecorder", "site_gradients", "gate_gradients", "per_component", "refuse_latents",
+           "point_chunks",
            "scaled_path", "path_site_gradients", "forward_values"]
 
 
@@ -111,8 +112,10 @@ def forward_values(forward_func: Callable[..., Any], hooks: Optional[ComponentGa
 def per_component(group: ComponentGroup, tensor: Tensor) -> Tensor:
     """Sum an activation-shaped ``(rows, ...)`` tensor within each unit: ``(rows, n_units)``.
 
-    Groups at token positions are refused: these sums run over every position.
+    Groups at token positions are refused: these sums run over every position; so are
+    dictionary latents (:func:`refuse_latents`).
     """
+    refuse_latents(group)
     if group.positions:
         raise ValueError(
             f"group {group.module_name!r} declares token positions {list(group.positions)[:4]},"
@@ -129,6 +132,18 @@ def per_component(group: ComponentGroup, tensor: Tensor) -> Tensor:
         )
     moved = tensor.movedim(axis, -1)
     return moved.reshape(tensor.shape[0], -1, group.n_units, group.unit_size).sum(dim=(1, 3))
+
+
+def refuse_latents(group: ComponentGroup) -> None:
+    """``ValueError`` for a group of dictionary latents: they are no slice of the site's
+    features (or of a weight), which methods summing per unit rely on."""
+    if group.dictionary is not None:
+        raise ValueError(
+            f"group {group.module_name!r} holds the latents of dictionary"
+            f" {group.dictionary.name!r}, but this method sums the site's features (or weights)"
+            " per unit and a latent is no slice of them. Use a gate method for latents:"
+            " ComponentAblation, ComponentAttributionPatching, ComponentAtPStar,"
+            " ComponentIntegratedGradients or COAR (ComponentAblationRegression)")
 
 
 def point_chunks(n_points: int, n_examples: int, internal_batch_size: Optional[int]) -> Iterator[range]:

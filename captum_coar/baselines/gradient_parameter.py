@@ -38,7 +38,7 @@ from ._base import (
     format_inputs,
     format_result,
 )
-from ._layer_gradients import SiteRecorder, per_component, site_gradients
+from ._layer_gradients import SiteRecorder, per_component, refuse_latents, site_gradients
 
 __all__ = ["ComponentGradientXParameter"]
 
@@ -46,6 +46,7 @@ _CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
 
 def _check_weight_component(group: ComponentGroup, module: nn.Module) -> None:
+    refuse_latents(group)
     linear = isinstance(module, nn.Linear) or is_hf_conv1d(module)
     ok = (linear or isinstance(module, _CONV)) if group.site == "output" else linear
     if not ok:

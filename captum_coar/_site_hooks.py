@@ -27,7 +27,6 @@ from torch import Tensor, nn
 
 from ._attention_patch import patch_multihead_attention, unpatch_multihead_attention
 from .components import ComponentGroup, ComponentSet
-from .experts import routing_hooks
 
 __all__ = ["SiteHooks", "site_tensor"]
 
@@ -55,9 +54,6 @@ class SiteHooks:
                 if group.site == "output":
                     self._handles.append(
                         module.register_forward_hook(self._output_hook(position, group)))
-                elif group.site == "routing":  # mixture-of-experts routing weights
-                    self._handles += routing_hooks(
-                        self.components.model, group, self._routing_visit(position, group, module))
                 else:
                     self._handles.append(
                         module.register_forward_pre_hook(self._input_hook(position, group)))
@@ -114,10 +110,6 @@ class SiteHooks:
         return group.dictionary.substitute(
             group, activation, source,
             lambda latents: self.on_activation(position, group, module, latents))
-
-    def _routing_visit(self, position: int, group: ComponentGroup,
-                       module: nn.Module) -> Callable[[Tensor], Tensor]:
-        return lambda weights: self._batch_first(position, group, module, weights)
 
     def _input_hook(self, position: int, group: ComponentGroup) -> Callable:
         def hook(module: nn.Module, args: Tuple[Any, ...]) -> Tuple[Any, ...]:

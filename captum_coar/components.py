@@ -18,8 +18,7 @@ Selectors for the common kinds live one layer up, in :mod:`captum_coar.selectors
 this module imports nothing above it) and selects by kind and by name pattern, and
 :meth:`ComponentSet.subset` filters with the same kind vocabulary (``KINDS``): each unit word
 maps to one kind (``filter`` -> ``conv_filters``, ``neuron`` -> ``linear_neurons``, ``head`` and
-``cross_head`` -> ``attention_heads``, ``mlp_neuron`` -> ``mlp_neurons``, ``expert`` ->
-``moe_experts``: a mixture-of-experts expert, site ``"routing"``, :mod:`captum_coar.experts`).
+``cross_head`` -> ``attention_heads``, ``mlp_neuron`` -> ``mlp_neurons``).
 :meth:`ComponentSet.summary` prints one screen of groups and counts. Bad specifications raise
 ``ValueError`` / ``TypeError`` naming the module and what was expected.
 
@@ -66,14 +65,13 @@ __all__ = [
     "KINDS",
 ]
 
-SITES: Tuple[str, ...] = ("output", "input", "routing")
+SITES: Tuple[str, ...] = ("output", "input")
 KINDS: Tuple[str, ...] = ("conv_filters", "linear_neurons", "attention_heads", "mlp_neurons",
-                          "residual_stream", "moe_experts")
+                          "residual_stream")
 #: unit word of a group -> the selection kind it belongs to (custom words are their own kind)
 UNIT_KINDS: Dict[str, str] = {"filter": "conv_filters", "neuron": "linear_neurons",
                               "head": "attention_heads", "cross_head": "attention_heads",
-                              "mlp_neuron": "mlp_neurons", "residual": "residual_stream",
-                              "expert": "moe_experts"}
+                              "mlp_neuron": "mlp_neurons", "residual": "residual_stream"}
 
 NamePatterns = Union[None, str, Sequence[str], Callable[[str], bool]]
 
@@ -91,9 +89,7 @@ class ComponentGroup:
         module_name: name of the module in ``model.named_modules()``.
         kind: label word for a unit, e.g. ``"filter"``, ``"neuron"``, ``"head"``.
         n_units: units along ``unit_axis`` (components = units x positions).
-        site: ``"output"`` (the module's output), ``"input"`` (its first positional input)
-            or ``"routing"`` (the routing weights a mixture-of-experts experts container
-            receives, one unit per expert: :mod:`captum_coar.experts`).
+        site: ``"output"`` (the module's output) or ``"input"`` (its first positional input).
         unit_axis: axis of the activation (batch is axis 0) that holds the units.
         unit_size: features per unit along ``unit_axis`` (``head_dim`` for heads).
         positions: token positions, each an int or a ``(name, per-example indices)`` pair;

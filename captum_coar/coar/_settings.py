@@ -178,8 +178,9 @@ def check_store_size(n_masks: int, n_components: int, n_examples: int, itemsize:
             f"n_masks={n_masks} needs a store of {_size(needed)} ({n_masks} rows x"
             f" ({(n_components + 7) // 8} bytes of packed mask + {n_examples} outputs x"
             f" {itemsize} bytes + 12 bytes of progress and checksum)), more than {source}."
-            " Lower n_masks, use collect_statistics (its memory does not grow with n_masks), or"
-            " pass max_store_bytes=<bytes> to raise the bound")
+            " Lower n_masks, use collect_statistics (its memory does not grow with n_masks),"
+            + (" collect into a directory path (a memory-mapped store on disk)," if "memory" in
+               where else "") + " or pass max_store_bytes=<bytes> to raise the bound")
     return needed
 
 

@@ -24,10 +24,15 @@ with ONE entered :class:`~captum_coar.gates.ComponentGates` reused for every bat
   with a warning naming them. A store made with a different identity
   (:mod:`captum_coar.coar._identity`: model, components, data, sampler, ablation, output,
   seed, sizes, and the probe outputs that identify functions by behaviour) is refused
-  (``ValueError`` naming each differing field, given vs stored). A new store larger than the
-  free disk (or memory) is refused before anything is written (:func:`check_store_size`).
+  (``ValueError`` naming each differing field, given vs stored), and so is one whose stored
+  outputs the given functions do not reproduce (a resume re-evaluates one stored row on every
+  example: :func:`~captum_coar.coar._identity.recheck_stored_outputs`). A new store larger than
+  the free disk (or memory) is refused before anything is written (:func:`check_store_size`),
+  and so is a non-empty directory that is not a store (its files are never touched; see
+  :mod:`captum_coar.stores._ownership`).
 - :func:`collect_statistics` accumulates :class:`~captum_coar.solvers.statistics.
-  SufficientStatistics` (float64) chunk by chunk, with the last ``validation_rows`` rows
+  SufficientStatistics` (float64; their memory is checked before any forward pass) chunk by
+  chunk, with the last ``validation_rows`` rows
   (see :func:`validation_split`) kept apart as held-out statistics; memory does not grow with
   ``n_masks``. ``CollectedStatistics.settings`` holds the identity, the validation split and
   the rows covered, so results of different row shards can be checked and merged.
@@ -50,7 +55,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import warnings
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple, Union
 
@@ -68,7 +72,6 @@ from ..outputs import OutputFunction
 from ..sampling import MaskSampler
 from ..solvers._footprint import check_statistics_memory
 from ..solvers.statistics import SufficientStatistics
-from ..stores._integrity import describe_rows
 from ..stores.base import MaskOutputStore, RowSelection, select_rows
 from ..stores.memmap import METADATA_FILE, MemmapStore
 from ..stores.memory import InMemoryStore
@@ -83,103 +86,12 @@ from ._settings import (
     stats_device,
     validation_split,
 )
+from ._sinks import StatisticsSink, StoreSink, repair
 
 OutputLike = Union[None, str, OutputFunction, Callable[..., Tensor]]
 
 __all__ = ["collect", "collect_statistics", "CollectedStatistics", "CollectionSettings",
            "tensor_batches", "validation_split", "split_batch", "stats_device", "row_ranges", "identify"]
-
-
-# --------------------------------------------------------------------------- sinks
-class _StoreSink:
-    """Writes outputs into a store; knows which rows still need which examples."""
-
-    def __init__(self, store: MaskOutputStore) -> None:
-        self.store = store
-
-    def pending(self, rows: np.ndarray) -> np.ndarray:
-        return self.store.progress(rows)
-
-    def start_chunk(self, rows: np.ndarray, masks: Tensor) -> None:
-        """Write the masks of new rows; recollect written rows whose stored mask differs."""
-        progress = self.store.progress(rows)
-        written = progress > 0
-        if written.any():
-            stored = self.store.read_masks(rows[written])
-            differs = (stored != masks[torch.from_numpy(written)].cpu()).any(dim=1).numpy()
-            if differs.any():  # redo the whole chunk: the same passes as an undamaged run
-                bad = rows[written][differs]
-                _warn_recollect(self.store, bad, "their stored masks differ from the sampler's")
-                self.store.reset_rows(rows)
-                progress = self.store.progress(rows)
-        if progress.min() != progress.max():  # uneven (a kill mid-commit, a damaged file):
-            self.store.reset_rows(rows, int(progress.min()))  # redo as one undamaged pass
-            progress = self.store.progress(rows)
-        todo = progress == 0
-        if todo.any():
-            self.store.write_masks(rows[todo], masks[torch.from_numpy(todo)])
-
-    def write(self, rows: np.ndarray, examples: slice, outputs: Tensor) -> None:
-        self.store.write_outputs(rows, examples, outputs)
-        self.store.commit(rows, examples.stop)
-
-    def end_chunk(self, rows: np.ndarray, masks: Tensor) -> None:
-        pass
-
-
-def _warn_recollect(store: MaskOutputStore, rows: np.ndarray, why: str) -> None:
-    warnings.warn(f"{store.location}: recollecting {describe_rows(rows)} (with the rest of their"
-                  f" chunk, so every pass is the one an undamaged run makes) because {why} (the"
-                  " file was damaged); the result is the same as an undamaged run",
-                  UserWarning, stacklevel=4)
-
-
-def _repair(store: MaskOutputStore, rows: np.ndarray, chunk: int) -> None:
-    """Reset the chunks of rows whose progress is out of range or whose checksum fails."""
-    out_of_range, mismatch = store.damaged_rows(rows)
-    if out_of_range.size:
-        _warn_recollect(store, out_of_range, "their progress lies outside [0, n_examples]")
-    if mismatch.size:
-        _warn_recollect(store, mismatch, "their masks or outputs do not match their checksums")
-    damaged = np.concatenate([out_of_range, mismatch])
-    if damaged.size:
-        store.reset_rows(rows[np.isin(rows // chunk, damaged // chunk)])
-
-
-class _StatisticsSink:
-    """Buffers one chunk's outputs and adds complete rows to the statistics."""
-
-    def __init__(self, train: SufficientStatistics, validation: Optional[SufficientStatistics],
-                 first_validation_row: int, n_examples: int) -> None:
-        self.train, self.validation = train, validation
-        self.first_validation_row = first_validation_row
-        self.n_examples = n_examples
-        self.buffer: Optional[Tensor] = None
-
-    def pending(self, rows: np.ndarray) -> np.ndarray:
-        return np.zeros(len(rows), dtype=np.int64)
-
-    def start_chunk(self, rows: np.ndarray, masks: Tensor) -> None:
-        self.buffer = None
-
-    def write(self, rows: np.ndarray, examples: slice, outputs: Tensor) -> None:
-        if self.buffer is None:
-            self.buffer = torch.empty(len(rows), self.n_examples, dtype=outputs.dtype,
-                                      device=outputs.device)
-        self.buffer[:, examples] = outputs
-
-    def end_chunk(self, rows: np.ndarray, masks: Tensor) -> None:
-        if self.buffer is None:
-            return
-        held_np = rows >= self.first_validation_row
-        masks = masks.to(self.buffer.device)
-        held_out = torch.from_numpy(held_np).to(self.buffer.device)
-        if (~held_out).any():
-            self.train.update(masks[~held_out], self.buffer[~held_out], rows=rows[~held_np])
-        if held_out.any():
-            assert self.validation is not None
-            self.validation.update(masks[held_out], self.buffer[held_out], rows=rows[held_np])
-        self.buffer = None
 
 
 # --------------------------------------------------------------------------- the loop
@@ -347,16 +259,20 @@ def collect(forward_func: Callable[..., Any], components: ComponentSet, data: It
         max_store_bytes: the largest new store allowed (default: the free disk space, or the
             machine's memory for an in-memory store).
 
-    Returns the store. Raises ``ValueError`` when the store holds data made differently, and
-    ``RuntimeError`` when another process is writing into it.
+    Returns the store. Raises ``ValueError`` when the store holds data made differently or
+    the directory holds files that are not a store's, ``RuntimeError`` when another process is
+    writing into it or the directory is deleted or replaced during the collection, and
+    ``OSError`` naming the file when the disk is full or a file too large.
     """
-    scan, first, settings = _scan_and_settings(
-        data, batch_fn, forward_func, components, n_masks, ablation_fraction, sampler, ablation,
-        output, seed, perturbations_per_eval, max_rows, chunk_rows)
     if store is None:
         store = InMemoryStore()
     elif not isinstance(store, MaskOutputStore):
         store = MemmapStore(store)
+    if isinstance(store, MemmapStore):  # someone else's files, a linked lock: before any pass
+        store.check_writable()
+    scan, first, settings = _scan_and_settings(
+        data, batch_fn, forward_func, components, n_masks, ablation_fraction, sampler, ablation,
+        output, seed, perturbations_per_eval, max_rows, chunk_rows)
     fresh = (not (store.path / METADATA_FILE).exists() if isinstance(store, MemmapStore)
              else not store.is_open)
     if fresh:  # refused before the directory is created or claimed
@@ -370,10 +286,10 @@ def collect(forward_func: Callable[..., Any], components: ComponentSet, data: It
         strategy = fitted_ablation(settings.ablation, settings.forward_func, components)
         identity = _identity(settings, strategy, scan, first)
         store.open({**settings.extras(scan), **identity}, identity_differences)
-        _repair(store, index, settings.chunk_size(scan.n_examples))
+        repair(store, index, settings.chunk_size(scan.n_examples))
         recheck_stored_outputs(settings.forward_func, components, strategy, settings.output, data,
                                batch_fn, store)
-        _run(settings, strategy, data, batch_fn, scan, index, _StoreSink(store), show_progress,
+        _run(settings, strategy, data, batch_fn, scan, index, StoreSink(store), show_progress,
              verify_passes=not isinstance(data, (list, tuple)))
     return store
 
@@ -409,7 +325,7 @@ def collect_statistics(forward_func: Callable[..., Any], components: ComponentSe
         _probe(settings, first)
         strategy = fitted_ablation(settings.ablation, settings.forward_func, components)
         identity = _identity(settings, strategy, scan, first)
-        sink = _StatisticsSink(train, validation, settings.n_masks - n_val, n)
+        sink = StatisticsSink(train, validation, settings.n_masks - n_val, n)
         _run(settings, strategy, data, batch_fn, scan, index, sink, show_progress,
              verify_passes=not isinstance(data, (list, tuple)))
     return CollectedStatistics(train, validation,

@@ -40,7 +40,7 @@ from typing import Any, Dict, Iterator, Optional, Tuple
 import numpy as np
 from numpy.lib import format as npy_format
 
-from ._ownership import NOFOLLOW
+from ._ownership import NOFOLLOW, not_own_lock
 
 __all__ = ["open_checked_npy", "read_json", "write_json_atomic", "DirectoryLock",
            "unique_temp_path", "LOCK_FILE", "allocate_npy", "named"]
@@ -250,7 +250,7 @@ class DirectoryLock:
             fd = os.open(path, os.O_RDWR | os.O_CREAT | NOFOLLOW, 0o644)
         except OSError as error:
             if error.errno == errno.ELOOP or path.is_symlink():
-                raise ValueError(_not_own_lock(path, "is a symbolic link (to"
+                raise ValueError(not_own_lock(path, "is a symbolic link (to"
                                                f" {os.readlink(path)!r})")) from None
             with named(path, "opening the lock file", "the store"):
                 raise error
@@ -259,7 +259,7 @@ class DirectoryLock:
             os.close(fd)
             what = ("is not a regular file" if not stat.S_ISREG(info.st_mode) else
                     f"has {info.st_nlink} hard links (it is also another file)")
-            raise ValueError(_not_own_lock(path, what))
+            raise ValueError(not_own_lock(path, what))
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
@@ -286,9 +286,3 @@ class DirectoryLock:
             os.close(self._fd)
             self._fd = None
 
-
-def _not_own_lock(path: Path, what: str) -> str:
-    return (f"the store's lock file {str(path)!r} {what}; a store writes only its own regular"
-            " files and never writes through a link (the target would be overwritten), so"
-            " nothing was written. Remove that entry (it is not this store's lock) or collect"
-            " into a new directory")

@@ -3,14 +3,19 @@
 Contract
 --------
 A :class:`~captum_coar.stores.memmap.MemmapStore` directory is *claimed* by a marker file,
-:data:`MARKER` (a fixed text, written with ``O_CREAT | O_EXCL | O_NOFOLLOW`` before any other
-file). :func:`claim` is called before a writer takes the lock:
+:data:`MARKER` (a fixed text, made before any other file and complete whenever it exists: written
+to an own temporary name, then hard-linked to its name, which fails if the name exists;
+``O_CREAT | O_EXCL | O_NOFOLLOW`` where hard links are not available). :func:`claim` is called
+before a writer takes the lock:
 
 - a missing or empty directory is created or used, and marked;
 - a marked directory, or one holding a valid ``metadata.json`` of a store (made before markers
   existed), is a store and is used;
 - any other non-empty directory is refused with ``ValueError`` naming the directory and the
   files found there, before anything is written, created or deleted in it.
+
+:func:`inspect` makes the same checks read-only (and refuses a ``.lock`` that is a link, not a
+regular file, or hard-linked), so a collection can refuse a directory before any forward pass.
 
 Inside a claimed directory a store writes, replaces or deletes only :data:`OWN_NAMES` and its
 own temporary files (:func:`is_own_temp`: ``.<own name>.<pid>[.<hex>].tmp``); every other file
@@ -32,8 +37,8 @@ import stat
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
-__all__ = ["MARKER", "OWN_NAMES", "claim", "is_own_temp", "remove_own_temps", "Place",
-           "NOFOLLOW"]
+__all__ = ["MARKER", "OWN_NAMES", "claim", "inspect", "is_own_temp", "remove_own_temps", "Place",
+           "NOFOLLOW", "not_own_lock"]
 
 MARKER = ".captum_coar_store"
 _MARKER_TEXT = ("captum_coar MemmapStore: the files metadata.json, masks.npy, outputs.npy,"
@@ -84,21 +89,49 @@ def _foreign_message(directory: Path, names: List[str]) -> str:
             " path (or move those files away)")
 
 
-def claim(directory: Path) -> None:
-    """Create or check ``directory`` for a store writer, then mark it (module docstring)."""
+def not_own_lock(path: Path, what: str) -> str:
+    """The message refusing a ``.lock`` that is not the store's own regular file."""
+    return (f"the store's lock file {str(path)!r} {what}; a store writes only its own regular"
+            " files and never writes through a link (the target would be overwritten), so"
+            " nothing was written. Remove that entry (it is not this store's lock) or collect"
+            " into a new directory")
+
+
+def inspect(directory: Path) -> bool:
+    """Read-only check that a store writer may use ``directory`` (``ValueError`` naming what
+    is not its own: other files, a linked ``.lock``); returns whether the directory exists."""
     try:
         entries = sorted(n for n in os.listdir(directory) if not is_own_temp(n))
     except FileNotFoundError:
-        entries = []
-        directory.mkdir(parents=True, exist_ok=True)
+        return False
     except NotADirectoryError:
         raise ValueError(f"{str(directory)!r} is a file, not a directory; a store is a"
                          " directory: give a new path") from None
+    if entries and not _is_marker(directory / MARKER) and not _has_store_metadata(
+            directory / "metadata.json"):
+        raise ValueError(_foreign_message(directory, entries))
+    lock = directory / ".lock"
+    try:
+        info = os.lstat(lock)
+    except FileNotFoundError:
+        return True
+    if stat.S_ISLNK(info.st_mode):
+        raise ValueError(not_own_lock(lock, f"is a symbolic link (to {os.readlink(lock)!r})"))
+    if not stat.S_ISREG(info.st_mode):
+        raise ValueError(not_own_lock(lock, "is not a regular file"))
+    if info.st_nlink != 1:
+        raise ValueError(not_own_lock(lock, f"has {info.st_nlink} hard links (it is also"
+                                      " another file)"))
+    return True
+
+
+def claim(directory: Path) -> None:
+    """Create or check ``directory`` for a store writer, then mark it (module docstring)."""
+    if not inspect(directory):
+        directory.mkdir(parents=True, exist_ok=True)
     marker = directory / MARKER
     if _is_marker(marker):
         return
-    if entries and not _has_store_metadata(directory / "metadata.json"):
-        raise ValueError(_foreign_message(directory, entries))
     # write the text to an own temporary name, then link it in place: a marker is complete
     # whenever it exists, and O_EXCL semantics (link fails if the name exists) keep a link or
     # another file at that name untouched

@@ -55,7 +55,7 @@ from ._files import (
     read_json,
     write_json_atomic,
 )
-from ._ownership import Place, claim, remove_own_temps
+from ._ownership import Place, claim, inspect, remove_own_temps
 from .base import FORMAT_VERSION, MaskOutputStore
 from .memory import _output_dtype
 
@@ -111,6 +111,14 @@ class MemmapStore(MaskOutputStore):
         finally:
             self._place = None
             self._lock.release()
+
+    def check_writable(self) -> None:
+        """Refuse now (read-only check, ``ValueError``) a directory this store could not write:
+        one holding other files, or a ``.lock`` that is a link (see :meth:`writing`)."""
+        if self.read_only:
+            raise ValueError(f"{self._describe_location()} was opened read-only; open it with"
+                             " read_only=False to write")
+        inspect(self.path)
 
     def _check_place(self) -> None:
         if self._place is not None:

@@ -8,6 +8,10 @@ convention to ``inputs`` and ``additional_forward_args``; :func:`slice_rows`,
 :func:`slice_target` and :func:`example_batches` cut consecutive row blocks of inputs, extra
 arguments with the same number of rows, and per-example targets; :func:`repeat_rows` and
 :func:`expand_target` repeat rows in block layout (block ``i`` = copy ``i`` of every row).
+:func:`slice_rows` (so :func:`example_batches`) and :func:`repeat_rows` return NEW tensors
+for the row-carrying arguments, never views of the caller's: a forward function that writes
+its input in place changes neither the caller's tensors nor the next forward pass's input
+(cost: one copy of the rows per batch and per forward pass).
 """
 
 from __future__ import annotations
@@ -32,16 +36,16 @@ def as_tuple(inputs: Any) -> Tuple[Any, ...]:
 
 def slice_rows(inputs: Tuple[Tensor, ...], additional_forward_args: Any, rows: Any,
                n_rows: int) -> Tuple[Tuple[Tensor, ...], Tuple[Any, ...]]:
-    """Select ``rows`` of every input and of every extra argument that has ``n_rows`` rows."""
-    sliced = tuple(x[rows] for x in inputs)
-    extra = tuple(a[rows] if _has_rows(a, n_rows) else a for a in as_tuple(additional_forward_args))
+    """Copies of ``rows`` of every input and of every extra argument with ``n_rows`` rows."""
+    sliced = tuple(x[rows].clone() for x in inputs)
+    extra = tuple(a[rows].clone() if _has_rows(a, n_rows) else a
+                  for a in as_tuple(additional_forward_args))
     return sliced, extra
 
 
 def repeat_rows(values: Tuple[Any, ...], repeats: int, n_rows: int) -> Tuple[Any, ...]:
-    """Repeat every tensor with ``n_rows`` rows ``repeats`` times along dim 0 (block layout)."""
-    if repeats == 1:
-        return values
+    """Every tensor with ``n_rows`` rows repeated ``repeats`` times along dim 0 (block layout),
+    as a new tensor also when ``repeats`` is 1 (a copy each forward pass may write)."""
     return tuple(v.repeat(repeats, *([1] * (v.dim() - 1))) if _has_rows(v, n_rows) else v
                  for v in values)
 

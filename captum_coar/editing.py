@@ -24,7 +24,9 @@ any method (COAR, leave-one-out, attribution patching, random numbers):
   together in ONE call of :func:`~captum_coar.evaluate_masks`; the model is never copied or
   written. Metrics: ``"accuracy"`` (share of examples whose correct-class margin is > 0, i.e.
   the label is the strict argmax), ``"margin"`` (mean margin), or any output function
-  accepted by :func:`~captum_coar.resolve_output` (its mean).
+  accepted by :func:`~captum_coar.resolve_output` (its mean). The target and reference
+  examples first pass the shared preflight (:mod:`captum_coar._preflight`), so does
+  :func:`coar_edit`, which traces the curve.
 - :func:`choose_k` reads ``k`` off a (validation) curve by a stated rule, and
   :func:`coar_edit` runs scores -> selection -> curve -> choice and returns an
   :class:`~captum_coar.editing_results.EditResult`.
@@ -48,6 +50,7 @@ from torch import Tensor, nn
 
 from ._checks import check_choice, check_float, check_int, check_integer_values
 from ._engine import evaluate_masks
+from ._preflight import preflight
 from .ablation import AblationStrategy, WeightAblation, ZeroAblation, resolve_ablation
 from .components import ComponentSet
 from .editing_results import EditCurve, EditResult
@@ -201,6 +204,9 @@ def edit_curve(forward_func: Callable[..., Any], components: ComponentSet, order
     inputs = torch.cat([target_inputs, reference_inputs.to(target_inputs)])
     labels = torch.cat([labels_t, labels_r])
     out_t, out_r = _metric_output(metric, labels_t), _metric_output(reference_metric, labels_r)
+    for name, x, y, out in (("target_inputs", target_inputs, labels_t, out_t),
+                            ("reference_inputs", reference_inputs, labels_r, out_r)):
+        preflight("edit_curve", forward_func, components, x, y, None, out, input_name=name)
     if type(out_t) is type(out_r) and out_t.describe() == out_r.describe():
         outputs = evaluate_masks(forward_func, components, inputs, masks, target=labels,
                                  output=out_t, ablation=ablation, max_rows=max_rows)

@@ -24,7 +24,10 @@ The two result classes live in :mod:`captum_coar._evaluation_results` (re-export
 
 The prediction for a keep mask ``m`` is ``intercept + attributions . m`` when an intercept is
 known, else ``unablated output - attributions . (1 - m)``; the two differ by a constant per
-example, which correlation ignores. All forwards run through :mod:`captum_coar._engine`.
+example, which correlation ignores. All forwards run through :mod:`captum_coar._engine`,
+after the shared preflight (:mod:`captum_coar._preflight`: empty batch, non-finite inputs,
+random modules in training mode, targets outside the classes, determinism probe, non-finite or
+overflowing outputs are refused before any ablated forward pass).
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ from ._engine import evaluate_masks, gated_outputs, progress, rows_per_pass
 from ._evaluation_results import CounterfactualCorrelationResult, TopKAblationCurve
 from ._inputs import as_tuple, input_tuple
 from ._pairing import patch_strategy
+from ._preflight import check_batch, preflight
 from ._state import keeps_model_state
 from .ablation import AblationStrategy, fitted_ablation
 from .components import ComponentSet, model_device
@@ -140,8 +144,8 @@ def _methods(attributions: Attributions, n_examples: int, n_components: int
     return out
 
 
-def _n_examples(inputs: Any) -> int:
-    return int(input_tuple(inputs)[0].shape[0])
+def _n_examples(inputs: Any, method: str) -> int:
+    return int(check_batch(method, inputs)[0].shape[0])
 
 
 def _fractions(ablation_fractions: Union[float, Sequence[float]]) -> Tuple[float, ...]:
@@ -206,7 +210,7 @@ def counterfactual_correlation(
     check_choice("correlation", correlation, _CORRELATIONS)
     check_int("n_masks", n_masks, minimum=3)  # a correlation needs three points
     forward_func = components.model if forward_func is None else forward_func
-    n_examples, n_comp = _n_examples(inputs), components.n_components
+    n_examples, n_comp = _n_examples(inputs, "counterfactual_correlation"), components.n_components
     methods = _methods(attributions, n_examples, n_comp)
     if ablation_fractions is None:  # one rule: a sampler object carries its own fraction
         ablation_fractions = (sampler.ablation_fraction if isinstance(sampler, MaskSampler)
@@ -222,6 +226,8 @@ def counterfactual_correlation(
             " correlation is an in-sample score. Pass a different seed for a held-out estimate.",
             UserWarning, stacklevel=2)
     score = _CORRELATIONS[correlation]
+    preflight("counterfactual_correlation", forward_func, components, inputs, target,
+              additional_forward_args, resolve_output(output, target), baselines)
     common = dict(target=target, additional_forward_args=additional_forward_args, output=output,
                   ablation=ablation, perturbations_per_eval=perturbations_per_eval,
                   max_rows=max_rows)
@@ -296,12 +302,14 @@ def topk_ablation_curve(
     paired baseline example (``ablation`` must stay ``"weights"``).
     """
     forward_func = components.model if forward_func is None else forward_func
-    n_examples, n_comp = _n_examples(inputs), components.n_components
+    n_examples, n_comp = _n_examples(inputs, "topk_ablation_curve"), components.n_components
     methods = _methods(attributions, n_examples, n_comp)
     k_grid = _default_ks(n_comp, max_fraction, n_steps) if ks is None else check_integer_values("ks", ks).cpu()
     if k_grid.dim() != 1 or k_grid.numel() == 0 or k_grid.min() < 0 or k_grid.max() > n_comp:
         raise fail("ks", f"integers in [0, {n_comp}]", ks)
     output_fn = resolve_output(output, target)
+    preflight("topk_ablation_curve", forward_func, components, inputs, target,
+              additional_forward_args, output_fn, baselines)
     inputs_t = as_tuple(inputs)
     device = model_device(components.model)
     # Rank of every component per example and method; rank r is ablated when r < k.

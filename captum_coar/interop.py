@@ -35,6 +35,12 @@ activation patching. The baselines pair with the model inputs passed after the g
 ``e`` of the baselines with input row ``e``; the first ``len(baselines)`` inputs are checked
 against them on every call, shapes equal) and run with ``baseline_forward_args``.
 
+Every call runs the shared preflight (:mod:`captum_coar._preflight`) on the first model
+input: an empty batch, non-finite values, random modules in training mode and targets outside
+the classes are refused; its probe (two ungated forward passes of two rows) runs on the first
+call and again after any module's training flag changed. The model inputs are passed as
+copies, so a forward function that writes its inputs never changes the caller's tensors.
+
 ``sensitivity_max`` needs no adapter: like COAR, every baseline returns a 1-tuple of
 attributions for a tuple of inputs, which is what that metric passes and expects.
 """
@@ -49,6 +55,7 @@ from torch import Tensor
 from ._checks import check_instance
 from ._inputs import as_tuple, expand_target, repeat_rows
 from ._pairing import paired_baselines, patch_strategy
+from ._preflight import preflight
 from ._state import keeps_model_state
 from .ablation import AblationStrategy, fitted_ablation, resolve_ablation
 from .components import ComponentSet, model_device
@@ -127,6 +134,7 @@ class GatedForward:
         if not isinstance(gates, Tensor) or gates.dim() != 2 or gates.shape[1] != self.n_components:
             shape = tuple(gates.shape) if isinstance(gates, Tensor) else type(gates).__name__
             raise ValueError(f"gates must have shape (rows, {self.n_components}), got {shape}")
+        self._preflight(model_args, target)
         if self.baselines is not None:
             self._pair_baselines(model_args)
         model_args, target, index = self._match_rows(gates.shape[0], model_args, target)
@@ -139,6 +147,22 @@ class GatedForward:
         if self.output is None:
             return result
         return self.output_fn_(result, target)
+
+    def _preflight(self, model_args: Tuple[Any, ...], target: Any) -> None:
+        """The shared preflight on the first model input: empty, non-finite and training-mode
+        checks and the targets on every call; the probe (two forward passes of two rows) on
+        the first call and again whenever a module's training flag changed."""
+        if not model_args or not isinstance(model_args[0], Tensor) or model_args[0].dim() == 0:
+            return  # _match_rows names the missing inputs
+        modes = tuple(m.training for m in self.components.model.modules())
+        probe = getattr(self, "_probed_modes", None) != modes
+        output_fn = self.output_fn_ if self.output is not None else None
+        report = preflight("GatedForward", self.forward_func, self.components, model_args[0],
+                           target, model_args[1:], output_fn, probe=probe)
+        if probe:
+            self._probed_modes, self._classes = modes, report.classes
+        report.classes = self._classes
+        report.check_target(target)
 
     def _pair_baselines(self, model_args: Tuple[Any, ...]) -> None:
         """Check the baselines against the model inputs; build the patch strategy once."""
@@ -163,8 +187,8 @@ class GatedForward:
             raise TypeError("GatedForward needs the model inputs (tensors with the batch on dim 0)"
                             " after the gates; pass them through additional_forward_args")
         n_inputs = first.shape[0]
-        if n_gates == n_inputs or n_gates == 1:
-            return model_args, target, torch.arange(n_inputs)
+        if n_gates == n_inputs or n_gates == 1:  # copies: the forward may write its inputs
+            return repeat_rows(model_args, 1, n_inputs), target, torch.arange(n_inputs)
         if n_gates % n_inputs:
             raise ValueError(
                 f"{n_gates} gate rows cannot be matched with {n_inputs} input rows; the gate rows"

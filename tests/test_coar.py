@@ -195,12 +195,19 @@ def test_hooks_removed_and_parameters_unchanged():
     assert_unchanged(model, before)
 
 
-def test_training_mode_warns():
+def test_training_mode_refused_only_where_it_is_random():
+    """The preflight (tests/test_preflight.py) refuses random modules in training mode; a
+    model without any gives the same attributions in both modes."""
     model, components, x, y = _additive(dtype=torch.float32)
+    kwargs = dict(target=y, n_masks=60, ablation_fraction=0.2)
+    evaluated = ComponentAblationRegression(model, components).attribute(x, **kwargs)
     model.train()
-    with pytest.warns(UserWarning, match="training mode"):
-        ComponentAblationRegression(model, components).attribute(x, target=y, n_masks=60,
-                                                                 ablation_fraction=0.2)
+    assert torch.equal(ComponentAblationRegression(model, components).attribute(x, **kwargs),
+                       evaluated)
+    noisy = torch.nn.Sequential(model, torch.nn.Dropout(0.1)).train()
+    with pytest.raises(ValueError, match=r"training mode.*'1' \(Dropout: dropout\)"):
+        ComponentAblationRegression(noisy, linear_neurons(noisy, ["0.hidden"])).attribute(
+            x, **kwargs)
 
 
 def test_outputs_tuple_inputs_and_additional_args():

@@ -78,7 +78,8 @@ def test_masks_shared_between_methods(additive):
         return counter.calls
 
     one, seven = calls_for({"m0": methods["m0"]}), calls_for(methods)
-    assert one == seven == 1 + 2 * 5  # one unablated pass, then 50 masks / 10 per pass per alpha
+    # the preflight's probe (2 passes), one unablated pass, then 50 masks / 10 per pass per alpha
+    assert one == seven == 2 + 1 + 2 * 5
 
 
 def test_results_independent_of_rows_per_pass(additive):

@@ -238,7 +238,8 @@ def test_components_that_never_run_are_refused(case):
     with pytest.raises(ValueError, match=expected) as error:
         coar.attribute(x, target=y, n_masks=50)
     assert "hidden" in str(error.value) if case != "never_called" else "unused" in str(error.value)
-    assert counter.calls == 1  # refused on the first gated pass (the probe)
+    # the preflight's two ungated passes, then refused on the first gated pass (the probe)
+    assert counter.calls == 3
 
 
 # --------------------------------------------------------------------------- validation up front

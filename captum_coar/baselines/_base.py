@@ -28,8 +28,9 @@ from captum.attr import GradientAttribution
 from torch import Tensor
 
 from .._checks import check_callable, check_instance, check_optional_positive_int
-from .._inputs import as_tuple, example_batches, input_tuple
+from .._inputs import as_tuple, example_batches
 from .._pairing import patch_strategy
+from .._preflight import check_batch, check_finite_result, preflight
 from .._state import keeps_model_state
 from ..ablation import AblationStrategy, fitted_ablation, resolve_ablation
 from ..components import ComponentSet, check_example_positions, model_device
@@ -51,11 +52,8 @@ AttributionsWithDelta = Union[Attributions, Tuple[Attributions, Tensor]]
 def format_inputs(inputs: Any, additional_forward_args: Any) -> Tuple[Tuple[Tensor, ...],
                                                                       Tuple[Any, ...], int]:
     """``(inputs tuple, extra args tuple, batch size)`` after checking the batch dims agree."""
-    inputs_t = input_tuple(inputs)
-    n_rows = inputs_t[0].shape[0]
-    if n_rows < 1:
-        raise ValueError("inputs hold no examples (batch size 0)")
-    return inputs_t, as_tuple(additional_forward_args), n_rows
+    inputs_t = check_batch("attribute", inputs)
+    return inputs_t, as_tuple(additional_forward_args), inputs_t[0].shape[0]
 
 
 def require_float_inputs(method: str, inputs: Tuple[Tensor, ...]) -> None:
@@ -103,6 +101,7 @@ def format_baselines(inputs: Tuple[Tensor, ...], baselines: Any) -> Tuple[Tensor
 def format_result(attributions: Tensor, inputs: Any, delta: Optional[Tensor] = None) -> Any:
     """Captum's convention: a 1-tuple of attributions when ``inputs`` was a tuple, and
     ``(attributions, delta)`` when a convergence delta is returned."""
+    check_finite_result("attribute", attributions)
     result: Any = (attributions,) if isinstance(inputs, tuple) else attributions
     return result if delta is None else (result, delta)
 
@@ -129,6 +128,12 @@ class ComponentMethod:
                baselines: Any = None, additional_forward_args: Any = None) -> OutputFunction:
         """Validate the stored arguments and resolve this call's output function and strategy.
 
+        With ``inputs`` it runs the shared preflight (:mod:`captum_coar._preflight`) first:
+        an empty batch, non-finite inputs or baselines, random modules in training mode,
+        targets outside the classes, a forward function that disagrees with itself on the
+        first rows, or non-finite / overflowing outputs are refused before any forward pass
+        of the gated model.
+
         ``strategy_`` is the constructor's ablation (resolved once and reused, so a fitted
         strategy is fitted on the first call), or, when ``baselines`` is given, a
         :class:`~captum_coar.ablation.PatchAblation` fitted on them for this call only.
@@ -137,6 +142,10 @@ class ComponentMethod:
                        "build one with ComponentSet.from_model(model) or a selector"
                        " (conv_filters, linear_neurons, attention_heads, mlp_neurons)")
         check_callable("forward_func", self.forward_func)
+        output_fn = resolve_output(output, target)
+        if inputs is not None:  # before any forward pass: empty, NaN, train mode, targets, probe
+            preflight(type(self).__name__, self.forward_func, self.components, inputs, target,
+                      additional_forward_args, output_fn, baselines)
         strategy: AblationStrategy
         if baselines is not None:
             if inputs is None:
@@ -152,7 +161,7 @@ class ComponentMethod:
         if inputs is not None:
             check_example_positions(self.components, int(inputs[0].shape[0]))
         fitted_ablation(self.strategy_, self.forward_func, self.components)
-        return resolve_output(output, target)
+        return output_fn
 
     def _gates(self) -> ComponentGates:
         """Gate hooks with this method's strategy (fitted when the call started)."""

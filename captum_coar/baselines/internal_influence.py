@@ -27,6 +27,7 @@ from torch import Tensor
 
 from .._checks import check_optional_positive_int, check_positive_int
 from .._compat import integration_points
+from .._preflight import check_finite_inputs
 from ._base import (
     Attributions,
     ComponentGradientMethod,
@@ -73,13 +74,14 @@ class ComponentInternalInfluence(ComponentGradientMethod):
 
         Arguments as in Captum's ``InternalInfluence``; ``output`` picks the output function.
         """
-        output_fn = self._start(output, target)
         inputs_t, extra, n_examples = format_inputs(inputs, additional_forward_args)
         require_float_inputs("ComponentInternalInfluence", inputs_t)
         n_steps = check_positive_int("n_steps", n_steps)
         check_optional_positive_int("internal_batch_size", internal_batch_size)
         baselines_t = format_baselines(inputs_t, baselines)
+        check_finite_inputs("ComponentInternalInfluence", baselines_t, "baselines")
         step_sizes, alphas = integration_points(method, n_steps)
+        output_fn = self._start(output, target, inputs_t, None, extra)  # path baselines: not paired
         groups = self.components.groups
         device = inputs_t[0].device
         totals = [torch.zeros(n_examples, g.n_units, device=device) for g in groups]

@@ -19,7 +19,8 @@ from typing import Any, Callable, Iterable, List, Optional, Tuple, Union
 from torch import Tensor
 
 from .._checks import check_int
-from .._inputs import as_tuple, example_batches, input_tuple
+from .._inputs import as_tuple, example_batches
+from .._preflight import check_batch
 from ._fingerprint import DataScan, check_reiterable, scan_data
 
 __all__ = ["Batch", "BatchFn", "split_batch", "tensor_batches", "read_data"]
@@ -53,7 +54,7 @@ def tensor_batches(inputs: Union[Tensor, Tuple[Tensor, ...]], target: Any = None
                    additional_forward_args: Any = None,
                    batch_size: Optional[int] = None) -> List[Tuple[Any, Any, Tuple[Any, ...]]]:
     """In-memory tensors as a list of ``(inputs, target, additional_forward_args)`` batches."""
-    inputs_t = input_tuple(inputs)
+    inputs_t = check_batch("tensor_batches", inputs)
     n = inputs_t[0].shape[0]
     size = n if batch_size is None else check_int("batch_size", batch_size, minimum=1)
     return [(batch, batch_target, extra) for _, batch, extra, batch_target

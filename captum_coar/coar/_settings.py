@@ -37,6 +37,7 @@ from .._checks import (
     check_optional_positive_int,
     check_positive_int,
 )
+from .._preflight import Preflight
 from ..ablation import AblationStrategy, resolve_ablation
 from ..components import ComponentSet, model_device
 from ..outputs import CallableOutput, OutputFunction, resolve_output
@@ -69,6 +70,8 @@ class CollectionSettings:
     perturbations_per_eval: Optional[int] = None
     max_rows: Optional[int] = None
     chunk_rows: Optional[int] = None
+    #: the preflight's findings on the first batch (targets of later batches are checked)
+    preflight: Optional[Preflight] = None
 
     @classmethod
     def build(cls, forward_func: Callable[..., Any], components: ComponentSet, n_masks: int,
@@ -111,11 +114,6 @@ class CollectionSettings:
         chunk_rows = check_optional_positive_int("chunk_rows", chunk_rows)
         max_rows = check_optional_positive_int("max_rows", max_rows)
         check_int("seed", seed)
-        if components.model.training:
-            warnings.warn(
-                f"{type(components.model).__name__} is in training mode: BatchNorm would mix the"
-                " statistics of different masks in one forward pass and dropout adds noise to"
-                " every output; call model.eval() before COAR", UserWarning, stacklevel=3)
         return cls(components, forward_func, resolved, resolve_ablation(ablation), output_fn,
                    int(seed), n_masks, perturbations_per_eval, max_rows, chunk_rows)
 

@@ -54,6 +54,7 @@ from torch import Tensor
 from .._checks import check_positive_int
 from .._inputs import TensorOrTuple, input_tuple
 from .._pairing import check_default_ablation, patch_strategy
+from .._preflight import preflight
 from .._state import keeps_model_state
 from ..ablation import AblationStrategy, PatchAblation, resolve_ablation
 from ..components import ComponentSet, check_example_positions, model_device, result_dtype
@@ -181,7 +182,11 @@ class ComponentAblationRegression(PerturbationAttribution, CollectionEntryPoints
             tuple (Captum's tuple-in, tuple-out convention, which ``captum.metrics`` rely on);
             ``self.last_result_`` holds the full result.
         """
-        data = tensor_batches(inputs, target, additional_forward_args)  # checks the inputs
+        # empty batch, non-finite inputs, random modules in training mode; the collection
+        # runs the probe (targets, determinism, outputs) before its first gated pass
+        preflight("ComponentAblationRegression", self.forward_func, self.components, inputs,
+                  baselines=baselines, probe=False)
+        data = tensor_batches(inputs, target, additional_forward_args)
         n_examples = sum(int(batch[0][0].shape[0]) for batch in data)
         check_example_positions(self.components, n_examples)
         ablation: Union[str, AblationStrategy] = self.ablation

@@ -287,3 +287,20 @@ def test_gated_forward_probes_once_and_again_after_a_mode_change():
         handle.remove()
     with pytest.raises(ValueError, match=r"\[0, 3\).*got \[9\]"):
         gated(gated.kept(5), x, torch.tensor([0, 1, 9, 2, 0]))
+
+
+def test_atp_star_refuses_a_token_outside_the_vocabulary(monkeypatch):
+    from toy_models import tiny_gpt2
+
+    from captum_coar import ComponentAtPStar, ComponentSet
+
+    model = tiny_gpt2(n_layer=1, n_head=2, n_embd=8, vocab=16)
+    heads = ComponentSet.from_model(model, kinds="attention_heads")
+    ids = torch.randint(0, 16, (3, 5), generator=torch.Generator().manual_seed(0))
+    counter = GatedForwardCounter(monkeypatch)
+    with pytest.raises(ValueError, match=r"ComponentAtPStar: `target` must hold token ids \(or"
+                                         r" -100 padding\) in \[0, vocab_size\) = \[0, 16\).*"
+                                         r"got \[99\] at rows \[1\]"):
+        ComponentAtPStar(model, heads).attribute(ids, target=torch.tensor([1, 99, 2]),
+                                                 output="token_log_prob")
+    assert counter.gated == 0

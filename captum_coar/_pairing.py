@@ -20,19 +20,28 @@ Refused, with a message naming what was given and what is allowed (nothing is br
   line up for "same position" to mean anything);
 - an ``ablation=`` other than the default ``"weights"``: ``baselines`` already defines what
   replaces an ablated activation, and two definitions would be silently ambiguous.
+
+At data-set scale (COAR's ``collect``, ``collect_statistics``, shards and the distributed
+functions) every batch carries its own baselines (:class:`~captum_coar.coar._batches.
+PairedBatch`); :class:`BatchPatchAblation` records the activations of one batch's baselines
+when the collection reaches that batch (:func:`use_batch`), once per batch and pass over the
+data, never once per mask. Batches with and without baselines in one data set are refused.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable, Tuple, Union
+from typing import Any, Callable, Dict, Optional, Tuple, Union
 
 import torch
 from torch import Tensor
 
 from ._inputs import as_tuple
+from ._recording import record_activations
 from .ablation import AblationStrategy, PatchAblation, WeightAblation
+from .components import ComponentGroup, ComponentSet
 
-__all__ = ["paired_baselines", "patch_strategy", "check_default_ablation"]
+__all__ = ["paired_baselines", "patch_strategy", "check_default_ablation",
+           "BatchPatchAblation", "use_batch"]
 
 
 def paired_baselines(inputs: Tuple[Tensor, ...], baselines: Any,
@@ -103,3 +112,67 @@ def patch_strategy(ablation: Union[str, AblationStrategy], inputs: Tuple[Tensor,
     paired = paired_baselines(inputs, baselines, forward_func)
     extra = as_tuple(additional_forward_args)
     return PatchAblation(paired if len(paired) > 1 else paired[0], extra or None)
+
+
+class BatchPatchAblation(AblationStrategy):
+    """Patching at data-set scale: the baselines of the batch being evaluated.
+
+    :func:`use_batch` records the current batch's baseline activations (and the global index
+    of its first example); :meth:`replacement` returns those of the rows' examples. Its
+    identity is the data's: the data fingerprint covers every batch's baselines.
+    """
+
+    name = "patch"
+
+    def __init__(self) -> None:
+        self._recorded: Optional[Dict[Tuple[str, str], Tensor]] = None
+        self._first = 0
+
+    def record(self, forward_func: Callable[..., Any], components: ComponentSet,
+               baselines: Tuple[Tensor, ...], extra: Tuple[Any, ...], first_example: int) -> None:
+        """Record every site's activation on one batch's ``baselines`` (one forward pass)."""
+        self._recorded = record_activations(forward_func, components, baselines,
+                                            additional_forward_args=extra or None,
+                                            batch_size=int(baselines[0].shape[0]))
+        self._first = int(first_example)
+
+    def replacement(self, group: ComponentGroup, module: Any, activation: Tensor,
+                    example_index: Optional[Tensor] = None) -> Tensor:
+        if self._recorded is None:
+            raise RuntimeError("BatchPatchAblation used before a batch's baselines were"
+                               " recorded (use_batch)")
+        reference = self._recorded[(group.module_name, group.site)]
+        local = (torch.arange(activation.shape[0]) if example_index is None
+                 else example_index.to(reference.device) - self._first)
+        if bool((local < 0).any()) or bool((local >= reference.shape[0]).any()) or (
+                tuple(reference.shape[1:]) != tuple(activation.shape[1:])):
+            raise ValueError(
+                f"patching at {group.module_name!r}: the rows refer to examples outside the"
+                f" batch whose baselines were recorded (examples {self._first} .."
+                f" {self._first + reference.shape[0] - 1}), or the shapes differ"
+                f" ({tuple(reference.shape)} vs {tuple(activation.shape)})")
+        return reference[local].to(activation.device, activation.dtype)
+
+    def describe(self) -> Dict[str, Any]:
+        return {"name": self.name, "baselines": "per batch (in the data fingerprint)"}
+
+
+def use_batch(strategy: AblationStrategy, forward_func: Callable[..., Any],
+              components: ComponentSet, batch: Any, first_example: int) -> None:
+    """Before evaluating ``batch`` (a :class:`~captum_coar.coar._batches.PairedBatch`): check
+    its baselines and record them when ``strategy`` patches per batch; refuse a data set that
+    mixes batches with and without baselines."""
+    baselines = getattr(batch, "baselines", None)
+    if not isinstance(strategy, BatchPatchAblation):
+        if baselines is not None:
+            raise ValueError(
+                f"the batch starting at example {first_example} carries baselines but the"
+                " first batch did not; give baselines with every batch or with none")
+        return
+    if baselines is None:
+        raise ValueError(
+            f"the batch starting at example {first_example} has no baselines but the first"
+            " batch did; give baselines with every batch or with none")
+    inputs, _, extra = batch
+    paired = paired_baselines(inputs, baselines, forward_func)
+    strategy.record(forward_func, components, paired, extra, first_example)

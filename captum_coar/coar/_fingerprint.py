@@ -133,7 +133,7 @@ class DataScan:
                 " it was first read; the data must yield the same batches on every pass"
             )
         if fingerprint and self.fingerprints is not None and \
-                tensor_fingerprint(list(batch)) != self.fingerprints[index]:
+                tensor_fingerprint(_payload(batch)) != self.fingerprints[index]:
             raise ValueError(
                 f"batch {index} holds different data on this pass than when it was first read"
                 " (shuffling or random augmentation?); COAR needs the same examples on every pass"
@@ -147,13 +147,14 @@ def scan_data(batches: Iterable[Tuple[Tuple[Tensor, ...], Any, Tuple[Any, ...]]]
     prints: List[str] = []
     has_target = True
     fractional: Optional[int] = None
-    for index, (inputs, target, extra) in enumerate(batches):
+    for index, batch in enumerate(batches):
+        inputs, target, extra = batch
         has_target = has_target and target is not None
         if fractional is None and _has_fractions(target):
             fractional = index
         sizes.append(int(inputs[0].shape[0]))
         if fingerprints:
-            prints.append(tensor_fingerprint([inputs, target, extra]))
+            prints.append(tensor_fingerprint(_payload(batch)))
     if not sizes or sum(sizes) == 0:
         raise ValueError("data yielded no examples")
     return DataScan(sizes, prints if fingerprints else None, has_target, fractional)
@@ -168,3 +169,10 @@ def _has_fractions(target: Any) -> bool:
     except (TypeError, ValueError, RuntimeError):
         return False
     return bool(t.is_floating_point() and t.numel() and not bool((t == t.round()).all()))
+
+
+def _payload(batch: Any) -> List[Any]:
+    """The data that identifies a batch: ``[inputs, target, extra]``, plus its baselines when
+    it carries them (:class:`captum_coar.coar._batches.PairedBatch`)."""
+    payload = getattr(batch, "payload", None)
+    return payload() if callable(payload) else list(batch)

@@ -48,6 +48,7 @@ import numpy as np
 import torch
 
 from .._engine import evaluate_masks
+from .._pairing import use_batch
 from ..ablation import AblationStrategy
 from ..components import ComponentSet
 from ..outputs import OutputFunction
@@ -103,6 +104,7 @@ def probe_outputs(forward_func: Callable[..., Any], components: ComponentSet,
                   first_batch: Batch) -> List[List[float]]:
     """Outputs ``(3, b)`` of the first batch's ``b <= PROBE_EXAMPLES`` examples under the probe
     rows."""
+    use_batch(strategy, forward_func, components, first_batch, 0)
     inputs, target, extra = first_batch
     n_rows = int(inputs[0].shape[0])
     b = min(PROBE_EXAMPLES, n_rows)
@@ -162,7 +164,9 @@ def recheck_stored_outputs(forward_func: Callable[..., Any], components: Compone
     for batch in data:
         if start >= written:
             break
-        inputs, target, extra = split_batch(batch, batch_fn)
+        paired = split_batch(batch, batch_fn)
+        use_batch(strategy, forward_func, components, paired, start)
+        inputs, target, extra = paired
         values = evaluate_masks(forward_func, components, inputs, mask, target=target,
                                 additional_forward_args=extra or None, output=output,
                                 ablation=strategy, perturbations_per_eval=perturbations_per_eval,

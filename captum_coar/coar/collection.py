@@ -4,8 +4,10 @@ Contract
 --------
 Data is a re-iterable of batches (a ``DataLoader`` without shuffling, or a list of batches).
 A batch is ``inputs``, ``(inputs, target)`` or ``(inputs, target, *additional_forward_args)``
-(``inputs`` a tensor or a tuple of tensors), or anything ``batch_fn`` maps to that (read by
-:mod:`captum_coar.coar._batches`). Every setting is resolved and validated up front by
+(``inputs`` a tensor or a tuple of tensors), a mapping with ``"inputs"``, ``"baselines"``,
+``"target"`` and ``"additional_forward_args"`` (paired batches: every mask patches its
+ablated components from the batch's baselines, recorded once per batch and pass), or
+anything ``batch_fn`` maps to one of these (read by :mod:`captum_coar.coar._batches`). Every setting is resolved and validated up front by
 :class:`~captum_coar.coar._settings.CollectionSettings`. Mask rows
 ``r`` in ``rows`` (default all of ``0 .. n_masks - 1``) come from ``sampler.sample(N, r, r+1,
 seed)``, so any shard of rows can be collected anywhere.
@@ -63,6 +65,7 @@ import torch
 from torch import Tensor
 
 from .._engine import evaluate_masks, progress
+from .._pairing import BatchPatchAblation, check_default_ablation, paired_baselines, use_batch
 from .._preflight import preflight
 from .._state import model_state_kept
 from ..ablation import AblationStrategy, fitted_ablation
@@ -139,14 +142,17 @@ def _run(settings: CollectionSettings, strategy: AblationStrategy, data: Iterabl
                 done = sink.pending(chunk_rows)
                 start = 0
                 for b, batch in enumerate(data):
-                    inputs, target, extra = split_batch(batch, batch_fn)
+                    paired = split_batch(batch, batch_fn)
+                    inputs, target, extra = paired
                     size = int(inputs[0].shape[0])
-                    scan.verify(b, size, (inputs, target, extra), verify_passes)
+                    scan.verify(b, size, paired, verify_passes)
                     if settings.preflight is not None:  # raw gather errors otherwise
                         settings.preflight.check_target(target, start)
                     stop = start + size
                     todo = (done >= start) & (done < stop)
                     if todo.any():
+                        use_batch(strategy, settings.forward_func, settings.components, paired,
+                                  start)  # a paired batch's baselines, recorded once here
                         select = torch.from_numpy(np.nonzero(todo)[0]).to(device)
                         outputs = evaluate_masks(
                             settings.forward_func, settings.components, inputs, gates[select],
@@ -185,6 +191,10 @@ def _scan_and_settings(data: Iterable[Any], batch_fn: Optional[BatchFn],
     """One pass over the data's first batch and every setting resolved and checked (once per
     collection, before any forward pass)."""
     scan, first = read_data(data, batch_fn)
+    if first.baselines is not None:  # paired batches: patch from each batch's baselines
+        check_default_ablation(ablation)
+        paired_baselines(first[0], first.baselines, forward_func)  # before any forward pass
+        ablation = BatchPatchAblation()
     settings = CollectionSettings.build(
         forward_func, components, n_masks, ablation_fraction, sampler, ablation, output,
         has_target=scan.has_target, seed=seed, perturbations_per_eval=perturbations_per_eval,

@@ -53,7 +53,7 @@ from torch import Tensor
 
 from .._checks import check_positive_int
 from .._inputs import TensorOrTuple, input_tuple
-from .._pairing import check_default_ablation, patch_strategy
+from .._pairing import check_default_ablation, paired_baselines
 from .._preflight import preflight
 from .._state import keeps_model_state
 from ..ablation import AblationStrategy, PatchAblation, resolve_ablation
@@ -186,13 +186,14 @@ class ComponentAblationRegression(PerturbationAttribution, CollectionEntryPoints
         # runs the probe (targets, determinism, outputs) before its first gated pass
         preflight("ComponentAblationRegression", self.forward_func, self.components, inputs,
                   baselines=baselines, probe=False)
-        data = tensor_batches(inputs, target, additional_forward_args)
-        n_examples = sum(int(batch[0][0].shape[0]) for batch in data)
+        if baselines is not None:  # checked here, before the collection's first pass
+            check_default_ablation(self.ablation)
+            paired_baselines(input_tuple(inputs), baselines, self.forward_func)
+        # paired batches when baselines are given: the collection patches from them
+        data = tensor_batches(inputs, target, additional_forward_args, baselines=baselines)
+        n_examples = int(input_tuple(inputs)[0].shape[0])
         check_example_positions(self.components, n_examples)
-        ablation: Union[str, AblationStrategy] = self.ablation
-        if baselines is not None:
-            ablation = patch_strategy(self.ablation, input_tuple(inputs), baselines,
-                                      additional_forward_args, self.forward_func)
+        ablation = self.ablation
         N = self.components.n_components
         if n_masks == "auto" or stop_when is not None:  # adaptive: rounds until the rule stops
             rule = adaptive_rule(n_masks, stop_when, validation_fraction)

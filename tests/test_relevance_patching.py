@@ -14,8 +14,9 @@ from captum_coar import (
     ComponentRelevancePatching,
     ComponentSet,
     linear_neurons,
+    mlp_neurons,
 )
-from captum_coar.baselines._lrp_rules import lrp_rules
+from captum_coar.baselines._lrp_rules import half_rule, lrp_rules
 
 V, D = 20, 16
 ARGS = dict(output="token_log_prob")
@@ -220,6 +221,23 @@ def test_half_rule_on_the_gated_product_and_identity_rule_on_silu():
     torch.testing.assert_close(ruled, hand, rtol=1e-5, atol=1e-7)
     (plain,) = torch.autograd.grad(model(x)[:, 0].sum(), x)
     assert (ruled - plain).abs().max() > 1e-3
+    # the rule acts before the gate on the same module: the product's own neurons are not halved
+    x = x.detach()
+    for names, hand_gates in ((["down_proj"], None), (["gate_proj"], "gate")):
+        comps = (mlp_neurons if hand_gates is None else linear_neurons)(model, names)
+        relp = ComponentRelevancePatching(model, comps, "zero", require_attention=False
+                                          ).attribute(x, target=0, output="logit")
+        atp = ComponentAttributionPatching(model, comps, "zero").attribute(x, target=0,
+                                                                           output="logit")
+        if hand_gates is None:
+            torch.testing.assert_close(relp, atp, rtol=0, atol=0)
+            continue
+        gates = torch.ones(3, 6, requires_grad=True)
+        g = model.gate_proj(x) * gates
+        act = nn.functional.silu(g)
+        h = (act.detach() + (g - g.detach()) * (act / g).detach()) * model.up_proj(x)
+        (hand,) = torch.autograd.grad(model.down_proj(half_rule(h))[:, 0].sum(), gates)
+        torch.testing.assert_close(relp, hand, rtol=1e-5, atol=1e-7)
 
 
 class SdpaAttention(nn.Module):

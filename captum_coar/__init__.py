@@ -41,6 +41,7 @@ from .visualization import (output_label, plot_component_attributions, plot_corr
 from .patching import PatchingResult, activation_patching
 from .patching_plots import plot_patching_grid
 from .positions import at_positions, residual_stream
+from .experts import moe_experts
 from .dictionaries import Dictionary, dictionary_latents
 from .sparse_autoencoder import SparseAutoencoder, train_sparse_autoencoder
 from .edits import WeightEdit, ablate_persistently, zero_components
@@ -52,7 +53,7 @@ __version__ = "0.2.0"
 __all__ = [
     # components
     "ComponentGroup", "ComponentSet", "conv_filters", "linear_neurons", "attention_heads",
-    "mlp_neurons", "residual_stream", "at_positions",
+    "mlp_neurons", "residual_stream", "at_positions", "moe_experts",
     "Dictionary", "dictionary_latents", "SparseAutoencoder", "train_sparse_autoencoder",
     # ablation and gates
     "AblationStrategy", "ZeroAblation", "WeightAblation", "ConstantAblation", "MeanAblation",

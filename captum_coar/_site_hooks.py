@@ -5,8 +5,10 @@ Contract
 :class:`SiteHooks` is the one place where hooks are put on component modules: entering it
 patches ``nn.MultiheadAttention`` modules whose output projection is grouped
 (:mod:`captum_coar._attention_patch`) and registers, for every group, a forward hook (site
-``"output"``) or a forward pre-hook on the first positional input (site ``"input"``) that
-passes the activation through :meth:`SiteHooks.on_activation`, which subclasses define
+``"output"``) or a forward pre-hook on the first positional input (site ``"input"``; site
+``"routing"``: on a mixture-of-experts container's routing weights, see
+:func:`captum_coar.experts.routing_hooks`) that passes the activation through
+:meth:`SiteHooks.on_activation`, which subclasses define
 (gating in :class:`~captum_coar.gates.ComponentGates`, recording in
 :class:`~captum_coar._recording.ActivationRecorder`). Hooks and patches are removed on exit,
 after success or an exception, and by :meth:`SiteHooks.remove` (idempotent); if registration
@@ -27,6 +29,7 @@ from torch import Tensor, nn
 
 from ._attention_patch import patch_multihead_attention, unpatch_multihead_attention
 from .components import ComponentGroup, ComponentSet
+from .experts import routing_hooks
 
 __all__ = ["SiteHooks", "site_tensor"]
 
@@ -54,6 +57,9 @@ class SiteHooks:
                 if group.site == "output":
                     self._handles.append(
                         module.register_forward_hook(self._output_hook(position, group)))
+                elif group.site == "routing":  # mixture-of-experts routing weights
+                    self._handles += routing_hooks(
+                        self.components.model, group, self._routing_visit(position, group, module))
                 else:
                     self._handles.append(
                         module.register_forward_pre_hook(self._input_hook(position, group)))
@@ -110,6 +116,10 @@ class SiteHooks:
         return group.dictionary.substitute(
             group, activation, source,
             lambda latents: self.on_activation(position, group, module, latents))
+
+    def _routing_visit(self, position: int, group: ComponentGroup,
+                       module: nn.Module) -> Callable[[Tensor], Tensor]:
+        return lambda weights: self._batch_first(position, group, module, weights)
 
     def _input_hook(self, position: int, group: ComponentGroup) -> Callable:
         def hook(module: nn.Module, args: Tuple[Any, ...]) -> Tuple[Any, ...]:

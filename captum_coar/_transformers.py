@@ -5,19 +5,26 @@ Contract
 :func:`find_attention` returns one :class:`AttentionSite` per multi-head attention module of
 a model: the module, the Linear (or Hugging Face ``Conv1D``) that consumes the concatenated
 heads (its *output projection*), the number of query heads, the head dimension and whether it
-is self- or cross-attention. Nothing is looked up by the projection's name:
+is self- or cross-attention. Nothing is looked up by a projection's name:
 
-- an *attention core* is an innermost module that states a head dimension (``head_dim``,
-  ``attention_head_size``, ``key_value_proj_dim``, ``head_size``) or a head count
+- an *attention core* is an innermost module that states a head dimension (``v_head_dim``,
+  ``head_dim``, ``attention_head_size``, ``key_value_proj_dim``, ``head_size``) or a head count
   (``num_heads``, ``num_attention_heads``, ``n_heads``, ``n_head``); a missing count comes from
   its ``config`` (``num_attention_heads``), a missing dimension from the count;
-- its first Linear maps are the query/key/value projections when their output widths are
-  ``q + 2 kv`` (one fused map), ``q, kv, kv`` in any order (three maps) or ``q, 2 kv`` (two),
-  where ``q = heads * head_dim`` and ``kv = kv_heads * head_dim`` for a ``kv_heads`` that
-  divides ``heads`` (grouped-query and multi-query attention give one unit per *query* head);
-- the output projection is the next Linear map with input width ``q``, inside the core or,
-  when the core holds only q/k/v (BERT's ``attention.self``), the next one after the core in
-  its parent (``attention.output.dense``).
+- gating needs only its *output projection* (the Linear map that consumes the concatenated
+  heads: input width ``q = heads * head_dim``, output the width its other maps read), the head
+  count and the head size; the query/key/value layout is used only to tell the output
+  projection from a query projection of the same shape, in this order:
+
+  1. the one map inside the core that maps ``q`` back to that width while the core's other
+     maps hold a query/key/value layout, in any module order (fused ``q + 2 kv`` as in GPT-2,
+     Phi-3 or CodeGen's multi-partition ``qkv_proj``; ``q, kv, kv``; ``q, 2 kv``; ``kv``
+     ranging over ``kv_heads * head_dim`` for a ``kv_heads`` that divides ``heads``, so
+     grouped-query and multi-query attention give one unit per *query* head);
+  2. otherwise, in module order, the first map after a leading query/key/value layout that
+     maps ``q`` back to the width its projections read: inside the core or, when the core
+     holds only q/k/v (BERT's ``attention.self``), the next one after the core in its parent
+     (``attention.output.dense``).
 
 The one genuine oddity, ``nn.MultiheadAttention`` (projections as parameters, ``out_proj``
 called functionally), is a table entry. Cross-attention is recognised by an
@@ -27,18 +34,23 @@ labelled ``cross_head``, self-attention ``head``.
 
 :func:`find_mlp_down_projections` returns, for every MLP, the Linear map that brings the hidden
 units back to the model width (``down_proj``, ``c_proj``, ``fc2``, ``wo``, ``output.dense``):
-a map ``I -> D`` (``D`` = the width of the attention outputs, ``I != D``) directly preceded,
-in module order, by a map ``D -> I`` (the up projection; gated MLPs have two). Its *input*
-holds each hidden unit once, after the activation and after the gate product.
+a map ``I -> D`` (``D`` = the width of the attention outputs, ``I != D``) fed by an up
+projection ``D -> I`` (gated MLPs have two) or a fused gate/up projection ``D -> 2 I``
+(Phi-3's ``gate_up_proj``), found directly before it in module order or beside it in the same
+parent module. Its *input* holds each hidden unit once, after the activation and after the
+gate product.
 
 :func:`find_expert_blocks` names the mixture-of-experts blocks (a module whose name or class
 says ``expert`` and that holds its experts' weights as 3-d tensors or a list of expert
 modules). Their hidden units are not MLP neurons here: each expert runs only on the tokens
-routed to it, and fused expert weights have no Linear map to gate. Selection refuses or warns
-(see :mod:`captum_coar.selectors`) rather than report the dense MLPs alone as "the MLP neurons".
+routed to it, and fused expert weights have no Linear map to gate. Each routed expert is a
+component of its own (:mod:`captum_coar.experts`); selecting MLP neurons without the experts
+warns or refuses (see :mod:`captum_coar.selectors`) rather than report the dense MLPs alone
+as "the MLP neurons".
 
-An attention core whose projections do not fit these rules raises ``ValueError`` naming it and
-pointing to the explicit selectors, so a head count is never silently wrong.
+An attention core whose output projection cannot be told apart raises ``ValueError`` naming
+the core, what is missing (the head shape, or a map ``q -> width``) and how to declare its
+heads by hand, so a head count is never silently wrong.
 """
 
 from __future__ import annotations
@@ -53,8 +65,9 @@ from .components import is_hf_conv1d
 __all__ = ["AttentionSite", "find_attention", "find_mlp_down_projections", "find_expert_blocks",
            "linear_widths", "is_linear_like", "has_transformer_config"]
 
-_HEAD_DIM_ATTRS = ("head_dim", "attention_head_size", "key_value_proj_dim", "head_size")
+_HEAD_DIM_ATTRS = ("v_head_dim", "head_dim", "attention_head_size", "key_value_proj_dim", "head_size")
 _HEAD_COUNT_ATTRS = ("num_heads", "num_attention_heads", "n_heads", "n_head")
+_KV_COUNT_ATTRS = ("num_key_value_heads", "num_kv_heads", "n_kv_heads", "kv_n_heads")
 _CROSS_NAMES = ("encoder_attn", "encdecattention", "crossattention", "cross_attn",
                 "cross_attention")
 
@@ -117,10 +130,26 @@ def _head_shape(name: str, module: nn.Module) -> Tuple[Optional[int], Optional[i
     return heads, _int_attr(module, _HEAD_DIM_ATTRS)
 
 
-def _qkv_prefix(widths: List[int], heads: int, head_dim: int) -> int:
+def _kv_widths(heads: int, head_dim: int) -> List[int]:
+    return [k * head_dim for k in range(1, heads + 1) if heads % k == 0]
+
+
+def _declared_kv_widths(module: nn.Module, heads: int, head_dim: int) -> Optional[List[int]]:
+    """``[kv_heads * head_dim]`` when the core (or its config) states its key/value heads."""
+    kv = _int_attr(module, _KV_COUNT_ATTRS)
+    groups = _int_attr(module, ("num_key_value_groups",))
+    if kv is None and groups is not None and heads % groups == 0:
+        kv = heads // groups
+    if kv is None:
+        kv = _int_attr(getattr(module, "config", None), ("num_key_value_heads",))
+    return [kv * head_dim] if kv is not None and heads % kv == 0 else None
+
+
+def _qkv_prefix(widths: List[int], heads: int, head_dim: int,
+                kv_widths: Optional[List[int]] = None) -> int:
     """How many leading maps are the q/k/v projections (0 when the widths fit no layout)."""
     q = heads * head_dim
-    kv_widths = {k * head_dim for k in range(1, heads + 1) if heads % k == 0}
+    kv_widths = kv_widths or _kv_widths(heads, head_dim)
     if len(widths) >= 3 and any(sorted(widths[:3]) == sorted([q, kv, kv]) for kv in kv_widths):
         return 3
     if widths and any(widths[0] == q + 2 * kv for kv in kv_widths):
@@ -128,6 +157,12 @@ def _qkv_prefix(widths: List[int], heads: int, head_dim: int) -> int:
     if len(widths) >= 2 and any(sorted(widths[:2]) == sorted([q, 2 * kv]) for kv in kv_widths):
         return 2
     return 0
+
+
+def _is_qkv_layout(widths: List[int], heads: int, head_dim: int,
+                   kv_widths: Optional[List[int]]) -> bool:
+    """Whether ``widths`` (any order) are exactly the output widths of q/k/v projections."""
+    return _qkv_prefix(list(widths), heads, head_dim, kv_widths) == len(widths)
 
 
 def _is_cross(name: str, module: nn.Module, parent: Optional[nn.Module]) -> bool:
@@ -184,35 +219,65 @@ def _core_site(name: str, module: nn.Module, parent: Optional[nn.Module],
     if head_dim is None and heads:
         head_dim = in_width // heads if in_width % heads == 0 else None
     if not heads or not head_dim:
-        raise _unresolved(name, module, "its head count and head dimension could not be read")
+        raise _unresolved(name, module, "its head count and head size could not be read (no"
+                          f" attribute {_HEAD_COUNT_ATTRS + _HEAD_DIM_ATTRS} and no config"
+                          " num_attention_heads)")
+    cross = _is_cross(name, module, parent)
+    found = _output_projection(name, module, inside, named, order, heads, head_dim)
+    return AttentionSite(name, found, heads, head_dim, cross)
+
+
+def _maps_back(module: nn.Module, q: int, width: int) -> bool:
+    return linear_widths(module) == (q, width)
+
+
+def _output_projection(name: str, module: nn.Module, inside: List[Tuple[str, nn.Module]],
+                       named: List[Tuple[str, nn.Module]], order: Dict[str, int],
+                       heads: int, head_dim: int) -> str:
+    """The name of the map that consumes the core's concatenated heads (rules 1 and 2)."""
+    q = heads * head_dim
+    kv_widths = _declared_kv_widths(module, heads, head_dim)
+    candidates = []
+    for n, m in inside:
+        others = [o for o_name, o in inside if o_name != n]
+        reads = {linear_widths(o)[0] for o in others}
+        if linear_widths(m)[0] == q and linear_widths(m)[1] in reads and _is_qkv_layout(
+                [linear_widths(o)[1] for o in others], heads, head_dim, kv_widths):
+            candidates.append(n)
+    if len(candidates) == 1:  # rule 1: unambiguous whatever the module order
+        return candidates[0]
     widths = [linear_widths(m)[1] for _, m in inside]
     n_inputs = _qkv_prefix(widths, heads, head_dim)
-    if n_inputs == 0:
-        raise _unresolved(name, module, f"its projections' output widths {widths} fit no"
-                          f" query/key/value layout for {heads} heads of size {head_dim}")
-    q = heads * head_dim
-    later = inside[n_inputs:]
-    scope = name.rpartition(".")[0]
-    last_inside = max((order[n] for n, _ in named if n.startswith(name + ".")), default=order[name])
-    later += _linear_after(named, order, scope, last_inside)
-    for projection_name, projection in later:
-        if linear_widths(projection)[0] == q:
-            return AttentionSite(name, projection_name, heads, head_dim,
-                                 _is_cross(name, module, parent))
-        break
-    raise _unresolved(name, module, f"no Linear map with input width {q} ({heads} heads x"
-                      f" {head_dim}) follows its query/key/value projections")
+    if n_inputs:  # rule 2: q/k/v first in module order, then the output projection
+        width = linear_widths(inside[0][1])[0]
+        scope = name.rpartition(".")[0]
+        last_inside = max(order[n] for n, _ in named if n == name or n.startswith(name + "."))
+        later = inside[n_inputs:] + _linear_after(named, order, scope, last_inside)
+        if later and _maps_back(later[0][1], q, width):
+            return later[0][0]
+    shape = f"{q} = {heads} heads x {head_dim}"
+    if len(candidates) > 1:
+        why = (f"{len(candidates)} of its Linear maps ({candidates}) could each consume its"
+               f" {shape} features and no module order tells which does")
+    else:
+        maps = ", ".join(f"{n.rpartition('.')[2]}: {' -> '.join(map(str, linear_widths(m)))}"
+                         for n, m in inside)
+        why = (f"none of its Linear maps ({maps}), nor the one right after it, takes its"
+               f" {shape} concatenated head features back to the width its projections read"
+               " after query/key/value projections")
+    raise _unresolved(name, module, why)
 
 
 def _unresolved(name: str, module: nn.Module, why: str) -> ValueError:
     return ValueError(
-        f"attention module {name!r} ({type(module).__name__}) was found but {why}; select its"
-        " heads explicitly with attention_heads(model, names={'<output projection>': n_heads}),"
-        " or leave it out with exclude=...")
+        f"attention module {name!r} ({type(module).__name__}) was found but {why}; declare its"
+        " heads by hand with attention_heads(model, names={'<output projection>': n_heads}),"
+        " naming the Linear map whose input holds the concatenated heads, or leave it out with"
+        " exclude=...")
 
 
 def find_mlp_down_projections(model: nn.Module, sites: List[AttentionSite]) -> List[str]:
-    """Names of the MLP down projections (``I -> D`` maps right after a ``D -> I`` map)."""
+    """Names of the MLP down projections (``I -> D`` maps fed by ``D -> I`` or ``D -> 2I``)."""
     modules = dict(model.named_modules())
     widths = {linear_widths(modules[s.projection_name])[1] for s in sites}
     attention_scopes = tuple(s.module_name + "." for s in sites)
@@ -223,12 +288,20 @@ def find_mlp_down_projections(model: nn.Module, sites: List[AttentionSite]) -> L
     found = []
     for position, (name, module) in enumerate(linears):
         width_in, width_out = linear_widths(module)
-        if position == 0 or width_out not in widths or width_in == width_out:
+        if width_out not in widths or width_in == width_out:
             continue
-        up_in, up_out = linear_widths(linears[position - 1][1])
-        if up_out == width_in and up_in == width_out:
+        parent = name.rpartition(".")[0]
+        feeding = linears[position - 1:position] + [
+            (n, m) for n, m in linears if n != name and n.rpartition(".")[0] == parent]
+        if any(_feeds(m, width_in, width_out) for _, m in feeding):
             found.append(name)
     return found
+
+
+def _feeds(up: nn.Module, hidden: int, width: int) -> bool:
+    """An up projection ``width -> hidden``, or a fused gate/up ``width -> 2 hidden``."""
+    up_in, up_out = linear_widths(up)
+    return up_in == width and up_out in (hidden, 2 * hidden)
 
 
 def _holds_experts(name: str, module: nn.Module) -> bool:

@@ -48,6 +48,7 @@ from torch import Tensor, nn
 from ._recording import record_activations
 from ._registry import Registry
 from .components import ComponentGroup, ComponentSet, is_hf_conv1d
+from .experts import check_expert_ablation
 
 __all__ = [
     "AblationStrategy",
@@ -321,6 +322,7 @@ def fitted_ablation(ablation: Union[str, AblationStrategy], forward_func: Option
     Methods call this once when they start; gate contexts then use the fitted strategy.
     """
     strategy = resolve_ablation(ablation)
+    check_expert_ablation(components, strategy)  # before any reference pass
     if not strategy.is_fitted(components):
         if forward_func is None:
             raise ValueError(

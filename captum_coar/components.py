@@ -18,7 +18,8 @@ Selectors for the common kinds live one layer up, in :mod:`captum_coar.selectors
 this module imports nothing above it) and selects by kind and by name pattern, and
 :meth:`ComponentSet.subset` filters with the same kind vocabulary (``KINDS``): each unit word
 maps to one kind (``filter`` -> ``conv_filters``, ``neuron`` -> ``linear_neurons``, ``head`` and
-``cross_head`` -> ``attention_heads``, ``mlp_neuron`` -> ``mlp_neurons``).
+``cross_head`` -> ``attention_heads``, ``mlp_neuron`` -> ``mlp_neurons``, ``expert`` ->
+``moe_experts``: a mixture-of-experts expert, site ``"routing"``, :mod:`captum_coar.experts`).
 :meth:`ComponentSet.summary` prints one screen of groups and counts. Bad specifications raise
 ``ValueError`` / ``TypeError`` naming the module and what was expected.
 
@@ -65,13 +66,14 @@ __all__ = [
     "KINDS",
 ]
 
-SITES: Tuple[str, ...] = ("output", "input")
+SITES: Tuple[str, ...] = ("output", "input", "routing")
 KINDS: Tuple[str, ...] = ("conv_filters", "linear_neurons", "attention_heads", "mlp_neurons",
-                          "residual_stream")
+                          "residual_stream", "moe_experts")
 #: unit word of a group -> the selection kind it belongs to (custom words are their own kind)
 UNIT_KINDS: Dict[str, str] = {"filter": "conv_filters", "neuron": "linear_neurons",
                               "head": "attention_heads", "cross_head": "attention_heads",
-                              "mlp_neuron": "mlp_neurons", "residual": "residual_stream"}
+                              "mlp_neuron": "mlp_neurons", "residual": "residual_stream",
+                              "expert": "moe_experts"}
 
 NamePatterns = Union[None, str, Sequence[str], Callable[[str], bool]]
 
@@ -89,7 +91,9 @@ class ComponentGroup:
         module_name: name of the module in ``model.named_modules()``.
         kind: label word for a unit, e.g. ``"filter"``, ``"neuron"``, ``"head"``.
         n_units: units along ``unit_axis`` (components = units x positions).
-        site: ``"output"`` (the module's output) or ``"input"`` (its first positional input).
+        site: ``"output"`` (the module's output), ``"input"`` (its first positional input)
+            or ``"routing"`` (the routing weights a mixture-of-experts experts container
+            receives, one unit per expert: :mod:`captum_coar.experts`).
         unit_axis: axis of the activation (batch is axis 0) that holds the units.
         unit_size: features per unit along ``unit_axis`` (``head_dim`` for heads).
         positions: token positions, each an int or a ``(name, per-example indices)`` pair;
@@ -380,9 +384,11 @@ class ComponentSet:
             model: the model.
             kinds: any of ``"conv_filters"``, ``"linear_neurons"``, ``"attention_heads"``,
                 ``"mlp_neurons"``, ``"residual_stream"`` (each transformer block's output
-                vector). None: heads + MLP neurons for a transformer with a Hugging
-                Face style ``config`` (embeddings, ``lm_head``, classifier heads and q/k/v
-                maps are left out); conv filters, Linear neurons and heads for any other model.
+                vector), ``"moe_experts"`` (each routed expert of a mixture-of-experts
+                block). None: heads + MLP neurons (+ routed experts) for a transformer with a
+                Hugging Face style ``config`` (embeddings, ``lm_head``, classifier heads and
+                q/k/v maps are left out); conv filters, Linear neurons and heads for any other
+                model.
             include / exclude: glob patterns (``"layer1.*"``), a list of them, or a predicate
                 on the module name. Heads and MLP neurons match on the name of the projection
                 they feed (``h.0.attn.c_proj``, ``h.0.mlp.c_proj``).

@@ -46,6 +46,7 @@ from torch import Tensor, nn
 from ._site_hooks import SiteHooks
 from .ablation import AblationStrategy, fitted_ablation, resolve_ablation
 from .components import ComponentGroup, ComponentSet, is_hf_conv1d
+from .experts import check_expert_ablation
 from .positions import position_gate
 
 __all__ = ["ComponentGates", "ablated", "expand_gate"]
@@ -118,6 +119,7 @@ class ComponentGates(SiteHooks):
                 f"ablation {self.strategy!r} is not fitted for these components; fit it first"
                 " with captum_coar.ablation.fitted_ablation(ablation, forward_func, components)"
             )
+        check_expert_ablation(self.components, self.strategy)
         return super().__enter__()
 
     # ------------------------------------------------------------------ hooks

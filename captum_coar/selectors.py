@@ -18,6 +18,9 @@ Contract
   row ``j`` of the up projection: with a bias ``b_j`` and GELU the unit then outputs
   ``gelu(b_j) != 0``; only for a bias-free up projection with ``act(0) = 0`` (ReLU, GELU, SiLU
   gates of Llama-style MLPs) do the two agree.
+- ``moe_experts`` (kind of :func:`select_groups`; :func:`captum_coar.experts.moe_experts`):
+  every routed expert of every mixture-of-experts block, one component each (its weighted
+  contribution to the tokens routed to it; site ``"routing"``).
 - ``residual_stream`` (kind of :func:`select_groups`; :func:`captum_coar.positions.residual_stream`):
   one component per transformer block, its whole output hidden vector.
 - ``positions=`` of :func:`attention_heads` and :func:`mlp_neurons` takes each unit at each
@@ -25,7 +28,8 @@ Contract
 - :func:`select_groups`: the kinds above filtered by glob patterns or predicates; used by
   :meth:`ComponentSet.from_model`. With ``kinds=None`` a model with a Hugging Face style
   ``config`` and attention modules gets heads + MLP neurons (no embeddings, ``lm_head``,
-  classifier heads or q/k/v maps); any other model gets conv filters, Linear neurons and heads.
+  classifier heads or q/k/v maps), plus the routed experts of a mixture-of-experts model; any
+  other model gets conv filters, Linear neurons and heads.
 
 Tied weights: a Linear map whose weight is shared (GPT-2's ``lm_head`` and the token embedding)
 is gated at *that* use only; zeroing the shared matrix by hand would also change the other use.
@@ -59,6 +63,7 @@ from .components import (
     NamePatterns,
     require_module,
 )
+from .experts import expert_group, find_experts, no_experts_message
 from .positions import at_positions, residual_group, transformer_blocks
 
 __all__ = ["conv_filters", "linear_neurons", "attention_heads", "mlp_neurons", "select_groups",
@@ -70,27 +75,33 @@ LARGE_SELECTION = 50_000
 
 
 def default_kinds(model: nn.Module) -> tuple:
-    """Heads + MLP neurons for a transformer with a config, else every kind but MLP neurons."""
+    """Heads + MLP neurons (+ routed experts) for a transformer with a config, else every kind
+    but MLP neurons."""
     if has_transformer_config(model) and find_attention(model):
-        return TRANSFORMER_KINDS
+        return TRANSFORMER_KINDS + (("moe_experts",) if find_experts(model) else ())
     return ("conv_filters", "linear_neurons", "attention_heads")
 
 
-def _without_experts(model: nn.Module, down: set) -> set:
-    """Down projections outside mixture-of-experts blocks; refuse or warn where blocks exist."""
-    experts = find_expert_blocks(model)
+def _without_experts(model: nn.Module, down: set, experts_selected: bool) -> set:
+    """Down projections outside mixture-of-experts blocks; unless the experts themselves are
+    selected, refuse or warn where such blocks exist."""
+    experts = find_expert_blocks(model) + [s.module_name for s in find_experts(model)]
     if not experts:
         return down
     dense = {d for d in down if not d.startswith(tuple(e + "." for e in experts))}
-    what = (f"{len(experts)} mixture-of-experts block(s) in {type(model).__name__} (e.g."
+    if experts_selected:
+        return dense
+    what = (f"{len(set(experts))} mixture-of-experts block(s) in {type(model).__name__} (e.g."
             f" {experts[0]!r}): expert hidden units are not MLP neurons here (each expert runs"
-            " only on the tokens routed to it, and fused expert weights have no Linear to gate)")
+            " only on the tokens routed to it, and fused expert weights have no Linear to"
+            " gate); each routed expert is one component of kind 'moe_experts'")
     if not dense:
         raise ValueError(
-            f"found {what}; select kinds=['attention_heads'] for the heads alone, or gate a"
-            " named Linear with linear_neurons(model, names=[...])")
+            f"found {what}; select kinds=['attention_heads', 'moe_experts'], or gate a named"
+            " Linear with linear_neurons(model, names=[...])")
     warnings.warn(f"found {what}; mlp_neurons covers only the {len(dense)} dense MLP(s)"
-                  f" (e.g. {sorted(dense)[0]!r}), not the experts", UserWarning, stacklevel=4)
+                  f" (e.g. {sorted(dense)[0]!r}), not the experts: add 'moe_experts' to kinds",
+                  UserWarning, stacklevel=4)
     return dense
 
 
@@ -114,9 +125,12 @@ def select_groups(
     blocks = set(transformer_blocks(model)) if "residual_stream" in kinds else set()
     by_projection = {s.projection_name: s for s in sites} if "attention_heads" in kinds else {}
     down = set(find_mlp_down_projections(model, sites)) if "mlp_neurons" in kinds else set()
+    experts = {s.module_name: s for s in find_experts(model)} if "moe_experts" in kinds else {}
+    if "moe_experts" in kinds and not experts:
+        raise ValueError(no_experts_message(model))
     if "mlp_neurons" in kinds:
-        down = _without_experts(model, down)
-    if "mlp_neurons" in kinds and sites and not down:
+        down = _without_experts(model, down, bool(experts))
+    if "mlp_neurons" in kinds and sites and not down and not experts:
         raise ValueError(
             f"found {len(sites)} attention modules in {type(model).__name__} but no MLP down"
             " projection (a Linear map I -> D right after a map D -> I, with I != D); name them"
@@ -136,6 +150,8 @@ def select_groups(
             groups.append(_site_group(by_projection[name], module))
         if name in down:
             groups.append(_mlp_group(name, module, model))
+        if name in experts:
+            groups.append(expert_group(experts[name]))
         if ("linear_neurons" in kinds and is_linear_like(module)
                 and name not in by_projection and name not in mha_out_projs):
             groups.append(_linear_group(name, module, model))

@@ -1,11 +1,12 @@
 """Heads and MLP neurons found in 15 transformers families built from tiny configs, and the
-heads (plus any dense MLP beside the experts) of two mixture-of-experts families.
+heads, routed experts and any dense MLP beside them of two mixture-of-experts families
+(more families: ``test_transformers_architectures_more.py``, which shares these helpers).
 
 For every family: the heads found equal layers x heads per attention role (query heads for
 grouped- and multi-query attention; self and cross attention in separately labelled groups),
 the MLP neurons found equal layers x intermediate size, and gating a random set of heads and
 MLP neurons gives the same logits as zeroing the matching input columns of the output / down
-projections on a deep copy.
+projections on a deep copy (and, for experts, every weight of the expert).
 """
 
 import copy
@@ -115,7 +116,9 @@ def build(family):
 
 
 def zero_input_columns(model, components, keep):
-    """A deep copy with the input columns of every ablated unit zeroed (heads, MLP neurons)."""
+    """A deep copy with every ablated unit's weights zeroed: the input columns of heads and MLP
+    neurons; every weight and bias of a routed expert (its slice of fused 3-d weights, or all
+    parameters of its own module), so that expert's output is 0."""
     edited = copy.deepcopy(model)
     modules = dict(edited.named_modules())
     with torch.no_grad():
@@ -123,6 +126,9 @@ def zero_input_columns(model, components, keep):
             module = modules[group.module_name]
             for unit in range(group.n_units):
                 if keep[components.offsets[position] + unit]:
+                    continue
+                if group.kind == "expert":
+                    zero_expert(module, unit, group.n_units)
                     continue
                 cols = slice(unit * group.unit_size, (unit + 1) * group.unit_size)
                 if type(module).__name__ == "Conv1D":  # weight [in, out]
@@ -132,9 +138,28 @@ def zero_input_columns(model, components, keep):
     return edited
 
 
+def zero_expert(container, expert, n_experts):
+    fused = [p for p in container.parameters(recurse=False) if p.dim() >= 2
+             and p.shape[0] == n_experts]
+    if fused:
+        for parameter in fused:
+            parameter[expert] = 0
+    else:
+        for parameter in list(container.children())[expert].parameters():
+            parameter.zero_()
+
+
+def count_kinds(components):
+    found = {}
+    for group in components.groups:
+        found[group.kind] = found.get(group.kind, 0) + group.n_units
+    return found
+
+
 def assert_gated_equals_zeroed(model, components, inputs):
-    """Gating a random 30% of the components gives the logits of a deep copy with their input
-    columns zeroed, and changes the logits by far more than the tolerance."""
+    """Gating a random 30% of the components gives the logits of a deep copy with their
+    weights zeroed, and changes the logits by far more than the tolerance; returns the largest
+    difference relative to the largest logit."""
     keep = torch.rand(components.n_components,
                       generator=torch.Generator().manual_seed(3)) > 0.3
     with torch.no_grad():
@@ -145,6 +170,7 @@ def assert_gated_equals_zeroed(model, components, inputs):
     scale = plain.abs().max().item()
     torch.testing.assert_close(gated, zeroed, rtol=1e-5, atol=1e-6 * scale)
     assert (gated - plain).abs().max() > 1e-3 * scale
+    return (gated - zeroed).abs().max().item() / scale
 
 
 @pytest.mark.parametrize("family", sorted(FAMILIES))
@@ -152,9 +178,7 @@ def test_heads_and_mlp_neurons_found_and_gated_equals_zeroed(family):
     model, inputs = build(family)
     components = ComponentSet.from_model(model)  # default for transformers: heads + MLP neurons
     expected_heads, expected_neurons = FAMILIES[family][3], FAMILIES[family][4]
-    found = {}
-    for group in components.groups:
-        found[group.kind] = found.get(group.kind, 0) + group.n_units
+    found = count_kinds(components)
     assert found == {**expected_heads, "mlp_neuron": expected_neurons}, found
     assert all(g.site == "input" for g in components.groups)
     assert_gated_equals_zeroed(model, components, inputs)
@@ -165,30 +189,24 @@ MOE = {
                                         num_key_value_heads=2, hidden_size=D, intermediate_size=16,
                                         vocab_size=V, num_local_experts=4,
                                         num_experts_per_tok=2),
-                T.MixtralForCausalLM, ["attention_heads"], {"head": L * H}),
+                T.MixtralForCausalLM, {"head": L * H, "expert": L * 4}),
     "qwen2_moe": (lambda: T.Qwen2MoeConfig(num_hidden_layers=L, num_attention_heads=H,
                                            num_key_value_heads=2, hidden_size=D,
                                            intermediate_size=16, moe_intermediate_size=8,
                                            shared_expert_intermediate_size=24, vocab_size=V,
                                            num_experts=4, num_experts_per_tok=2),
-                  T.Qwen2MoeForCausalLM, None, {"head": L * H, "mlp_neuron": L * 24}),
+                  T.Qwen2MoeForCausalLM, {"head": L * H, "mlp_neuron": L * 24, "expert": L * 4}),
 }
 
 
 @pytest.mark.parametrize("family", sorted(MOE))
-def test_mixture_of_experts_heads_and_dense_neurons_gated_equals_zeroed(family):
-    config_fn, cls, kinds, expected = MOE[family]
+def test_mixture_of_experts_heads_experts_and_dense_neurons_gated_equals_zeroed(family):
+    config_fn, cls, expected = MOE[family]
     torch.manual_seed(0)
     model = cls(config_fn()).eval()
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        components = ComponentSet.from_model(model, kinds=kinds)
-    # the default selection names the experts it leaves out; heads alone warn about nothing
-    assert [str(w.message)[:30] for w in caught] == (
-        ["found 2 mixture-of-experts blo"] if kinds is None else [])
-    found = {}
-    for group in components.groups:
-        found[group.kind] = found.get(group.kind, 0) + group.n_units
-    assert found == expected, found
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the experts are selected, so nothing is left out
+        components = ComponentSet.from_model(model)
+    assert count_kinds(components) == expected
+    assert {g.site for g in components.groups if g.kind == "expert"} == {"routing"}
     assert_gated_equals_zeroed(model, components, _tokens(model))
-

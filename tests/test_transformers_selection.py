@@ -140,8 +140,9 @@ def test_explicit_names_and_errors_instead_of_wrong_counts():
             self.b = nn.Linear(20, 16)
 
     odd = nn.Sequential(Odd())
-    with pytest.raises(ValueError, match=r"attention module '0' \(Odd\) was found but its"
-                                         r" projections' output widths \[20, 16\]"):
+    with pytest.raises(ValueError, match=r"attention module '0' \(Odd\) was found but none of"
+                                         r" its Linear maps \(a: 16 -> 20, b: 20 -> 16\).*16 = 4"
+                                         r" heads x 4.*names=\{'<output projection>': n_heads\}"):
         attention_heads(odd)
 
 
@@ -150,24 +151,28 @@ def _moe_config(cls, **extra):
                num_attention_heads=4, num_key_value_heads=2, num_experts_per_tok=2, **extra)
 
 
-def test_mixture_of_experts_is_refused_or_named_never_counted_as_dense_mlps():
+def test_mixture_of_experts_experts_selected_never_counted_as_dense_mlps():
     torch.manual_seed(0)
-    # Mixtral: fused expert weights only -> the default selection refuses and names the fix
+    # Mixtral: fused expert weights only -> the default takes heads + routed experts; MLP
+    # neurons alone are refused with the kinds that work
     mixtral = T.MixtralForCausalLM(_moe_config(T.MixtralConfig, num_local_experts=4)).eval()
+    default = ComponentSet.from_model(mixtral)
+    assert [(g.kind, g.n_units) for g in default] == [("head", 4), ("expert", 4)] * 2
     with pytest.raises(ValueError, match=r"mixture-of-experts.*model\.layers\.0\.mlp\.experts"
-                       r".*kinds=\['attention_heads'\]"):
-        ComponentSet.from_model(mixtral)
+                       r".*kinds=\['attention_heads', 'moe_experts'\]"):
+        ComponentSet.from_model(mixtral, kinds=["mlp_neurons"])
     heads = ComponentSet.from_model(mixtral, kinds=["attention_heads"])
     assert heads.n_components == 2 * 4
-    # Qwen2-MoE: a dense shared expert beside the experts -> selected, with a warning that
-    # the experts are left out (the shared expert's units are real MLP neurons)
+    # Qwen2-MoE: a dense shared expert beside the experts -> its neurons are MLP neurons; asked
+    # for without the experts, a warning says they are left out
     qwen = T.Qwen2MoeForCausalLM(_moe_config(
         T.Qwen2MoeConfig, num_experts=4, moe_intermediate_size=8,
         shared_expert_intermediate_size=16)).eval()
-    with pytest.warns(UserWarning, match="covers only the 2 dense MLP"):
-        components = ComponentSet.from_model(qwen)
+    with pytest.warns(UserWarning, match="covers only the 2 dense MLP.*add 'moe_experts'"):
+        components = ComponentSet.from_model(qwen, kinds=["attention_heads", "mlp_neurons"])
     mlps = [g.module_name for g in components if g.kind == "mlp_neuron"]
     assert mlps == [f"model.layers.{i}.mlp.shared_expert.down_proj" for i in range(2)]
+    assert {g.kind for g in ComponentSet.from_model(qwen)} == {"head", "mlp_neuron", "expert"}
 
 
 def test_expert_containers_are_found_by_structure_and_shared_experts_are_not():

@@ -39,7 +39,7 @@ sum the site's features per unit; a latent is no slice of them) and weight edits
 
 Identity. :class:`Dictionary` is a frozen dataclass whose fields -- ``name``, ``kind``
 (``"sae"`` / ``"transcoder"``), ``n_latents`` and ``parameters`` (a hash of the values of
-every parameter and buffer it uses) -- enter :attr:`ComponentSet.fingerprint` and so COAR's
+every parameter and buffer it uses and of its modules' reprs) -- enter :attr:`ComponentSet.fingerprint` and so COAR's
 identities; the encoder and decoder ride along outside the fields, so ``+``, ``subset`` and
 :func:`~captum_coar.positions.at_positions` keep them. The dictionary must not change after it
 is declared: a hook that finds one of its tensors written in place since (an optimiser step,
@@ -139,7 +139,9 @@ class Dictionary:
 
         tensors = _tensors(self._owners, self._given)
         first = next((t for t in tensors if t.is_floating_point()), tensors[0])
-        object.__setattr__(self, "parameters", tensor_fingerprint(tensors))
+        # module reprs carry settings that are no tensor (an SAE's activation function, its k)
+        object.__setattr__(self, "parameters", tensor_fingerprint(
+            [tensors, [repr(owner) for owner in self._owners]]))
         object.__setattr__(self, "_state", _state(tensors))
         object.__setattr__(self, "_dtype", first.dtype)
         object.__setattr__(self, "_device", first.device)

@@ -76,6 +76,12 @@ class SparseAutoencoder(nn.Module):
             self.W_enc.copy_(self.W_dec.T[:d_in] if d_out == d_in else
                              torch.randn(d_in, n_latents) / d_in ** 0.5)
 
+    def extra_repr(self) -> str:
+        k = f", k={self.k}" if self.activation == "topk" else ""
+        return (f"d_in={self.d_in}, n_latents={self.n_latents}, d_out={self.d_out},"
+                f" activation={self.activation!r}{k},"
+                f" subtract_decoder_bias={self.subtract_decoder_bias}")
+
     def encode(self, x: Tensor) -> Tensor:
         """Latents ``(..., n_latents)`` of ``x`` ``(..., d_in)``."""
         if self.subtract_decoder_bias:

@@ -19,6 +19,7 @@ from captum_coar import (
     ComponentGroup,
     ComponentIntegratedGradients,
     ComponentInternalInfluence,
+    ComponentRelevancePatching,
     Dictionary,
     GatedForward,
     MeanAblation,
@@ -189,7 +190,8 @@ def additive_toy():
     (lambda m, c: ComponentAttributionPatching(m, c), {}),
     (lambda m, c: ComponentIntegratedGradients(m, c), {"n_steps": 8}),
     (lambda m, c: ComponentAblationRegression(m, c), {"n_masks": 200, "ablation_fraction": 0.3}),
-], ids=["leave-one-out", "AtP", "gate IG", "COAR"])
+    (lambda m, c: ComponentRelevancePatching(m, c, require_attention=False), {}),
+], ids=["leave-one-out", "AtP", "gate IG", "COAR", "RelP"])
 def test_every_gate_method_recovers_the_exact_latent_effects(make, kwargs):
     model, components, x, target, truth = additive_toy()
     result = make(model, components).attribute(x, target=target, output="logit", **kwargs)
@@ -422,6 +424,7 @@ def test_sparse_autoencoder_loads_released_weights_and_trains():
     top = SparseAutoencoder.from_weights(sae.W_enc, sae.b_enc, sae.W_dec, sae.b_dec,
                                          activation="topk", k=2)
     assert ((top.encode(x) > 0).sum(dim=-1) <= 2).all()
+    assert Dictionary(top).parameters != Dictionary(loaded).parameters  # same tensors, other k
     # data made of 3 sparse directions: a trained SAE explains most of it
     g = torch.Generator().manual_seed(0)
     codes = torch.relu(torch.randn(512, 3, generator=g)) * (torch.rand(512, 3, generator=g) < 0.4)

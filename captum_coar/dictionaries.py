@@ -203,7 +203,7 @@ class Dictionary:
         if group.n_units != self.n_latents:
             problems.append(f"n_units={group.n_units} (the dictionary has {self.n_latents}"
                             " latents)")
-        if group.unit_size != 1 or group.unit_axis not in (-1,):
+        if group.unit_size != 1 or group.unit_axis != -1:
             problems.append(f"unit_size={group.unit_size}, unit_axis={group.unit_axis} (latents"
                             " are unit_size=1 on unit_axis=-1)")
         if self.kind == "transcoder" and group.site != "output":

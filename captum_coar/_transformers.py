@@ -5,7 +5,7 @@ Contract
 :func:`find_attention` returns one :class:`AttentionSite` per multi-head attention module of
 a model: the module, the Linear (or Hugging Face ``Conv1D``) that consumes the concatenated
 heads (its *output projection*), the number of query heads, the head dimension and whether it
-is self- or cross-attention. Nothing is looked up by a projection's name:
+is self- or cross-attention, from the structure (names only break ties, see below):
 
 - an *attention core* is an innermost module that states a head dimension (``v_head_dim``,
   ``head_dim``, ``attention_head_size``, ``key_value_proj_dim``, ``head_size``) or a head count
@@ -25,6 +25,10 @@ is self- or cross-attention. Nothing is looked up by a projection's name:
      maps ``q`` back to the width its projections read: inside the core or, when the core
      holds only q/k/v (BERT's ``attention.self``), the next one after the core in its parent
      (``attention.output.dense``).
+
+  Names only break ties: where several maps fit rule 1 (separate projections all ``D -> D``)
+  and exactly one is not named like an input (``q_proj``, ``value``, ``Wqkv``, ...), that one
+  is taken; a map named like an input is never taken by rule 2.
 
 The one genuine oddity, ``nn.MultiheadAttention`` (projections as parameters, ``out_proj``
 called functionally), is a table entry. Cross-attention is recognised by an
@@ -67,6 +71,8 @@ __all__ = ["AttentionSite", "find_attention", "find_mlp_down_projections", "find
 
 _HEAD_DIM_ATTRS = ("v_head_dim", "head_dim", "attention_head_size", "key_value_proj_dim", "head_size")
 _HEAD_COUNT_ATTRS = ("num_heads", "num_attention_heads", "n_heads", "n_head")
+_QKV_WORDS = {"q", "k", "v", "qk", "kv", "qkv", "query", "key", "value", "wq", "wk", "wv",
+              "wqkv", "in"}
 _KV_COUNT_ATTRS = ("num_key_value_heads", "num_kv_heads", "n_kv_heads", "kv_n_heads")
 _CROSS_NAMES = ("encoder_attn", "encdecattention", "crossattention", "cross_attn",
                 "cross_attention")
@@ -177,8 +183,12 @@ def _is_cross(name: str, module: nn.Module, parent: Optional[nn.Module]) -> bool
     return any(part in _CROSS_NAMES for part in parts)
 
 
-def find_attention(model: nn.Module) -> List[AttentionSite]:
-    """Every multi-head attention module of ``model``, in module order (see module docs)."""
+def find_attention(model: nn.Module, strict: bool = True) -> List[AttentionSite]:
+    """Every multi-head attention module of ``model``, in module order (see module docs).
+
+    ``strict=False`` leaves out the cores whose output projection cannot be told apart
+    instead of raising (for selections that name their projections by hand).
+    """
     named = list(model.named_modules())
     modules = dict(named)
     order = {name: position for position, (name, _) in enumerate(named)}
@@ -195,9 +205,11 @@ def find_attention(model: nn.Module) -> List[AttentionSite]:
             sites.append(AttentionSite(name, f"{name}.out_proj", int(module.num_heads),
                                        int(module.head_dim), _is_cross(name, module, parent)))
             continue
-        site = _core_site(name, module, parent, named, order)
-        if site is not None:
-            sites.append(site)
+        try:
+            sites.append(_core_site(name, module, parent, named, order))
+        except ValueError:
+            if strict:
+                raise
     return sites
 
 
@@ -209,8 +221,7 @@ def _linear_after(named: List[Tuple[str, nn.Module]], order: Dict[str, int], sco
 
 
 def _core_site(name: str, module: nn.Module, parent: Optional[nn.Module],
-               named: List[Tuple[str, nn.Module]], order: Dict[str, int]
-               ) -> Optional[AttentionSite]:
+               named: List[Tuple[str, nn.Module]], order: Dict[str, int]) -> AttentionSite:
     inside = _linear_after(named, order, name, order[name])
     heads, head_dim = _head_shape(name, module)
     in_width = linear_widths(inside[0][1])[0]
@@ -244,8 +255,9 @@ def _output_projection(name: str, module: nn.Module, inside: List[Tuple[str, nn.
         if linear_widths(m)[0] == q and linear_widths(m)[1] in reads and _is_qkv_layout(
                 [linear_widths(o)[1] for o in others], heads, head_dim, kv_widths):
             candidates.append(n)
-    if len(candidates) == 1:  # rule 1: unambiguous whatever the module order
-        return candidates[0]
+    unnamed = [c for c in candidates if not _named_like_qkv(c)]
+    if len(candidates) == 1 or len(unnamed) == 1:  # rule 1, whatever the module order
+        return candidates[0] if len(candidates) == 1 else unnamed[0]
     widths = [linear_widths(m)[1] for _, m in inside]
     n_inputs = _qkv_prefix(widths, heads, head_dim)
     if n_inputs:  # rule 2: q/k/v first in module order, then the output projection
@@ -253,7 +265,7 @@ def _output_projection(name: str, module: nn.Module, inside: List[Tuple[str, nn.
         scope = name.rpartition(".")[0]
         last_inside = max(order[n] for n, _ in named if n == name or n.startswith(name + "."))
         later = inside[n_inputs:] + _linear_after(named, order, scope, last_inside)
-        if later and _maps_back(later[0][1], q, width):
+        if later and _maps_back(later[0][1], q, width) and not _named_like_qkv(later[0][0]):
             return later[0][0]
     shape = f"{q} = {heads} heads x {head_dim}"
     if len(candidates) > 1:
@@ -266,6 +278,12 @@ def _output_projection(name: str, module: nn.Module, inside: List[Tuple[str, nn.
                f" {shape} concatenated head features back to the width its projections read"
                " after query/key/value projections")
     raise _unresolved(name, module, why)
+
+
+def _named_like_qkv(name: str) -> bool:
+    """``q_proj``, ``value``, ``query_key_value``, ``Wqkv``, ``k_lin``, ...: named as an input."""
+    words = set(name.rpartition(".")[2].lower().split("_"))
+    return bool(words & _QKV_WORDS)
 
 
 def _unresolved(name: str, module: nn.Module, why: str) -> ValueError:

@@ -133,8 +133,10 @@ def select_groups(
     if "mlp_neurons" in kinds and sites and not down and not experts:
         raise ValueError(
             f"found {len(sites)} attention modules in {type(model).__name__} but no MLP down"
-            " projection (a Linear map I -> D right after a map D -> I, with I != D); name them"
-            " with mlp_neurons(model, names=[...])")
+            " projection (a Linear map I -> D, I != D, fed by an up projection D -> I or a"
+            " fused gate/up D -> 2I right before it or beside it in its parent module); name"
+            " the Linear maps whose inputs hold the hidden units with mlp_neurons(model,"
+            " names=[...]), or select kinds=['attention_heads']")
     mha_out_projs = {f"{n}.out_proj" for n, m in model.named_modules()
                      if isinstance(m, nn.MultiheadAttention)}
     groups: List[ComponentGroup] = []
@@ -244,7 +246,7 @@ def attention_heads(
 def _attention_heads(model: nn.Module, names: Union[None, Sequence[str], Mapping[str, int]],
                      n_heads: Optional[int]) -> ComponentSet:
     modules = dict(model.named_modules())
-    sites = find_attention(model)
+    sites = find_attention(model, strict=names is None)
     if names is None:
         if not sites:
             raise ValueError(

@@ -206,7 +206,10 @@ class Dictionary:
         if group.unit_size != 1 or group.unit_axis != -1:
             problems.append(f"unit_size={group.unit_size}, unit_axis={group.unit_axis} (latents"
                             " are unit_size=1 on unit_axis=-1)")
-        if self.kind == "transcoder" and group.site != "output":
+        if group.site not in ("output", "input"):
+            problems.append(f"site={group.site!r} (a dictionary reads a module's output or"
+                            " input)")
+        elif self.kind == "transcoder" and group.site != "output":
             problems.append(f"site={group.site!r} (a transcoder writes the module's output:"
                             " site='output')")
         if problems:

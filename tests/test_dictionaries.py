@@ -397,6 +397,8 @@ def test_declarations_that_cannot_work_are_refused(gpt2):
     sae = random_sae(16)
     with pytest.raises(ValueError, match="site='output'"):
         dictionary_latents(model, {MLP0: Dictionary(sae, transcoder=True)}, site="input")
+    with pytest.raises(ValueError, match="reads a module's output or input"):
+        dictionary_latents(model, {MLP0: Dictionary(sae)}, site="routing")
     with pytest.raises(ValueError, match="n_units=5"):
         ComponentGroup(MLP0, "latent", 5, dictionary=Dictionary(sae))
     with pytest.raises(ValueError, match="parameters="):

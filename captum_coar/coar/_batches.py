@@ -103,12 +103,12 @@ def tensor_batches(inputs: Union[Tensor, Tuple[Tensor, ...]], target: Any = None
             for rows, batch, extra, batch_target in batches]
 
 
-def read_data(data: Iterable[Any], batch_fn: Optional[BatchFn]) -> Tuple[DataScan, Batch]:
+def read_data(data: Iterable[Any], batch_fn: Optional[BatchFn]) -> Tuple[DataScan, PairedBatch]:
     """One pass over re-iterable ``data``: sizes and fingerprints of every batch, the first batch."""
     check_reiterable(data)
-    first: List[Batch] = []
+    first: List[PairedBatch] = []
 
-    def batches() -> Iterable[Batch]:
+    def batches() -> Iterable[PairedBatch]:
         for item in data:
             batch = split_batch(item, batch_fn)
             if not first:

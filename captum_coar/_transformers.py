@@ -26,6 +26,11 @@ is self- or cross-attention, from the structure (names only break ties, see belo
      holds only q/k/v (BERT's ``attention.self``), the next one after the core in its parent
      (``attention.output.dense``).
 
+  3. otherwise the core's last map, when it is the only one whose input width is ``q`` and
+     maps back to the width the others read (latent attention, DeepSeek-V2: ``q_proj``,
+     ``kv_a_proj_with_mqa``, ``kv_b_proj`` fit no q/k/v layout; ``head_dim`` is then
+     ``v_head_dim``).
+
   Names only break ties: where several maps fit rule 1 (separate projections all ``D -> D``)
   and exactly one is not named like an input (``q_proj``, ``value``, ``Wqkv``, ...), that one
   is taken; a map named like an input is never taken by rule 2.
@@ -267,6 +272,11 @@ def _output_projection(name: str, module: nn.Module, inside: List[Tuple[str, nn.
         later = inside[n_inputs:] + _linear_after(named, order, scope, last_inside)
         if later and _maps_back(later[0][1], q, width) and not _named_like_qkv(later[0][0]):
             return later[0][0]
+    last, module_last = inside[-1]
+    reads = {linear_widths(m)[0] for n, m in inside if n != last}
+    if (len([m for _, m in inside if linear_widths(m)[0] == q]) == 1 and not _named_like_qkv(last)
+            and linear_widths(module_last)[0] == q and linear_widths(module_last)[1] in reads):
+        return last  # rule 3: compressed or low-rank q/k/v (DeepSeek's latent attention)
     shape = f"{q} = {heads} heads x {head_dim}"
     if len(candidates) > 1:
         why = (f"{len(candidates)} of its Linear maps ({candidates}) could each consume its"

@@ -248,15 +248,29 @@ def _gated_weights(group: ComponentGroup, values: List[Any], lead: Optional[Tupl
             " wrong. Gate experts of blocks that receive (batch, seq, hidden) states")
     if indices.dim() == 2:
         routed = indices < n_experts  # an index of n_experts (expert parallelism) is skipped
+        _refuse_repeats(group, torch.where(routed, indices, -1 - torch.arange(
+            indices.shape[1], device=indices.device)))
         safe = torch.where(routed, indices, torch.zeros_like(indices)).long()
         kept = torch.where(routed, weights, torch.zeros_like(weights))
         dense = weights.new_zeros(tokens, n_experts).scatter_add(1, safe, kept)
         back = visit(dense.reshape(*lead, n_experts)).reshape(tokens, n_experts)
         return torch.where(routed, back.gather(1, safe), weights)
+    _refuse_repeats(group, torch.where(indices.sum(-1) > 0, indices.argmax(-1), -1 - torch.arange(
+        indices.shape[1], device=indices.device)))
     selection = indices.to(weights.dtype)
     dense = torch.einsum("tke,tk->te", selection, weights)
     back = visit(dense.reshape(*lead, n_experts)).reshape(tokens, n_experts)
     return torch.einsum("tke,te->tk", selection, back)
+
+
+def _refuse_repeats(group: ComponentGroup, experts: Tensor) -> None:
+    """A token sent to one expert in two slots: its slots' weights could not be told apart."""
+    ordered = experts.sort(dim=-1).values
+    if experts.shape[-1] > 1 and bool((ordered[..., 1:] == ordered[..., :-1]).any()):
+        raise ValueError(
+            f"experts container {group.module_name!r} was called with a token routed to the"
+            " same expert in two of its slots; an expert's gate scales one routing weight per"
+            " token, so this layout (not a top-k choice) cannot be gated")
 
 
 def _replaced(names: Tuple[str, str, str], args: Tuple[Any, ...], kwargs: Dict[str, Any],

@@ -85,7 +85,8 @@ def default_kinds(model: nn.Module) -> tuple:
 def _without_experts(model: nn.Module, down: set, experts_selected: bool) -> set:
     """Down projections outside mixture-of-experts blocks; unless the experts themselves are
     selected, refuse or warn where such blocks exist."""
-    experts = find_expert_blocks(model) + [s.module_name for s in find_experts(model)]
+    gateable = [s.module_name for s in find_experts(model)]
+    experts = find_expert_blocks(model) + gateable
     if not experts:
         return down
     dense = {d for d in down if not d.startswith(tuple(e + "." for e in experts))}
@@ -94,13 +95,15 @@ def _without_experts(model: nn.Module, down: set, experts_selected: bool) -> set
     what = (f"{len(set(experts))} mixture-of-experts block(s) in {type(model).__name__} (e.g."
             f" {experts[0]!r}): expert hidden units are not MLP neurons here (each expert runs"
             " only on the tokens routed to it, and fused expert weights have no Linear to"
-            " gate); each routed expert is one component of kind 'moe_experts'")
+            " gate)")
+    fix = ("each routed expert is one component of kind 'moe_experts': select kinds="
+           "['attention_heads', 'mlp_neurons', 'moe_experts']" if gateable
+           else no_experts_message(model))
     if not dense:
-        raise ValueError(
-            f"found {what}; select kinds=['attention_heads', 'moe_experts'], or gate a named"
-            " Linear with linear_neurons(model, names=[...])")
+        raise ValueError(f"found {what}; {fix}, or gate a named Linear with"
+                         " linear_neurons(model, names=[...])")
     warnings.warn(f"found {what}; mlp_neurons covers only the {len(dense)} dense MLP(s)"
-                  f" (e.g. {sorted(dense)[0]!r}), not the experts: add 'moe_experts' to kinds",
+                  f" (e.g. {sorted(dense)[0]!r}), not the experts; {fix}",
                   UserWarning, stacklevel=4)
     return dense
 

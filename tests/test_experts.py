@@ -282,3 +282,15 @@ def test_containers_that_cannot_be_gated_are_named():
         moe_experts(model, names=["0"])
     with pytest.raises(ValueError, match="found no mixture-of-experts"):
         ComponentSet.from_model(nn.Sequential(nn.Linear(4, 4)), kinds=["moe_experts"])
+
+
+def test_a_token_routed_twice_to_one_expert_is_refused():
+    model, x, _ = _toy()
+    experts = moe_experts(model)
+    flat = model.embed(x).reshape(-1, WIDTH)
+    twice = torch.zeros(flat.shape[0], 2, dtype=torch.long)  # slot 0 and slot 1: expert 0
+    with pytest.raises(ValueError, match="routed to the same expert in two of its slots"):
+        with torch.no_grad(), ablated(experts, torch.ones(N_EXPERTS)):
+            model.block(model.embed(x))  # sets the (batch, seq) shape for the container
+            model.block.experts(flat, twice, torch.full((flat.shape[0], 2), 0.5))
+

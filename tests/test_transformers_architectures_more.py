@@ -1,10 +1,11 @@
-"""Heads, MLP neurons and routed experts in 23 more transformers families, from tiny configs.
+"""Heads, MLP neurons and routed experts in 25 more transformers families, from tiny configs.
 
 Families with fused projections (Phi-3's ``qkv_proj`` and ``gate_up_proj``, CodeGen's
 multi-partition ``qkv_proj``, GLM's ``gate_up_proj``, MPT's ``Wqkv``), output projections
 defined before the query/key/value maps, shared layers (ALBERT), relative-position encoders
-(DeBERTa-v2, BEiT) and mixture-of-experts blocks (fused 3-d expert weights: OLMoE, Qwen3-MoE,
-PhiMoE, GraniteMoE; one module per expert: Switch Transformers). For each: the default
+(DeBERTa-v2, BEiT), latent attention (DeepSeek-V2) and mixture-of-experts blocks (fused 3-d
+expert weights: OLMoE, Qwen3-MoE, PhiMoE, GraniteMoE, GPT-OSS with expert biases, DeepSeek-V2;
+one module per expert: Switch Transformers). For each: the default
 selection finds layers x heads, layers x intermediate MLP neurons and layers x experts, and
 gating a random 30% of them equals zeroing their weights by hand on a deep copy (the helpers
 of ``test_transformers_architectures.py``).
@@ -106,6 +107,15 @@ FAMILIES = {
                {**_heads(), "expert": L * 4}),
     "granitemoe": (lambda: T.GraniteMoeConfig(num_local_experts=4, **MOE),
                    T.GraniteMoeForCausalLM, _tokens, {**_heads(), "expert": L * 4}),
+    "gpt_oss": (lambda: T.GptOssConfig(num_local_experts=4, head_dim=8, **MOE),
+                T.GptOssForCausalLM, _tokens, {**_heads(), "expert": L * 4}),
+    # latent attention (o_proj reads heads x v_head_dim); layer 0 dense, layer 1 experts + a
+    # shared expert (8 MLP neurons)
+    "deepseek_v2": (lambda: T.DeepseekV2Config(
+        n_routed_experts=4, moe_intermediate_size=8, first_k_dense_replace=1, n_shared_experts=1,
+        kv_lora_rank=8, q_lora_rank=None, qk_rope_head_dim=4, qk_nope_head_dim=4, v_head_dim=6,
+        **dict(DECODER, num_key_value_heads=H, num_experts_per_tok=2)),
+        T.DeepseekV2ForCausalLM, _tokens, {**_heads(), "mlp_neuron": FF + 8, "expert": 4}),
     # every feed-forward block sparse; each expert its own module, one-hot routing
     "switch_transformers": (
         lambda: T.SwitchTransformersConfig(

@@ -1,4 +1,4 @@
-"""Heads, MLP neurons and routed experts in 25 more transformers families, from tiny configs.
+"""Heads, MLP neurons and routed experts in 26 more transformers families, from tiny configs.
 
 Families with fused projections (Phi-3's ``qkv_proj`` and ``gate_up_proj``, CodeGen's
 multi-partition ``qkv_proj``, GLM's ``gate_up_proj``, MPT's ``Wqkv``), output projections

@@ -128,3 +128,25 @@ def test_qk_fix_through_output_site_neurons_of_fresh_conv1d_outputs():
     exact = ComponentAblation(model, components).attribute(ids, **args)
     assert star.shape == exact.shape and torch.isfinite(star).all()
     assert corr(star[:, :2], exact[:, :2]) > 0.9  # the layer-0 heads, as without the neurons
+
+
+def test_atp_star_runs_on_mixture_of_experts_with_fused_kernels_and_restores_them():
+    from transformers import MixtralConfig, MixtralForCausalLM
+
+    from captum_coar import ComponentAblation, ComponentAtPStar, attention_heads
+
+    torch.manual_seed(0)
+    model = MixtralForCausalLM(MixtralConfig(
+        num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, hidden_size=32,
+        intermediate_size=48, num_local_experts=4, num_experts_per_tok=2, vocab_size=40,
+        max_position_embeddings=16, bos_token_id=0, eos_token_id=0)).eval()
+    before = model.config._experts_implementation
+    ids, target = torch.randint(1, 40, (3, 6)), torch.randint(1, 40, (3,))
+    components = attention_heads(model)
+    forward = lambda x: model(x).logits  # noqa: E731
+    star = ComponentAtPStar(forward, components).attribute(ids, target=target,
+                                                           output="token_log_prob")
+    exact = ComponentAblation(forward, components).attribute(ids, target=target,
+                                                             output="token_log_prob")
+    assert model.config._experts_implementation == before
+    assert torch.corrcoef(torch.stack([star.flatten(), exact.flatten()]))[0, 1] > 0.9

@@ -37,7 +37,9 @@ block's gradient dropped). Leave-one-out costs 1 per component.
 Requirements: a Hugging Face model whose attention modules dispatch through transformers'
 attention interface (Llama, Mistral, Qwen2, GPT-2, GPT-NeoX, ... in transformers 5); during a
 call its ``config._attn_implementation`` is switched to an eager implementation that exposes
-the scores, and restored afterwards. The model must be in eval mode (no attention dropout).
+the scores, and restored afterwards; a mixture-of-experts model's experts implementation is
+switched to eager the same way (fused grouped-mm kernels have no forward-mode derivative).
+The model must be in eval mode (no attention dropout).
 The probe's state is module-global: one AtP* call at a time per process (not thread-safe).
 """
 
@@ -148,14 +150,21 @@ def _probed(model: nn.Module) -> Iterator[_Probe]:
             f" dispatching through transformers' attention interface); got"
             f" {type(model).__name__}. Use ComponentAttributionPatching or ComponentAblation")
     previous = {key: c._attn_implementation for key, c in configs.items()}
+    # mixture-of-experts kernels (grouped_mm) have no forward-mode AD: eager experts meanwhile
+    experts = {key: c._experts_implementation for key, c in configs.items()
+               if getattr(c, "_experts_implementation", None) not in (None, "eager")}
     try:
-        for c in configs.values():
+        for key, c in configs.items():
             c._attn_implementation = _IMPLEMENTATION
+            if key in experts:
+                c._experts_implementation = "eager"
         _PROBE.reset("plain")
         yield _PROBE
     finally:
         for key, c in configs.items():
             c._attn_implementation = previous[key]
+            if key in experts:
+                c._experts_implementation = experts[key]
         _PROBE.reset("plain")
 
 

@@ -48,7 +48,7 @@ from .edits import WeightEdit, ablate_persistently, zero_components
 from .editing import (EditCurve, EditResult, apply_edit, choose_k, coar_edit, component_scores,
                       edit_curve, edit_masks, edited_state_dict, select_components)
 
-__version__ = "0.2.0"
+from ._version import __version__
 
 __all__ = [
     # components

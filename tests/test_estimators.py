@@ -258,7 +258,7 @@ def test_automatic_choices_are_deterministic_and_arguments_checked() -> None:
     a, b = AutoRidge().fit(stats), AutoRidge().fit(stats)
     assert a.alpha == b.alpha and torch.equal(a.coef, b.coef)
     assert len(a.alphas) == 26  # 25 relative penalties and 0 (least squares is defined)
-    with pytest.raises(ValueError, match=r"`criterion` must be one of"):
+    with pytest.raises(ValueError, match=r"`AutoRidge criterion` must be one of"):
         AutoRidge(criterion="loo").fit(stats)
     with pytest.raises(ValueError, match=r"`prior` must be a tensor of shape \(3, 20\)"):
         AutoRidge(prior=torch.zeros(3, 19)).fit(stats)

@@ -320,11 +320,12 @@ def test_parameter_errors() -> None:
     stats = SufficientStatistics.from_arrays(X, Y)
     with pytest.raises(ValueError, match="either alpha or alphas"):
         Ridge(alpha=1.0, alphas=[1.0, 2.0]).fit(stats)
-    with pytest.raises(ValueError, match=r"alpha must be a finite real number >= 0, got -1"):
+    with pytest.raises(ValueError, match=r"`Ridge alpha` must be a finite number >= 0 or None;"
+                       r" got -1"):
         Ridge(alpha=-1.0).fit(stats)
     with pytest.raises(ValueError, match="2 alphas were given but no validation_stats"):
         Ridge(alphas=[1.0, 2.0]).fit(stats)
-    with pytest.raises(ValueError, match="selection must be one of"):
+    with pytest.raises(ValueError, match="`Ridge selection` must be one of"):
         Ridge(alphas=[1.0, 2.0], selection="each").fit(stats, stats)
     with pytest.raises(TypeError, match="stats must be SufficientStatistics"):
         LeastSquares().fit((X, Y))  # type: ignore[arg-type]

@@ -11,10 +11,11 @@ from toy_models import ConvNet, randomise_batchnorm
 
 from captum_coar import evaluate_masks
 from captum_coar.coar import ComponentAblationRegression, collect, collect_statistics
+from captum_coar.coar._identity import IDENTITY_FIELDS
 from captum_coar.sampling import BernoulliSampler
 from captum_coar.selectors import conv_filters
 from captum_coar.solvers import MinibatchRidge
-from captum_coar.stores import IDENTITY_FIELDS, InMemoryStore, MemmapStore, pack_masks, unpack_masks
+from captum_coar.stores import InMemoryStore, MemmapStore, pack_masks, unpack_masks
 
 N_MASKS = 120
 SETTINGS = dict(n_masks=N_MASKS, ablation_fraction=0.2, seed=0, chunk_rows=32,

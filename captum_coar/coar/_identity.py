@@ -48,8 +48,8 @@ import numpy as np
 import torch
 
 from .._engine import evaluate_masks
-from .._pairing import use_batch
-from ..ablation import AblationStrategy
+from .._pairing import check_default_ablation, use_batch
+from ..ablation import AblationStrategy, PatchAblation, resolve_ablation
 from ..components import ComponentSet
 from ..outputs import OutputFunction
 from ..stores.base import FORMAT_VERSION
@@ -58,7 +58,8 @@ from ._fingerprint import model_fingerprint, tensor_fingerprint
 
 __all__ = ["IDENTITY_FIELDS", "FORMAT_VERSION", "PROBE_EXAMPLES", "PROBE_RTOL",
            "collection_identity", "identity_of", "identity_differences", "describe_ablation",
-           "describe_callable", "probe_outputs", "check_same_identity", "recheck_stored_outputs"]
+           "describe_callable", "probe_outputs", "check_same_identity", "recheck_stored_outputs",
+           "ESTIMATOR_FIELDS", "check_estimator_identity"]
 
 #: Fields that must agree for data to be resumed, merged or fitted together.
 IDENTITY_FIELDS = (
@@ -271,6 +272,26 @@ def check_same_identity(a: Dict[str, Any], b: Dict[str, Any], what: str, a_name:
     lines = identity_differences(a, b, a_name, b_name, fields)
     if lines:
         raise ValueError(f"{what}: " + "; ".join(lines) + (f". {advice}" if advice else ""))
+
+
+def check_estimator_identity(components: ComponentSet, ablation: Any, record: Dict[str, Any],
+                             where: str) -> None:
+    """Refuse data (a store's metadata, collected statistics' settings) recorded for other
+    components, model weights or ablation than an estimator's (:data:`ESTIMATOR_FIELDS`)."""
+    described = describe_ablation(resolve_ablation(ablation))
+    recorded = record.get("ablation")
+    if isinstance(recorded, dict) and recorded.get("name") == PatchAblation.name:
+        # collected with baselines=: the patch (and its baselines' fingerprint) is the data's;
+        # an estimator with the default ablation fits it
+        check_default_ablation(ablation)
+        described = recorded
+    mine = {"n_components": components.n_components,
+            "components_fingerprint": components.fingerprint,
+            "model_fingerprint": model_fingerprint(components.model), "ablation": described}
+    check_same_identity(mine, record, f"{where} was collected differently from this estimator",
+                        "estimator", "data", fields=ESTIMATOR_FIELDS,
+                        advice="Fit with the model, components and ablation the data was"
+                        " collected with")
 
 
 _HINTS = {

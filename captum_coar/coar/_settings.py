@@ -4,8 +4,10 @@ Contract
 --------
 :meth:`CollectionSettings.build` resolves and validates everything that makes collected data
 what it is (components, forward function, mask sampler, ablation strategy, output function,
-seed, number of masks) plus the batching knobs, before any forward pass, with messages that
-say what was given and what is allowed. The sampler and its fraction follow one rule: a
+seed, number of masks) and carries the :class:`~captum_coar.coar._options.CollectionOptions`
+(how it runs, checked when made), before any forward pass, with messages that say what was
+given and what is allowed. :func:`default_n_masks` is the one default of ``n_masks``
+(``10 * N``). The sampler and its fraction follow one rule: a
 sampler given by name takes ``ablation_fraction`` (default :data:`DEFAULT_ABLATION_FRACTION`);
 a sampler object carries its own, and an ``ablation_fraction`` given beside it must equal it
 (conflicting values are an error). What identifies the collected data is defined in
@@ -19,39 +21,39 @@ where float64 statistics live.
 
 from __future__ import annotations
 
-import copy
 import os
 import time
-import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Optional, Union
 
 import torch
 from torch import Tensor
 
-from .._checks import (
-    check_callable,
-    check_float,
-    check_instance,
-    check_int,
-    check_optional_positive_int,
-    check_positive_int,
-)
+from .._checks import check_callable, check_float, check_instance, check_int, check_positive_int
 from .._preflight import Preflight
+from .._version import __version__
 from ..ablation import AblationStrategy, resolve_ablation
 from ..components import ComponentSet, model_device
 from ..outputs import CallableOutput, OutputFunction, resolve_output
 from ..sampling import BLOCK_ROWS, MaskSampler, resolve_sampler
-from ..solvers.selection import without_prior
-from ..solvers.statistics import SufficientStatistics
 from ._fingerprint import DataScan
 from ._identity import describe_callable
+from ._options import CollectionOptions
 
 __all__ = ["CollectionSettings", "validation_split", "stats_device", "check_store_size",
-           "store_bytes", "DEFAULT_ABLATION_FRACTION"]
+           "store_bytes", "DEFAULT_ABLATION_FRACTION", "default_n_masks",
+           "MASKS_PER_COMPONENT"]
 
 #: The paper's ablation fraction, used when the sampler is given by name without a fraction.
 DEFAULT_ABLATION_FRACTION = 0.05
+
+#: ``n_masks=None`` means this many masks per component.
+MASKS_PER_COMPONENT = 10
+
+
+def default_n_masks(n_masks: Optional[int], n_components: int) -> int:
+    """``n_masks`` itself, or for None the default ``10 * N`` (:data:`MASKS_PER_COMPONENT`)."""
+    return MASKS_PER_COMPONENT * n_components if n_masks is None else n_masks
 
 _CHUNK_ELEMENTS = 1 << 26  # outputs held per chunk (rows x examples) by default
 
@@ -67,9 +69,8 @@ class CollectionSettings:
     output: OutputFunction
     seed: int
     n_masks: int
-    perturbations_per_eval: Optional[int] = None
-    max_rows: Optional[int] = None
-    chunk_rows: Optional[int] = None
+    #: how the collection runs (passed on unchanged)
+    options: CollectionOptions = field(default_factory=CollectionOptions)
     #: the preflight's findings on the first batch (targets of later batches are checked)
     preflight: Optional[Preflight] = None
 
@@ -80,8 +81,7 @@ class CollectionSettings:
               ablation: Union[str, AblationStrategy] = "weights",
               output: Union[None, str, OutputFunction, Callable[..., Tensor]] = None,
               has_target: bool = True, seed: int = 0,
-              perturbations_per_eval: Optional[int] = None, max_rows: Optional[int] = None,
-              chunk_rows: Optional[int] = None,
+              options: Optional[CollectionOptions] = None,
               fractional_target_batch: Optional[int] = None) -> "CollectionSettings":
         """Resolve and validate every setting (messages say what was given and allowed)."""
         check_instance("components", components, ComponentSet, "a ComponentSet")
@@ -109,25 +109,21 @@ class CollectionSettings:
                 f" output={output_fn.name!r}; got fractional values in batch"
                 f" {fractional_target_batch}. Fractions are never truncated; pass integer"
                 " targets, or a callable output that takes real-valued targets")
-        perturbations_per_eval = check_optional_positive_int("perturbations_per_eval",
-                                                             perturbations_per_eval)
-        chunk_rows = check_optional_positive_int("chunk_rows", chunk_rows)
-        max_rows = check_optional_positive_int("max_rows", max_rows)
         check_int("seed", seed)
+        options = CollectionOptions() if options is None else check_instance(
+            "options", options, CollectionOptions, "a CollectionOptions or None")
         return cls(components, forward_func, resolved, resolve_ablation(ablation), output_fn,
-                   int(seed), n_masks, perturbations_per_eval, max_rows, chunk_rows)
+                   int(seed), n_masks, options)
 
     def chunk_size(self, n_examples: int) -> int:
         """Mask rows per pass over the data (default: bounded memory, multiple of 64)."""
-        if self.chunk_rows is not None:
-            return self.chunk_rows
+        if self.options.chunk_rows is not None:
+            return self.options.chunk_rows
         size = min(8192, max(BLOCK_ROWS, _CHUNK_ELEMENTS // max(1, n_examples)))
         return max(BLOCK_ROWS, size // BLOCK_ROWS * BLOCK_ROWS)
 
     def extras(self, scan: DataScan) -> Dict[str, Any]:
         """Descriptive store metadata beside the identity (never compared)."""
-        from .. import __version__
-
         return {
             "batch_sizes": scan.batch_sizes,
             "components": self.components.describe(),
@@ -180,32 +176,6 @@ def check_store_size(n_masks: int, n_components: int, n_examples: int, itemsize:
             + (" collect into a directory path (a memory-mapped store on disk)," if "memory" in
                where else "") + " or pass max_store_bytes=<bytes> to raise the bound")
     return needed
-
-
-def check_solver_arguments(solver: Any, with_validation: bool) -> Any:
-    """Run ``solver`` (a copy, without its prior, whose shape :func:`check_prior` checks) on
-    tiny synthetic statistics, so that arguments it refuses (a bad penalty grid, a missing
-    validation set) are refused before any forward pass; returns that trial fit (None for a
-    streaming solver), which says e.g. whether the solver gives standard errors."""
-    if not hasattr(solver, "fit") or getattr(solver, "streaming", False):
-        return None
-    generator = torch.Generator().manual_seed(0)
-
-    def tiny() -> SufficientStatistics:
-        stats = SufficientStatistics(2, 1)
-        masks = torch.tensor([[1, 1], [1, 0], [0, 1], [0, 0]] * 4, dtype=torch.bool)
-        stats.update(masks, torch.randn(16, 1, generator=generator, dtype=torch.float64))
-        return stats
-
-    trial = copy.deepcopy(without_prior(solver))
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # conditioning of made-up data says nothing
-            return trial.fit(tiny(), tiny() if with_validation else None)
-    except (TypeError, ValueError) as error:
-        raise ValueError(f"solver {type(solver).__name__} ({getattr(solver, 'name', '?')!r})"
-                         " refuses its arguments (checked before collection, on tiny synthetic"
-                         f" statistics): {error}") from error
 
 
 def stats_device(components: ComponentSet) -> torch.device:

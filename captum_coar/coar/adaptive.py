@@ -2,8 +2,11 @@
 
 Contract
 --------
-:class:`StopWhen` is the rule; :func:`collect_until` runs it for a
-:class:`~captum_coar.coar.estimator.ComponentAblationRegression`:
+:class:`StopWhen` is the rule; :func:`run_rounds` is the round loop, given two callables (collect
+rows into statistics, fit statistics), so it knows no estimator; :func:`collect_until` runs it
+for an estimator (a :class:`~captum_coar.coar.estimator.ComponentAblationRegression`, or any
+object with its ``components``, ``collect``, ``collect_statistics`` and ``fit``), through those
+public methods. This module does not import the estimator; the estimator imports it.
 
 1. Round 0 collects ``n_validation`` held-out masks (rows ``[max_masks, max_masks +
    n_validation)`` of the same seeded mask sequence, so they never overlap training rows) and
@@ -30,29 +33,39 @@ are not recomputed, so a second call with the same rule re-reads them for free. 
 store, rounds collect sufficient statistics of their new rows and add them up. The report
 (:class:`AdaptiveReport`) says why it stopped, at which ``m``, and the score of every round;
 the estimator keeps it in ``COARResult.settings["adaptive"]``.
+
+The solver is chosen and checked once, before any collection, by
+:func:`~captum_coar.solvers.checked_solver` for the first round's training masks (``solver=None``:
+the one default rule, ``"ridge_auto"`` unless the first round has more than ``2 N`` masks);
+``criterion="relative_width"`` needs ``solver.gives_standard_errors``.
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any, Dict, Iterable, List, Optional, Tuple, Union
+from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple, Union
 
 import torch
 
 from .._checks import check_choice, check_float, check_int, fail, fail_type
-from ..solvers import Solver, StreamingSolver, resolve_solver
+from ..solvers import Solver, StreamingSolver, checked_solver
 from ..solvers.statistics import SufficientStatistics
 from ..solvers.uncertainty import normal_quantile
 from ..stores.base import MaskOutputStore
 from ..stores.memmap import MemmapStore
-from ._settings import check_solver_arguments
+from ._batches import BatchFn
+from ._options import CollectionOptions
+from .result import COARResult
 
-if TYPE_CHECKING:
-    from .estimator import COARResult, ComponentAblationRegression
+__all__ = ["StopWhen", "AdaptiveReport", "collect_until", "run_rounds", "adaptive_rule",
+           "held_out_correlation", "relative_interval_width"]
 
-__all__ = ["StopWhen", "AdaptiveReport", "collect_until", "adaptive_rule", "held_out_correlation",
-           "relative_interval_width"]
+#: ``collect_rows((start, stop), n_masks)``: statistics of mask rows ``[start, stop)`` of a
+#: collection of ``n_masks`` rows, collected (or resumed) now.
+CollectRows = Callable[[Tuple[int, int], int], SufficientStatistics]
+#: ``fit(statistics)``: a :class:`~captum_coar.coar.result.COARResult` fitted on them.
+FitRows = Callable[[SufficientStatistics], COARResult]
 
 
 @dataclass
@@ -146,57 +159,77 @@ def adaptive_rule(n_masks: Any, stop_when: Any, validation_fraction: float) -> S
     return stop_when
 
 
-def _collect_rows(estimator: "ComponentAblationRegression", data: Iterable[Any],
-                  store: Optional[MaskOutputStore], rows: Tuple[int, int], total: int,
-                  kwargs: Dict[str, Any]) -> SufficientStatistics:
-    """Statistics of rows ``[rows[0], rows[1])``, collected (or resumed) now."""
-    if store is not None:
-        estimator.collect(data, store, n_masks=total, rows=rows, **kwargs)
-        return store.statistics(rows)
-    got = estimator.collect_statistics(data, n_masks=total, rows=rows, **kwargs)
-    return got.train
-
-
-def collect_until(estimator: "ComponentAblationRegression", data: Iterable[Any],
-                  rule: StopWhen, solver: Union[str, Solver, StreamingSolver] = "ridge_auto",
-                  store: Union[MaskOutputStore, str, None] = None,
-                  **kwargs: Any) -> Tuple["COARResult", AdaptiveReport]:
+def collect_until(estimator: Any, data: Iterable[Any], rule: StopWhen,
+                  solver: Union[str, Solver, StreamingSolver, None] = None,
+                  store: Union[MaskOutputStore, str, None] = None, *,
+                  ablation_fraction: Optional[float] = None, sampler: Any = "bernoulli",
+                  output: Any = None, seed: int = 0, ablation: Any = None,
+                  perturbations_per_eval: Optional[int] = None, max_rows: Optional[int] = None,
+                  chunk_rows: Optional[int] = None, batch_fn: Optional[BatchFn] = None,
+                  show_progress: Optional[bool] = None,
+                  options: Optional[CollectionOptions] = None
+                  ) -> Tuple[COARResult, AdaptiveReport]:
     """Collect in rounds until ``rule`` says stop; returns the last fit and the report.
 
-    ``kwargs`` go to the estimator's ``collect`` / ``collect_statistics`` (``ablation_fraction``,
-    ``sampler``, ``output``, ``seed``, ``max_rows``...); ``n_masks`` and ``rows`` are set here.
+    Args:
+        estimator: the :class:`~captum_coar.coar.estimator.ComponentAblationRegression` whose
+            ``collect`` (with a ``store``) or ``collect_statistics`` (without) collects each
+            round's rows and whose ``fit`` fits them.
+        solver: fits every round (None: the default rule for the first round's masks); a
+            solver that fits from sufficient statistics.
+        store: a store or directory that every round resumes (None: statistics only).
+
+    The other arguments go to ``collect`` / ``collect_statistics`` as they are; ``n_masks``,
+    ``rows`` and ``validation_fraction`` are set by the rule.
     """
-    for key in ("n_masks", "rows", "validation_fraction"):
-        if key in kwargs:
-            raise fail(key, "left to the stopping rule (adaptive collection sets it)",
-                       kwargs[key])
-    resolved = resolve_solver(solver)
+    N = estimator.components.n_components
+    rule = rule.resolved(N)
+    assert rule.max_masks is not None and rule.first_masks is not None
+    resolved = checked_solver(solver, rule.first_masks, None, False, N,
+                              f"adaptive collection ({rule.first_masks} training masks in the"
+                              " first round): ")
     if not isinstance(resolved, Solver):
         raise fail("solver", "a solver that fits from sufficient statistics (least_squares,"
                    " ridge, ridge_auto, lasso...)", resolved)
-    N = estimator.components.n_components
-    rule = rule.resolved(N)
-    trial = check_solver_arguments(resolved, with_validation=False)
-    if rule.criterion == "relative_width" and getattr(trial, "standard_errors", None) is None:
+    if rule.criterion == "relative_width" and not resolved.gives_standard_errors:
         raise fail("solver", "one that gives standard errors for criterion='relative_width'"
                    " (least_squares, ridge, ridge_auto)", resolved.name,
                    "Checked before any collection; or use criterion='correlation'")
+    if isinstance(store, str):
+        store = MemmapStore(store)
+    common: Dict[str, Any] = dict(
+        ablation_fraction=ablation_fraction, sampler=sampler, output=output, seed=seed,
+        ablation=ablation, perturbations_per_eval=perturbations_per_eval, max_rows=max_rows,
+        chunk_rows=chunk_rows, batch_fn=batch_fn, show_progress=show_progress, options=options)
+
+    def collect_rows(rows: Tuple[int, int], total: int) -> SufficientStatistics:
+        if store is not None:
+            estimator.collect(data, store, n_masks=total, rows=rows, **common)
+            return store.statistics(rows)
+        return estimator.collect_statistics(data, n_masks=total, rows=rows, **common).train
+
+    return run_rounds(rule, collect_rows, lambda stats: estimator.fit(stats, solver=resolved))
+
+
+def run_rounds(rule: StopWhen, collect_rows: CollectRows,
+               fit: FitRows) -> Tuple[COARResult, AdaptiveReport]:
+    """The round loop of the module docstring for a resolved ``rule`` (see
+    :meth:`StopWhen.resolved`): the held-out rows first, then training rows round by round,
+    each round fitted with ``fit`` and scored, until the rule stops it."""
     assert rule.max_masks is not None and rule.first_masks is not None
     cap, n_val = rule.max_masks, rule.n_validation
     total = cap + n_val
-    if isinstance(store, str):
-        store = MemmapStore(store)
     report = AdaptiveReport(rule=asdict(rule), n_validation=n_val)
-    validation = _collect_rows(estimator, data, store, (cap, total), total, kwargs)
+    validation = collect_rows((cap, total), total)
     train: Optional[SufficientStatistics] = None
     done, m = 0, rule.first_masks
     previous: Optional[float] = None
     while True:
         tick = time.perf_counter()
-        part = _collect_rows(estimator, data, store, (done, m), total, kwargs)
+        part = collect_rows((done, m), total)
         train = part if train is None else train.merge(part)
         done = m
-        result = estimator.fit(train, solver=resolved)
+        result = fit(train)
         corr = float(held_out_correlation(validation, result.fit.coef).mean())
         se = result.fit.standard_errors
         width = None if se is None else relative_interval_width(result.fit.coef, se)
@@ -207,9 +240,10 @@ def collect_until(estimator: "ComponentAblationRegression", data: Iterable[Any],
             stop = 1.0 - corr < rule.tol or (previous is not None and corr - previous < rule.tol)
             previous = corr
         else:
-            if width is None:  # the trial fit gave standard errors, this one did not
-                raise fail("solver", "one that gives standard errors for criterion="
-                           "'relative_width' (least_squares, ridge, ridge_auto)", resolved.name)
+            if width is None:  # no residual degree of freedom left for standard errors
+                raise fail("fit", "one with standard errors for criterion='relative_width'",
+                           result.fit.solver, "use more masks per round or"
+                           " criterion='correlation'")
             stop = width <= rule.tol
         if stop or m >= cap:
             report.reason = "converged" if stop else "max_masks"

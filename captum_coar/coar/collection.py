@@ -7,8 +7,12 @@ A batch is ``inputs``, ``(inputs, target)`` or ``(inputs, target, *additional_fo
 (``inputs`` a tensor or a tuple of tensors), a mapping with ``"inputs"``, ``"baselines"``,
 ``"target"`` and ``"additional_forward_args"`` (paired batches: every mask patches its
 ablated components from the batch's baselines, recorded once per batch and pass), or
-anything ``batch_fn`` maps to one of these (read by :mod:`captum_coar.coar._batches`). Every setting is resolved and validated up front by
-:class:`~captum_coar.coar._settings.CollectionSettings`. Mask rows
+anything ``batch_fn`` maps to one of these (read by :mod:`captum_coar.coar._batches`). Every
+setting is resolved and validated up front by
+:class:`~captum_coar.coar._settings.CollectionSettings`; how the collection runs (masks per
+pass, chunking, batch function, statistics dtype, store bound, progress) is one
+:class:`~captum_coar.coar._options.CollectionOptions`, given as ``options=`` or as the keywords
+of the same names (:func:`~captum_coar.coar._options.resolve_options`). Mask rows
 ``r`` in ``rows`` (default all of ``0 .. n_masks - 1``) come from ``sampler.sample(N, r, r+1,
 seed)``, so any shard of rows can be collected anywhere.
 
@@ -82,6 +86,7 @@ from ._batches import Batch, BatchFn, read_data, split_batch, tensor_batches
 from ._collected import CollectedStatistics, row_ranges
 from ._fingerprint import DataScan
 from ._identity import collection_identity, identity_differences, recheck_stored_outputs
+from ._options import CollectionOptions, resolve_options
 from ._settings import (
     CollectionSettings,
     check_store_size,
@@ -93,8 +98,9 @@ from ._sinks import StatisticsSink, StoreSink, repair
 
 OutputLike = Union[None, str, OutputFunction, Callable[..., Tensor]]
 
-__all__ = ["collect", "collect_statistics", "CollectedStatistics", "CollectionSettings",
-           "tensor_batches", "validation_split", "split_batch", "stats_device", "row_ranges", "identify"]
+__all__ = ["collect", "collect_statistics", "CollectedStatistics", "CollectionOptions",
+           "CollectionSettings", "tensor_batches", "validation_split", "split_batch",
+           "stats_device", "row_ranges", "identify"]
 
 
 # --------------------------------------------------------------------------- the loop
@@ -121,8 +127,9 @@ def chunk_work(rows: np.ndarray, n_masks: int, chunk: int) -> List[np.ndarray]:
 
 
 def _run(settings: CollectionSettings, strategy: AblationStrategy, data: Iterable[Any],
-         batch_fn: Optional[BatchFn], scan: DataScan, rows: np.ndarray, sink: Any,
-         show_progress: bool, verify_passes: bool) -> None:
+         scan: DataScan, rows: np.ndarray, sink: Any, verify_passes: bool) -> None:
+    options = settings.options
+    batch_fn, show_progress = options.batch_fn, options.show_progress
     N = settings.components.n_components
     n = scan.n_examples
     device = model_device(settings.components.model)
@@ -158,8 +165,8 @@ def _run(settings: CollectionSettings, strategy: AblationStrategy, data: Iterabl
                             settings.forward_func, settings.components, inputs, gates[select],
                             target=target, additional_forward_args=extra or None,
                             output=settings.output, ablation=strategy,
-                            perturbations_per_eval=settings.perturbations_per_eval,
-                            max_rows=settings.max_rows, hooks=hooks, example_offset=start)
+                            perturbations_per_eval=options.perturbations_per_eval,
+                            max_rows=options.max_rows, hooks=hooks, example_offset=start)
                         _check_finite(outputs, chunk_rows[todo], start)
                         sink.write(chunk_rows[todo], slice(start, stop), outputs)
                         done[todo] = stop
@@ -182,23 +189,21 @@ def _identity(settings: CollectionSettings, strategy: AblationStrategy, scan: Da
         data_fingerprint=scan.data_fingerprint, first_batch=first)
 
 
-def _scan_and_settings(data: Iterable[Any], batch_fn: Optional[BatchFn],
+def _scan_and_settings(data: Iterable[Any], options: CollectionOptions,
                        forward_func: Callable[..., Any], components: ComponentSet, n_masks: int,
                        ablation_fraction: Optional[float], sampler: Union[str, MaskSampler],
-                       ablation: Union[str, AblationStrategy], output: OutputLike, seed: int,
-                       perturbations_per_eval: Optional[int], max_rows: Optional[int],
-                       chunk_rows: Optional[int]) -> Tuple[DataScan, Any, CollectionSettings]:
+                       ablation: Union[str, AblationStrategy], output: OutputLike, seed: int
+                       ) -> Tuple[DataScan, Any, CollectionSettings]:
     """One pass over the data's first batch and every setting resolved and checked (once per
     collection, before any forward pass)."""
-    scan, first = read_data(data, batch_fn)
+    scan, first = read_data(data, options.batch_fn)
     if first.baselines is not None:  # paired batches: patch from each batch's baselines
         check_default_ablation(ablation)
         paired_baselines(first[0], first.baselines, forward_func)  # before any forward pass
         ablation = BatchPatchAblation()
     settings = CollectionSettings.build(
         forward_func, components, n_masks, ablation_fraction, sampler, ablation, output,
-        has_target=scan.has_target, seed=seed, perturbations_per_eval=perturbations_per_eval,
-        max_rows=max_rows, chunk_rows=chunk_rows,
+        has_target=scan.has_target, seed=seed, options=options,
         fractional_target_batch=scan.fractional_target_batch)
     # empty batch, non-finite inputs, random training-mode modules (no forward pass)
     preflight("COAR collection", forward_func, components, first[0], probe=False)
@@ -217,11 +222,12 @@ def identify(forward_func: Callable[..., Any], components: ComponentSet, data: I
              n_masks: int, ablation_fraction: Optional[float] = None,
              sampler: Union[str, MaskSampler] = "bernoulli",
              ablation: Union[str, AblationStrategy] = "weights", output: OutputLike = None,
-             seed: int = 0, batch_fn: Optional[BatchFn] = None) -> Dict[str, Any]:
+             seed: int = 0, batch_fn: Optional[BatchFn] = None,
+             options: Optional[CollectionOptions] = None) -> Dict[str, Any]:
     """The identity a collection with these arguments would have (one pass, one probe)."""
     scan, first, settings = _scan_and_settings(
-        data, batch_fn, forward_func, components, n_masks, ablation_fraction, sampler, ablation,
-        output, seed, None, None, None)
+        data, resolve_options(options, batch_fn=batch_fn), forward_func, components, n_masks,
+        ablation_fraction, sampler, ablation, output, seed)
     with model_state_kept(components.model):
         _probe(settings, first)
         strategy = fitted_ablation(settings.ablation, forward_func, components)
@@ -237,12 +243,12 @@ def _available_bytes(store: MaskOutputStore) -> Tuple[int, str]:
     return machine_memory(), "in this machine's memory"
 
 
-def _check_new_store(store: MaskOutputStore, settings: CollectionSettings, scan: DataScan,
-                     max_store_bytes: Optional[int]) -> None:
+def _check_new_store(store: MaskOutputStore, settings: CollectionSettings,
+                     scan: DataScan) -> None:
     available, where = _available_bytes(store)
     itemsize = np.dtype(getattr(store, "dtype", "float32")).itemsize
     check_store_size(settings.n_masks, settings.components.n_components, scan.n_examples,
-                     itemsize, available, where, max_store_bytes)
+                     itemsize, available, where, settings.options.max_store_bytes)
 
 
 # --------------------------------------------------------------------------- public API
@@ -254,7 +260,8 @@ def collect(forward_func: Callable[..., Any], components: ComponentSet, data: It
             seed: int = 0, rows: RowSelection = None,
             perturbations_per_eval: Optional[int] = None, max_rows: Optional[int] = None,
             chunk_rows: Optional[int] = None, batch_fn: Optional[BatchFn] = None,
-            max_store_bytes: Optional[int] = None, show_progress: bool = False) -> MaskOutputStore:
+            max_store_bytes: Optional[int] = None, show_progress: Optional[bool] = None,
+            options: Optional[CollectionOptions] = None) -> MaskOutputStore:
     """Evaluate mask rows ``rows`` on every example of ``data`` into ``store`` (resumable).
 
     Args:
@@ -265,15 +272,21 @@ def collect(forward_func: Callable[..., Any], components: ComponentSet, data: It
             error).
         rows: the mask rows to collect now: None (all), ``(start, stop)``, a slice or integer
             indices.
-        chunk_rows: mask rows per pass over the data (default: about 2**26 outputs per chunk).
-        max_store_bytes: the largest new store allowed (default: the free disk space, or the
-            machine's memory for an in-memory store).
+        perturbations_per_eval, max_rows, chunk_rows, batch_fn, max_store_bytes,
+            show_progress: how the collection runs, as in
+            :class:`~captum_coar.coar._options.CollectionOptions` (None: from ``options``).
+        options: a :class:`~captum_coar.coar._options.CollectionOptions` (default: its
+            defaults); a keyword above given beside it must agree with it.
 
     Returns the store. Raises ``ValueError`` when the store holds data made differently or
     the directory holds files that are not a store's, ``RuntimeError`` when another process is
     writing into it or the directory is deleted or replaced during the collection, and
     ``OSError`` naming the file when the disk is full or a file too large.
     """
+    options = resolve_options(
+        options, perturbations_per_eval=perturbations_per_eval, max_rows=max_rows,
+        chunk_rows=chunk_rows, batch_fn=batch_fn, max_store_bytes=max_store_bytes,
+        show_progress=show_progress)
     if store is None:
         store = InMemoryStore()
     elif not isinstance(store, MaskOutputStore):
@@ -281,25 +294,25 @@ def collect(forward_func: Callable[..., Any], components: ComponentSet, data: It
     if isinstance(store, MemmapStore):  # someone else's files, a linked lock: before any pass
         store.check_writable()
     scan, first, settings = _scan_and_settings(
-        data, batch_fn, forward_func, components, n_masks, ablation_fraction, sampler, ablation,
-        output, seed, perturbations_per_eval, max_rows, chunk_rows)
+        data, options, forward_func, components, n_masks, ablation_fraction, sampler, ablation,
+        output, seed)
     fresh = (not (store.path / METADATA_FILE).exists() if isinstance(store, MemmapStore)
              else not store.is_open)
     if fresh:  # refused before the directory is created or claimed
-        _check_new_store(store, settings, scan, max_store_bytes)
+        _check_new_store(store, settings, scan)
     index = select_rows(rows, settings.n_masks)
     with model_state_kept(components.model):  # before the store is claimed or created
         _probe(settings, first)
     with model_state_kept(components.model), store.writing():
         if not store.is_open:
-            _check_new_store(store, settings, scan, max_store_bytes)
+            _check_new_store(store, settings, scan)
         strategy = fitted_ablation(settings.ablation, settings.forward_func, components)
         identity = _identity(settings, strategy, scan, first)
         store.open({**settings.extras(scan), **identity}, identity_differences)
         repair(store, index, settings.chunk_size(scan.n_examples))
         recheck_stored_outputs(settings.forward_func, components, strategy, settings.output, data,
-                               batch_fn, store)
-        _run(settings, strategy, data, batch_fn, scan, index, StoreSink(store), show_progress,
+                               options.batch_fn, store)
+        _run(settings, strategy, data, scan, index, StoreSink(store),
              verify_passes=not isinstance(data, (list, tuple)))
     return store
 
@@ -313,17 +326,22 @@ def collect_statistics(forward_func: Callable[..., Any], components: ComponentSe
                        validation_fraction: float = 0.0,
                        perturbations_per_eval: Optional[int] = None, max_rows: Optional[int] = None,
                        chunk_rows: Optional[int] = None, batch_fn: Optional[BatchFn] = None,
-                       dtype: torch.dtype = torch.float64,
-                       show_progress: bool = False) -> CollectedStatistics:
+                       dtype: Optional[torch.dtype] = None,
+                       show_progress: Optional[bool] = None,
+                       options: Optional[CollectionOptions] = None) -> CollectedStatistics:
     """Accumulate sufficient statistics over ``data`` without keeping raw outputs.
 
     Rows ``n_masks - validation_split(n_masks, validation_fraction)`` and above go into the
-    validation statistics. Statistics live on the model's device in ``dtype`` (float64).
-    Arguments as in :func:`collect`.
+    validation statistics. Statistics live on the model's device in ``options.dtype``
+    (float64; the keyword ``dtype`` sets it too). Arguments as in :func:`collect`.
     """
+    options = resolve_options(
+        options, perturbations_per_eval=perturbations_per_eval, max_rows=max_rows,
+        chunk_rows=chunk_rows, batch_fn=batch_fn, dtype=dtype, show_progress=show_progress)
+    dtype = options.dtype
     scan, first, settings = _scan_and_settings(
-        data, batch_fn, forward_func, components, n_masks, ablation_fraction, sampler, ablation,
-        output, seed, perturbations_per_eval, max_rows, chunk_rows)
+        data, options, forward_func, components, n_masks, ablation_fraction, sampler, ablation,
+        output, seed)
     n_val = validation_split(settings.n_masks, validation_fraction)
     index = select_rows(rows, settings.n_masks)
     device = stats_device(settings.components)
@@ -336,7 +354,7 @@ def collect_statistics(forward_func: Callable[..., Any], components: ComponentSe
         strategy = fitted_ablation(settings.ablation, settings.forward_func, components)
         identity = _identity(settings, strategy, scan, first)
         sink = StatisticsSink(train, validation, settings.n_masks - n_val, n)
-        _run(settings, strategy, data, batch_fn, scan, index, sink, show_progress,
+        _run(settings, strategy, data, scan, index, sink,
              verify_passes=not isinstance(data, (list, tuple)))
     return CollectedStatistics(train, validation,
                                {**identity, "n_validation": n_val, "rows": row_ranges(index)})

@@ -37,6 +37,7 @@ With nccl, give each rank its own GPU before ``init_process_group``
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from typing import Any, Callable, Dict, List, Optional, Tuple, TypeVar, Union
 
 import torch
@@ -52,6 +53,7 @@ from ..stores.memmap import MemmapStore
 from ._batches import BatchFn
 from ._fingerprint import tensor_fingerprint
 from ._identity import identity_differences
+from ._options import CollectionOptions, resolve_options
 from .collection import (
     CollectedStatistics,
     OutputLike,
@@ -135,11 +137,17 @@ def _collective(step: Callable[[], Tuple[T, Dict[str, Any]]], group: Any, what: 
 
 def _signature(forward_func: Callable[..., Any], components: ComponentSet, data: Any,
                n_masks: int, rows: RowSelection, identity_options: Dict[str, Any],
-               other: Dict[str, Any]) -> Dict[str, Any]:
+               options: CollectionOptions, other: Dict[str, Any]) -> Dict[str, Any]:
     """What every rank must agree on before collecting (one read of the data, one probe)."""
     return {"identity": identify(forward_func, components, data, n_masks=n_masks,
-                                 **identity_options),
+                                 options=options, **identity_options),
             "rows": tensor_fingerprint(select_rows(rows, n_masks)), **other}
+
+
+def _on_rank(options: CollectionOptions, rank: int) -> CollectionOptions:
+    """The options as given, with the progress bar on rank 0 only."""
+    return options if rank == 0 or not options.show_progress else replace(options,
+                                                                          show_progress=False)
 
 
 # --------------------------------------------------------------------------- process group API
@@ -150,8 +158,9 @@ def collect_statistics_distributed(
         output: OutputLike = None, seed: int = 0, validation_fraction: float = 0.0,
         perturbations_per_eval: Optional[int] = None, max_rows: Optional[int] = None,
         chunk_rows: Optional[int] = None, batch_fn: Optional[BatchFn] = None,
-        dtype: torch.dtype = torch.float64, show_progress: bool = False, verify: bool = True,
-        group: Any = None) -> CollectedStatistics:
+        dtype: Optional[torch.dtype] = None, show_progress: Optional[bool] = None,
+        verify: bool = True, group: Any = None,
+        options: Optional[CollectionOptions] = None) -> CollectedStatistics:
     """Collect COAR statistics split over the ranks of ``group``; every rank gets the sum.
 
     Args:
@@ -161,32 +170,34 @@ def collect_statistics_distributed(
         verify: compare the collection's identity across ranks first.
         group: the process group (default the world).
 
-    Other options are as in :func:`~captum_coar.coar.collection.collect_statistics`.
+    Other arguments (``options=`` or its keywords) are as in
+    :func:`~captum_coar.coar.collection.collect_statistics`; only rank 0 shows progress.
 
     Returns the all-reduced statistics; ``settings["rows"]`` lists the rows as runs
     ``[start, stop)`` and ``settings["distributed"]`` the world size and backend.
     """
     what = "collect_statistics_distributed"
     check_forward_func(forward_func, components, what)
+    options = resolve_options(
+        options, perturbations_per_eval=perturbations_per_eval, max_rows=max_rows,
+        chunk_rows=chunk_rows, batch_fn=batch_fn, dtype=dtype, show_progress=show_progress)
     rank, world, backend = _group_info(group, what)
     identity_options: Dict[str, Any] = dict(
         ablation=ablation, ablation_fraction=ablation_fraction, sampler=sampler, output=output,
-        seed=seed, batch_fn=batch_fn)
+        seed=seed)
 
     def precheck() -> Tuple[None, Dict[str, Any]]:
         _reduce_device(backend, stats_device(components))
         if not verify:
             return None, {}
         return None, _signature(forward_func, components, data, n_masks, rows, identity_options,
-                                {"validation_fraction": validation_fraction})
+                                options, {"validation_fraction": validation_fraction})
 
     def run() -> Tuple[CollectedStatistics, Dict[str, Any]]:
         stats = collect_statistics(
             forward_func, components, data, n_masks=n_masks,
             rows=shard_rows(n_masks, rank, world, rows), validation_fraction=validation_fraction,
-            perturbations_per_eval=perturbations_per_eval, max_rows=max_rows,
-            chunk_rows=chunk_rows, dtype=dtype, show_progress=show_progress and rank == 0,
-            **identity_options)
+            options=_on_rank(options, rank), **identity_options)
         check = {key: value for key, value in stats.settings.items() if key != "rows"}
         return stats, {"identity": check, "n_validation": stats.settings["n_validation"]}
 
@@ -274,28 +285,32 @@ def collect_distributed(forward_func: Callable[..., Any], components: ComponentS
                         seed: int = 0, perturbations_per_eval: Optional[int] = None,
                         max_rows: Optional[int] = None, chunk_rows: Optional[int] = None,
                         batch_fn: Optional[BatchFn] = None, max_store_bytes: Optional[int] = None,
-                        show_progress: bool = False, group: Any = None) -> MemmapStore:
+                        show_progress: Optional[bool] = None, group: Any = None,
+                        options: Optional[CollectionOptions] = None) -> MemmapStore:
     """Each rank collects its rows into ``directory/shard-RRRRR-of-WWWWW``; returns its store.
 
     Ranks compare identities first and wait for each other at the end, so when this returns
-    every shard is complete. ``directory`` must be visible to the rank that merges. Options as
-    in :func:`captum_coar.coar.shards.collect_shard`.
+    every shard is complete. ``directory`` must be visible to the rank that merges. Options
+    (``options=`` or its keywords) as in :func:`captum_coar.coar.shards.collect_shard`; only
+    rank 0 shows progress.
     """
     what = "collect_distributed"
     check_forward_func(forward_func, components, what)
+    options = resolve_options(
+        options, perturbations_per_eval=perturbations_per_eval, max_rows=max_rows,
+        chunk_rows=chunk_rows, batch_fn=batch_fn, max_store_bytes=max_store_bytes,
+        show_progress=show_progress)
     rank, world, _ = _group_info(group, what)
     identity_options: Dict[str, Any] = dict(
         ablation=ablation, ablation_fraction=ablation_fraction, sampler=sampler, output=output,
-        seed=seed, batch_fn=batch_fn)
+        seed=seed)
     _collective(lambda: (None, _signature(forward_func, components, data, n_masks, rows,
-                                          identity_options, {})), group, what)
+                                          identity_options, options, {})), group, what)
 
     def run() -> Tuple[MemmapStore, Dict[str, Any]]:
         store = collect_shard(forward_func, components, data, directory=directory,
                               n_masks=n_masks, shard=rank, n_shards=world, rows=rows,
-                              perturbations_per_eval=perturbations_per_eval, max_rows=max_rows,
-                              chunk_rows=chunk_rows, max_store_bytes=max_store_bytes,
-                              show_progress=show_progress and rank == 0, **identity_options)
+                              options=_on_rank(options, rank), **identity_options)
         return store, {"identity": store.metadata}
 
     return _collective(run, group, what)

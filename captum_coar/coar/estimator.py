@@ -24,11 +24,22 @@ configs), ``"ridge"``, ``"lasso"``, ``"ridge_auto"`` (penalty by generalised cro
 or on held-out rows; ``AutoRidge(prior=...)`` shrinks toward any method's attributions),
 ``"lasso_auto"`` (penalty on held-out rows; ``AutoLasso(prior=...)`` departs from a prior on
 few components), ``"streaming"`` (needs raw data: a store) or an instance. The default
-(``solver=None``) is least squares when there are more than ``2 N`` training masks and
-``ridge_auto`` otherwise (least squares is undefined at ``m <= N`` and noisier than the
-chosen ridge up to about ``2 N``; see ``benchmarks/README.md``, "Fewer masks"). With ``validation_fraction > 0`` the last rows are
-held out; solvers that choose a penalty use them, and every result reports the held-out mean
-squared error.
+(``solver=None``, in ``attribute``, ``fit`` and adaptive collection alike) is ONE rule,
+:func:`captum_coar.solvers.default_solver`: least squares when there are more than ``2 N``
+training masks and ``ridge_auto`` otherwise (least squares is undefined at ``m <= N`` and
+noisier than the chosen ridge up to about ``2 N``; see ``benchmarks/README.md``, "Fewer
+masks"). Every path resolves and checks the solver through
+:func:`captum_coar.solvers.checked_solver` (the solver's own ``check``: no data, no trial
+fit), so ``attribute`` refuses a solver before any forward pass. With
+``validation_fraction > 0`` the last rows are held out; solvers that choose a penalty use them,
+and every result reports the held-out mean squared error.
+
+How collections run (masks per pass, row budget, chunking, batch function, statistics dtype,
+progress) is one :class:`~captum_coar.coar._options.CollectionOptions`, carried by the
+estimator (``options=`` in the constructor) and passed down unchanged; every method also takes
+``options=`` and the older keywords of the same names. The identity of the data is computed
+once per call: ``attribute`` fits what it has just collected without recomputing it, and
+``fit`` computes the estimator's side once to compare with the data's record.
 
 Error bars: least squares, ridge and ``ridge_auto`` give standard errors
 (``COARResult.standard_errors``) and intervals (``COARResult.confidence_interval(level)``).
@@ -44,7 +55,8 @@ stops when the held-out correlation stops improving (:mod:`captum_coar.coar.adap
 from __future__ import annotations
 
 import warnings
-from typing import Any, Callable, Dict, Iterable, Optional, Tuple, Union
+from dataclasses import replace
+from typing import Any, Callable, Dict, Optional, Tuple, Union
 
 import torch
 from captum.attr import PerturbationAttribution
@@ -56,35 +68,29 @@ from .._inputs import TensorOrTuple, input_tuple
 from .._pairing import check_default_ablation, paired_baselines
 from .._preflight import preflight
 from .._state import keeps_model_state
-from ..ablation import AblationStrategy, PatchAblation, resolve_ablation
+from ..ablation import AblationStrategy
 from ..components import ComponentSet, check_example_positions, model_device, result_dtype
 from ..outputs import OutputFunction
 from ..sampling import MaskSampler
-from ..solvers import FitResult, LeastSquares, Solver, StreamingSolver, resolve_solver
-from ..solvers.selection import check_prior
+from ..solvers import FitResult, Solver, StreamingSolver, checked_solver, default_solver
 from ..solvers.statistics import SufficientStatistics
 from ..stores.base import MaskOutputStore, RowSelection
 from ..stores.memmap import MemmapStore
 from ..stores.memory import InMemoryStore
+from . import collection
 from ._entry_points import CollectionEntryPoints
-from ._fingerprint import model_fingerprint
-from ._identity import ESTIMATOR_FIELDS, check_same_identity, describe_ablation
-from ._settings import check_solver_arguments
+from ._identity import check_estimator_identity, identity_of
+from ._options import CollectionOptions, resolve_options
+from ._settings import default_n_masks, stats_device, validation_split
 from .adaptive import StopWhen, adaptive_rule, collect_until
-from .collection import (
-    CollectedStatistics,
-    collect,
-    collect_statistics,
-    stats_device,
-    tensor_batches,
-    validation_split,
-)
+from .collection import CollectedStatistics, tensor_batches
 from .result import COARResult
 
 __all__ = ["ComponentAblationRegression", "COARResult"]
 
 SolverLike = Union[str, Solver, StreamingSolver]
 OutputLike = Union[None, str, OutputFunction, Callable[..., Tensor]]
+Source = Union[MaskOutputStore, str, CollectedStatistics, SufficientStatistics]
 
 
 class ComponentAblationRegression(PerturbationAttribution, CollectionEntryPoints):
@@ -97,16 +103,21 @@ class ComponentAblationRegression(PerturbationAttribution, CollectionEntryPoints
         ablation: what an ablated component becomes: ``"weights"`` (its weights zeroed, as in
             the reference code; default), ``"zero"`` or an
             :class:`~captum_coar.ablation.AblationStrategy`.
+        options: how its collections run, a
+            :class:`~captum_coar.coar._options.CollectionOptions` (default: its defaults);
+            a method's ``options=`` or keywords of the same names override it for one call.
 
     Attributes:
         last_result_: the :class:`COARResult` of the last ``attribute`` or ``fit`` call.
     """
 
     def __init__(self, forward_func: Callable[..., Any], components: ComponentSet,
-                 ablation: Union[str, AblationStrategy] = "weights") -> None:
+                 ablation: Union[str, AblationStrategy] = "weights",
+                 options: Optional[CollectionOptions] = None) -> None:
         PerturbationAttribution.__init__(self, forward_func)
         self.components = components
         self.ablation = ablation
+        self.options = resolve_options(options)
         self.last_result_: Optional[COARResult] = None
 
     @property
@@ -130,9 +141,10 @@ class ComponentAblationRegression(PerturbationAttribution, CollectionEntryPoints
         validation_fraction: float = 0.0,
         perturbations_per_eval: Optional[int] = None,
         max_rows: Optional[int] = None,
-        show_progress: bool = False,
+        show_progress: Optional[bool] = None,
         stop_when: Optional[StopWhen] = None,
         baselines: Any = None,
+        options: Optional[CollectionOptions] = None,
     ) -> Union[Tensor, Tuple[Tensor]]:
         """COAR attributions ``(batch, n_components)`` for the examples of ``inputs``.
 
@@ -156,18 +168,19 @@ class ComponentAblationRegression(PerturbationAttribution, CollectionEntryPoints
             solver: ``"least_squares"``, ``"ridge"``, ``"lasso"``, ``"ridge_auto"``,
                 ``"lasso_auto"``, ``"streaming"`` or an instance (``AutoRidge(prior=...)``
                 shrinks toward a prior attribution; ``AutoLasso(prior=...)``, which needs
-                ``validation_fraction > 0``, departs from it on few components). None:
-                least squares above ``2 N`` training masks, ``ridge_auto`` otherwise (and
-                always in adaptive mode).
+                ``validation_fraction > 0``, departs from it on few components). None: the
+                default rule, least squares above ``2 N`` training masks, ``ridge_auto``
+                otherwise (in adaptive mode: for the first round's masks). Checked before
+                any forward pass.
             sampler: ``"bernoulli"`` (independent ablations, the paper's), ``"fixed"`` (exactly
                 ``round(alpha * N)`` ablated per mask) or a MaskSampler.
             seed: masks depend only on ``(seed, row)``.
             validation_fraction: share of mask rows held out (for choosing alpha, and for the
                 held-out mse in ``last_result_.diagnostics``).
-            perturbations_per_eval: masks per forward pass (default ``max_rows // batch``).
-            max_rows: forward-pass row budget used when ``perturbations_per_eval`` is None
-                (default: 128 rows on a CPU, 4096 on an accelerator; see engine.default_max_rows).
-            show_progress: show a tqdm bar.
+            perturbations_per_eval, max_rows, show_progress: how the collection runs, as in
+                :class:`~captum_coar.coar._options.CollectionOptions` (masks per forward pass,
+                default ``max_rows // batch``; the row budget of a pass, default 128 rows on
+                a CPU and 4096 on an accelerator; a tqdm bar). None: from ``options``.
             stop_when: a :class:`~captum_coar.coar.adaptive.StopWhen` rule: adaptive
                 collection (``n_masks`` must then be None or ``"auto"``); the report is in
                 ``last_result_.settings["adaptive"]``.
@@ -176,6 +189,9 @@ class ComponentAblationRegression(PerturbationAttribution, CollectionEntryPoints
                 example (activation patching; the baseline activations are recorded once per
                 call). The coefficient of ``c`` then estimates ``E[F | c kept] - E[F | c
                 patched]``; the collection's identity covers the baselines.
+            options: a :class:`~captum_coar.coar._options.CollectionOptions` for this call
+                (default: the estimator's); its ``batch_fn`` is not used, since ``attribute``
+                makes its batches from ``inputs``.
 
         Returns:
             Tensor ``(batch, n_components)``, or the 1-tuple ``(tensor,)`` when ``inputs`` is a
@@ -193,81 +209,87 @@ class ComponentAblationRegression(PerturbationAttribution, CollectionEntryPoints
         data = tensor_batches(inputs, target, additional_forward_args, baselines=baselines)
         n_examples = int(input_tuple(inputs)[0].shape[0])
         check_example_positions(self.components, n_examples)
-        ablation = self.ablation
+        run = replace(resolve_options(options, self.options,
+                                      perturbations_per_eval=perturbations_per_eval,
+                                      max_rows=max_rows, show_progress=show_progress),
+                      batch_fn=None)
+        common: Dict[str, Any] = dict(ablation_fraction=ablation_fraction, sampler=sampler,
+                                      output=output, seed=seed, options=run)
         N = self.components.n_components
         if n_masks == "auto" or stop_when is not None:  # adaptive: rounds until the rule stops
-            rule = adaptive_rule(n_masks, stop_when, validation_fraction)
-            solver = "ridge_auto" if solver is None else solver
-            check_prior(solver, n_examples, N)
-            resolved = self._prepare(rule.resolved(N).first_masks or 2, solver, 0.0)
-            result, _ = collect_until(self, data, rule, resolved, ablation_fraction=ablation_fraction,
-                                      sampler=sampler, output=output, seed=seed,
-                                      ablation=ablation,
-                                      perturbations_per_eval=perturbations_per_eval,
-                                      max_rows=max_rows, show_progress=show_progress)
+            rule = adaptive_rule(n_masks, stop_when, validation_fraction).resolved(N)
+            assert rule.first_masks is not None
+            resolved = checked_solver(solver, rule.first_masks, n_examples, False, N,
+                                      f"adaptive collection ({rule.first_masks} training masks"
+                                      " in the first round), checked before collection: ")
+            result, _ = collect_until(self, data, rule, resolved, **common)
             return (result.attributions,) if isinstance(inputs, tuple) else result.attributions
         if isinstance(n_masks, str):
             raise ValueError(f"`n_masks` must be an integer, None or 'auto'; got {n_masks!r}")
-        n_masks = self._default_n_masks(n_masks)
-        if solver is None:
-            solver = self.default_solver(n_masks - validation_split(n_masks, validation_fraction))
-        check_prior(solver, n_examples, N)
-        resolved = self._prepare(n_masks, solver, validation_fraction)
-        common: Dict[str, Any] = dict(
-            n_masks=n_masks, ablation_fraction=ablation_fraction, sampler=sampler,
-            ablation=ablation, output=output, seed=seed,
-            perturbations_per_eval=perturbations_per_eval, max_rows=max_rows,
-            show_progress=show_progress)
+        n_masks = check_positive_int("n_masks", default_n_masks(n_masks, N))
+        n_val = validation_split(n_masks, validation_fraction)
+        resolved = checked_solver(solver, n_masks - n_val, n_examples, n_val > 0, N,
+                                  f"n_masks={n_masks} ({n_masks - n_val} for training), checked"
+                                  " before collection: ")
+        source: Source
         if isinstance(resolved, StreamingSolver):
-            store = collect(self.forward_func, self.components, data, InMemoryStore(), **common)
-            result = self.fit(store, solver=resolved, validation_fraction=validation_fraction)
+            source = collection.collect(self.forward_func, self.components, data, InMemoryStore(),
+                                        n_masks=n_masks, ablation=self.ablation, **common)
         else:
-            stats = collect_statistics(self.forward_func, self.components, data,
-                                       validation_fraction=validation_fraction, **common)
-            result = self.fit(stats, solver=resolved)
+            source = collection.collect_statistics(
+                self.forward_func, self.components, data, n_masks=n_masks,
+                ablation=self.ablation, validation_fraction=validation_fraction, **common)
+            validation_fraction = 0.0  # the statistics carry their split
+        # the identity was built by this collection, from this estimator's model: not redone
+        result = self._fit(source, resolved, validation_fraction, None, identity_checked=True)
         # Captum's convention, tuple in -> tuple out (captum.metrics rely on it)
         return (result.attributions,) if isinstance(inputs, tuple) else result.attributions
 
     def default_solver(self, n_train: int) -> str:
-        """The solver ``solver=None`` means for ``n_train`` training masks: least squares
-        above ``2 N``, ``"ridge_auto"`` at or below (where it is measured to do better)."""
-        return "least_squares" if n_train > 2 * self.components.n_components else "ridge_auto"
+        """The solver ``solver=None`` means for ``n_train`` training masks
+        (:func:`captum_coar.solvers.default_solver`): least squares above ``2 N``,
+        ``"ridge_auto"`` at or below (where it is measured to do better)."""
+        return default_solver(n_train, self.components.n_components)
 
     # ------------------------------------------------------------------ staged API
-    def collect(self, data: Iterable[Any], store: Union[MaskOutputStore, str, None] = None, *,
-                n_masks: Optional[int] = None, **kwargs: Any) -> MaskOutputStore:
-        """Collect masks and outputs over ``data`` into ``store`` (see
-        :func:`captum_coar.coar.collection.collect`); resumes when the store holds partial data."""
-        kwargs.setdefault("ablation", self.ablation)
-        return collect(self.forward_func, self.components, data, store,
-                       n_masks=self._default_n_masks(n_masks), **kwargs)
-
-    def collect_statistics(self, data: Iterable[Any], *, n_masks: Optional[int] = None,
-                           **kwargs: Any) -> CollectedStatistics:
-        """Sufficient statistics over ``data`` without raw storage (see
-        :func:`captum_coar.coar.collection.collect_statistics`)."""
-        kwargs.setdefault("ablation", self.ablation)
-        return collect_statistics(self.forward_func, self.components, data,
-                                  n_masks=self._default_n_masks(n_masks), **kwargs)
-
-    def fit(self, source: Union[MaskOutputStore, str, CollectedStatistics, SufficientStatistics],
-            solver: SolverLike = "least_squares", validation_fraction: float = 0.0,
-            rows: RowSelection = None) -> COARResult:
+    def fit(self, source: Source, solver: Optional[SolverLike] = None,
+            validation_fraction: float = 0.0, rows: RowSelection = None) -> COARResult:
         """Fit COAR from a store (or its directory), collected statistics or plain statistics.
 
         For a store, the last ``validation_fraction`` of the selected ``rows`` (all complete
         rows are required) are held out. Collected statistics carry their own split.
-        Sets and returns ``last_result_``.
+        ``solver=None`` is the default rule for the training rows fitted (least squares above
+        ``2 N``, ``"ridge_auto"`` at or below). The data's recorded identity is compared with
+        this estimator's (components, model weights, ablation) first. Sets and returns
+        ``last_result_``.
         """
-        resolved = resolve_solver(solver)
-        settings: Dict[str, Any] = {}
+        return self._fit(source, solver, validation_fraction, rows, identity_checked=False)
+
+    # ------------------------------------------------------------------ internals
+    def _fit(self, source: Source, solver: Optional[SolverLike], validation_fraction: float,
+             rows: RowSelection, identity_checked: bool) -> COARResult:
+        N = self.components.n_components
         if isinstance(source, (str, MaskOutputStore)):
             store = MemmapStore(source, read_only=True) if isinstance(source, str) else source
             meta = store.metadata
-            self._check_identity(meta, store.location)
-            fit, n_train, n_val = self._fit_store(store, resolved, validation_fraction, rows)
-            settings = {k: meta.get(k) for k in ("seed", "sampler", "ablation", "output",
-                                                 "model_fingerprint", "components_fingerprint")}
+            if not identity_checked:
+                check_estimator_identity(self.components, self.ablation, meta, store.location)
+            index = store.rows(rows)
+            store.check_complete(index)  # names incomplete rows and damaged progress
+            n_val = validation_split(len(index), validation_fraction)
+            train_rows, val_rows = index[:len(index) - n_val], index[len(index) - n_val:]
+            resolved = checked_solver(solver, len(train_rows), store.n_examples, n_val > 0, N,
+                                      f"{store.location}, {len(index)} rows"
+                                      f" ({len(train_rows)} for training): ")
+            device = stats_device(self.components)
+            val_stats = store.statistics(val_rows, device=device) if n_val else None
+            if isinstance(resolved, StreamingSolver):
+                fit = resolved.fit(lambda: store.iter_chunks(train_rows), val_stats)
+            else:
+                stats = store.statistics(train_rows, device=device)
+                fit = resolved.fit(stats, val_stats)
+                _note_constant_columns(fit, stats)
+            n_train, settings = len(train_rows), identity_of(meta)
         else:
             if isinstance(source, SufficientStatistics):
                 source = CollectedStatistics(source, None)
@@ -275,90 +297,29 @@ class ComponentAblationRegression(PerturbationAttribution, CollectionEntryPoints
                 raise TypeError(
                     "fit needs a MaskOutputStore, a store path, CollectedStatistics or"
                     f" SufficientStatistics; got {type(source).__name__}")
+            if validation_fraction:
+                raise ValueError("validation rows of statistics are chosen at collection; pass"
+                                 " validation_fraction to collect_statistics instead")
+            if source.settings and not identity_checked:  # bare statistics carry no identity
+                check_estimator_identity(self.components, self.ablation, source.settings,
+                                         "the statistics")
+            train, validation = source.train, source.validation
+            resolved = checked_solver(solver, train.count, train.n_outputs,
+                                      validation is not None, N,
+                                      f"statistics of {train.count} training masks: ")
             if isinstance(resolved, StreamingSolver):
                 raise ValueError(
                     f"solver {resolved.name!r} streams raw (masks, outputs) chunks, which"
                     " statistics do not keep; collect into a store, or use least_squares, ridge"
                     " or lasso")
-            if validation_fraction:
-                raise ValueError("validation rows of statistics are chosen at collection; pass"
-                                 " validation_fraction to collect_statistics instead")
-            if source.settings:  # bare statistics carry no identity to check
-                self._check_identity(source.settings, "the statistics")
-            self._check_enough_masks(resolved, source.train.count, source.train.count)
-            fit = resolved.fit(source.train, source.validation)
-            _note_constant_columns(fit, source.train)
-            n_train = source.train.count
-            n_val = 0 if source.validation is None else source.validation.count
+            fit = resolved.fit(train, validation)
+            _note_constant_columns(fit, train)
+            n_train, n_val = train.count, 0 if validation is None else validation.count
             settings = dict(source.settings)
         settings["solver"] = resolved.describe()
         result = self._result(fit, n_train, n_val, settings)
         self.last_result_ = result
         return result
-
-    # ------------------------------------------------------------------ internals
-    def _default_n_masks(self, n_masks: Optional[int]) -> int:
-        return 10 * self.components.n_components if n_masks is None else n_masks
-
-    def _check_identity(self, record: Dict[str, Any], where: str) -> None:
-        """Refuse data collected for other components, model weights or ablation."""
-        ablation = describe_ablation(resolve_ablation(self.ablation))
-        recorded = record.get("ablation")
-        if isinstance(recorded, dict) and recorded.get("name") == PatchAblation.name:
-            # collected with baselines=: the patch (and its baselines' fingerprint) is the
-            # data's; an estimator with the default ablation fits it
-            check_default_ablation(self.ablation)
-            ablation = recorded
-        mine = {"n_components": self.components.n_components,
-                "components_fingerprint": self.components.fingerprint,
-                "model_fingerprint": model_fingerprint(self.components.model),
-                "ablation": ablation}
-        check_same_identity(mine, record, f"{where} was collected differently from this"
-                            " estimator", "estimator", "data", fields=ESTIMATOR_FIELDS,
-                            advice="Fit with the model, components and ablation the data was"
-                            " collected with")
-
-    def _prepare(self, n_masks: int, solver: SolverLike,
-                 validation_fraction: float) -> Union[Solver, StreamingSolver]:
-        """Check the solver against the mask count before any forward pass; return it resolved.
-
-        The collection settings are resolved and checked once, by ``collect`` /
-        ``collect_statistics``, also before any forward pass."""
-        n_masks = check_positive_int("n_masks", n_masks)
-        resolved = resolve_solver(solver)
-        n_val = validation_split(n_masks, validation_fraction)
-        self._check_enough_masks(resolved, n_masks - n_val, n_masks)
-        if isinstance(resolved, Solver):
-            check_solver_arguments(resolved, with_validation=n_val > 0)
-        return resolved
-
-    def _check_enough_masks(self, solver: Any, n_train: int, n_masks: int) -> None:
-        N = self.components.n_components
-        if isinstance(solver, LeastSquares) and n_train <= N:
-            raise ValueError(
-                f"n_masks={n_masks} ({n_train} for training) is too small for least squares with"
-                f" {N} components: it needs more training masks than components (at least"
-                f" {N + 1}; in practice 10x, e.g. n_masks={10 * N}), or use solver='ridge'")
-        if n_train < 2:
-            raise ValueError(f"n_masks={n_masks} leaves {n_train} training masks; any solver"
-                             " needs at least 2")
-
-    def _fit_store(self, store: MaskOutputStore, solver: Union[Solver, StreamingSolver],
-                   validation_fraction: float, rows: RowSelection) -> Any:
-        index = store.rows(rows)
-        store.check_complete(index)  # names incomplete rows and damaged progress
-        n_val = validation_split(len(index), validation_fraction)
-        train_rows, val_rows = index[:len(index) - n_val], index[len(index) - n_val:]
-        self._check_enough_masks(solver, len(train_rows), len(index))
-        device = stats_device(self.components)
-        val_stats = store.statistics(val_rows, device=device) if n_val else None
-        if isinstance(solver, StreamingSolver):
-            fit = solver.fit(lambda: store.iter_chunks(train_rows), val_stats)
-        else:
-            stats = store.statistics(train_rows, device=device)
-            fit = solver.fit(stats, val_stats)
-            _note_constant_columns(fit, stats)
-        return fit, len(train_rows), n_val
 
     def _result(self, fit: FitResult, n_train: int, n_val: int,
                 settings: Dict[str, Any]) -> COARResult:
@@ -382,4 +343,4 @@ def _note_constant_columns(fit: FitResult, stats: SufficientStatistics) -> None:
             f" the {stats.count} training masks (e.g. indices {(never + always)[:10]}); their"
             " attributions are not identified (least squares gives them 0 or an arbitrary"
             " share). Use more masks or a larger ablation_fraction.",
-            UserWarning, stacklevel=3)
+            UserWarning, stacklevel=4)

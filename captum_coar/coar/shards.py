@@ -58,6 +58,7 @@ from ..stores.memmap import METADATA_FILE, MemmapStore
 from ._batches import BatchFn
 from ._collected import rows_of
 from ._identity import identity_differences
+from ._options import CollectionOptions, resolve_options
 from .collection import (
     CollectedStatistics,
     OutputLike,
@@ -109,15 +110,20 @@ def collect_shard(forward_func: Callable[..., Any], components: ComponentSet, da
                   seed: int = 0, perturbations_per_eval: Optional[int] = None,
                   max_rows: Optional[int] = None, chunk_rows: Optional[int] = None,
                   batch_fn: Optional[BatchFn] = None, max_store_bytes: Optional[int] = None,
-                  show_progress: bool = False) -> MemmapStore:
+                  show_progress: Optional[bool] = None,
+                  options: Optional[CollectionOptions] = None) -> MemmapStore:
     """Collect shard ``shard`` of ``n_shards`` into its own store ``directory/shard-SSSSS-of-KKKKK``.
 
-    Re-running resumes. Options as in :func:`~captum_coar.coar.collection.collect`. Merge with
-    ``merge_statistics(directory)``.
+    Re-running resumes. Options (``options=`` or its keywords) as in
+    :func:`~captum_coar.coar.collection.collect`. Merge with ``merge_statistics(directory)``.
 
     Raises ``ValueError`` when ``directory`` holds shards of a run split another number of ways.
     """
     check_forward_func(forward_func, components, "collect_shard")
+    options = resolve_options(
+        options, perturbations_per_eval=perturbations_per_eval, max_rows=max_rows,
+        chunk_rows=chunk_rows, batch_fn=batch_fn, max_store_bytes=max_store_bytes,
+        show_progress=show_progress)
     own_rows = shard_rows(n_masks, shard, n_shards, rows)
     root = Path(directory)
     layouts = sorted({int(m.group(2)) for m in _shard_dirs(root)} - {int(n_shards)})
@@ -129,9 +135,7 @@ def collect_shard(forward_func: Callable[..., Any], components: ComponentSet, da
     store = collect(forward_func, components, data, str(root / _SHARD_NAME.format(shard, n_shards)),
                     n_masks=n_masks, rows=own_rows, ablation=ablation,
                     ablation_fraction=ablation_fraction, sampler=sampler, output=output,
-                    seed=seed, perturbations_per_eval=perturbations_per_eval, max_rows=max_rows,
-                    chunk_rows=chunk_rows, batch_fn=batch_fn, max_store_bytes=max_store_bytes,
-                    show_progress=show_progress)
+                    seed=seed, options=options)
     assert isinstance(store, MemmapStore)
     return store
 
@@ -147,21 +151,24 @@ def collect_statistics_shard(forward_func: Callable[..., Any], components: Compo
                              perturbations_per_eval: Optional[int] = None,
                              max_rows: Optional[int] = None, chunk_rows: Optional[int] = None,
                              batch_fn: Optional[BatchFn] = None,
-                             dtype: torch.dtype = torch.float64,
-                             show_progress: bool = False) -> CollectedStatistics:
+                             dtype: Optional[torch.dtype] = None,
+                             show_progress: Optional[bool] = None,
+                             options: Optional[CollectionOptions] = None) -> CollectedStatistics:
     """Statistics of shard ``shard`` of ``n_shards`` (one job of many, no process group).
 
     ``settings["rows"]`` records the rows, so :func:`merge_statistics` detects overlapping and
-    missing shards. Options as in :func:`~captum_coar.coar.collection.collect_statistics`.
+    missing shards. Options (``options=`` or its keywords) as in
+    :func:`~captum_coar.coar.collection.collect_statistics`.
     """
     check_forward_func(forward_func, components, "collect_statistics_shard")
+    options = resolve_options(
+        options, perturbations_per_eval=perturbations_per_eval, max_rows=max_rows,
+        chunk_rows=chunk_rows, batch_fn=batch_fn, dtype=dtype, show_progress=show_progress)
     own_rows = shard_rows(n_masks, shard, n_shards, rows)
     return collect_statistics(
         forward_func, components, data, n_masks=n_masks, rows=own_rows, ablation=ablation,
         ablation_fraction=ablation_fraction, sampler=sampler, output=output, seed=seed,
-        validation_fraction=validation_fraction, perturbations_per_eval=perturbations_per_eval,
-        max_rows=max_rows, chunk_rows=chunk_rows, batch_fn=batch_fn, dtype=dtype,
-        show_progress=show_progress)
+        validation_fraction=validation_fraction, options=options)
 
 
 def _shard_dirs(root: Path) -> List["re.Match[str]"]:

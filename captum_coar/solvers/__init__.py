@@ -26,14 +26,16 @@ Implementations
 Least squares, ridge and AutoRidge attach standard errors (``FitResult.standard_errors``);
 :mod:`captum_coar.solvers.uncertainty` says what they mean and computes confidence intervals.
 
-:func:`resolve_solver` maps a name or an instance to a solver.
+:func:`resolve_solver` maps a name or an instance to a solver; :func:`default_solver` is the
+one rule for ``solver=None`` (least squares above ``2 N`` training masks, ``"ridge_auto"`` at or
+below). Every solver checks itself before any data exists: ``solver.check(n_train,
+n_examples, with_validation, n_components)`` (constraints declared per class, as in
+scikit-learn), and ``solver.gives_standard_errors`` says whether its fits carry standard errors.
 """
 
 from __future__ import annotations
 
-from typing import Union
-
-from .._registry import Registry
+from ._choice import SOLVERS, checked_solver, default_solver, resolve_solver
 from .base import ChunkSource, FitResult, Solver, StreamingSolver
 from .difference_of_means import DifferenceOfMeans
 from .lasso import ConvergenceWarning, Lasso
@@ -61,28 +63,7 @@ __all__ = [
     "SingularMatrixWarning",
     "ConvergenceWarning",
     "resolve_solver",
+    "default_solver",
+    "checked_solver",
     "SOLVERS",
 ]
-
-SOLVERS: Registry[Union[Solver, StreamingSolver]] = Registry(
-    "solver", (Solver, StreamingSolver), "Ridge(alpha=1.0), Lasso(alphas=...)")
-SOLVERS.register("least_squares", LeastSquares, "lstsq", "ols")
-SOLVERS.register("ridge", Ridge)
-SOLVERS.register("lasso", Lasso)
-SOLVERS.register("streaming", MinibatchRidge, "minibatch_ridge")
-SOLVERS.register("ridge_auto", AutoRidge, "auto")
-SOLVERS.register("lasso_auto", AutoLasso)
-SOLVERS.register("difference_of_means", DifferenceOfMeans, "msr")
-
-
-def resolve_solver(
-    name_or_solver: Union[str, Solver, StreamingSolver] = "least_squares",
-) -> Union[Solver, StreamingSolver]:
-    """A solver from a name (``"least_squares"``/``"lstsq"``/``"ols"``, ``"ridge"``,
-    ``"lasso"``, ``"streaming"``, ``"ridge_auto"``/``"auto"``, ``"lasso_auto"``) with default
-    parameters, or an instance returned as is.
-
-    Callers check ``isinstance(solver, StreamingSolver)`` to know whether to pass chunks
-    instead of :class:`SufficientStatistics`.
-    """
-    return SOLVERS.resolve(name_or_solver)

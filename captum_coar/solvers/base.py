@@ -10,22 +10,31 @@ Contract
 
 Both fit a linear model with intercept for all ``n`` outputs (examples) at once,
 ``Y[:, j] ~ intercept[j] + X @ coef[j]``, penalise ``coef`` only, and return float64
-tensors on the statistics' device. Constructors only store arguments; validation happens in
-``fit``. When a solver is given several regularisation strengths and ``validation_stats``,
-it picks the one with the lowest validation mean squared error, computed from the
-validation sufficient statistics, either globally (mean over examples, the default) or per
-example (``selection="per_example"``).
+tensors on the statistics' device. When a solver is given several regularisation strengths
+and ``validation_stats``, it picks the one with the lowest validation mean squared error,
+computed from the validation sufficient statistics, either globally (mean over examples, the
+default) or per example (``selection="per_example"``).
+
+Solvers check themselves. Constructors only store arguments; every solver class declares its
+arguments' allowed forms in ``_parameter_constraints`` (scikit-learn style, see
+:mod:`captum_coar.solvers._constraints`), and :meth:`Solver.check` ``(n_train, n_examples,
+with_validation, n_components)`` checks them together with the solver's rules about the data:
+at least 2 training masks (least squares: more than ``N``), held-out statistics where the
+solver chooses on them, a prior of shape ``(n_examples, N)``. It reads no data and fits
+nothing, so the estimator calls it before any forward pass; ``fit`` calls it with the sizes of
+the statistics it is given. :attr:`Solver.gives_standard_errors` says whether a fit will carry
+standard errors.
 """
 
 from __future__ import annotations
 
-import numbers
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, ClassVar, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import torch
 
+from ._constraints import Choice, Constraint, validate_parameters
 from .statistics import SufficientStatistics
 
 __all__ = ["FitResult", "Solver", "StreamingSolver", "ChunkSource"]
@@ -33,7 +42,6 @@ __all__ = ["FitResult", "Solver", "StreamingSolver", "ChunkSource"]
 #: A zero-argument callable returning a fresh iterable of ``(X, Y)`` chunks per pass.
 ChunkSource = Callable[[], Iterable[Tuple[torch.Tensor, torch.Tensor]]]
 
-_SELECTIONS = ("global", "per_example")
 
 
 @dataclass
@@ -97,51 +105,87 @@ class FitResult:
         }
 
 
-def _check_positive_float(name: str, value: Any, allow_zero: bool = False) -> float:
-    ok = isinstance(value, numbers.Real) and not isinstance(value, bool)
-    if ok:
-        value = float(value)
-        ok = value >= 0 if allow_zero else value > 0
-        ok = ok and value < float("inf")
-    if not ok:
-        bound = ">= 0" if allow_zero else "> 0"
-        raise ValueError(f"{name} must be a finite real number {bound}, got {value!r}.")
-    return float(value)
+#: The ``selection`` argument of solvers that choose among several penalties.
+SELECTION = Choice(("global", "per_example"))
 
 
-def _check_selection(selection: Any) -> str:
-    if selection not in _SELECTIONS:
-        raise ValueError(f"selection must be one of {_SELECTIONS}, got {selection!r}.")
-    return str(selection)
+def alpha_list(alpha: Optional[float], alphas: Optional[Sequence[float]],
+               default: Optional[float]) -> Optional[List[float]]:
+    """The penalties to solve for, strongest first and without repeats (``alpha``, else
+    ``default``, when ``alphas`` is None); None when neither is given. Arguments are checked."""
+    if alphas is not None:
+        values = torch.as_tensor(alphas, dtype=torch.float64).flatten().tolist()
+        return sorted({float(a) for a in values}, reverse=True)
+    alpha = default if alpha is None else alpha
+    return None if alpha is None else [float(alpha)]
 
 
-def _resolve_alphas(
-    owner: str,
-    alpha: Optional[float],
-    alphas: Optional[Sequence[float]],
-    default: Optional[float],
-) -> Optional[List[float]]:
-    """One list of alphas, sorted from strongest to weakest; None when neither given."""
+def choice_needs_validation(owner: str, alphas: Optional[List[float]]) -> Optional[str]:
+    """The error of a solver given several penalties and nothing to choose among them with."""
+    if alphas is None or len(alphas) < 2:
+        return None
+    return (f"{owner}: {len(alphas)} alphas were given but no validation_stats to choose among"
+            " them; pass validation_stats (statistics of held-out masks; validation_fraction >"
+            " 0 in collection) or a single alpha.")
+
+
+def check_alpha_or_alphas(owner: str, alpha: Any, alphas: Any) -> None:
+    """A solver takes one penalty or a list to choose among, not both."""
     if alpha is not None and alphas is not None:
         raise ValueError(
             f"{owner}: give either alpha or alphas, not both (got alpha={alpha!r}, "
-            f"alphas={alphas!r})."
-        )
-    if alphas is None:
-        if alpha is None:
-            if default is None:
-                return None
-            alpha = default
-        return [_check_positive_float(f"{owner} alpha", alpha, allow_zero=True)]
-    values = [float(a) for a in torch.as_tensor(alphas, dtype=torch.float64).flatten().tolist()]
-    if not values:
-        raise ValueError(f"{owner}: alphas must not be empty.")
-    checked = [_check_positive_float(f"{owner} alphas entry", a, allow_zero=True) for a in values]
-    return sorted(set(checked), reverse=True)
+            f"alphas={alphas!r}).")
 
 
 class _Describable:
     name: str = "solver"
+    #: scikit-learn style: for every constructor argument, the forms it may take (None: may
+    #: be None); checked by :meth:`check` and at the start of ``fit``
+    _parameter_constraints: ClassVar[Dict[str, List[Optional[Constraint]]]] = {}
+
+    @property
+    def gives_standard_errors(self) -> bool:
+        """Whether a fit carries ``standard_errors`` (known before any fit)."""
+        return False
+
+    def check(self, n_train: int, n_examples: Optional[int], with_validation: bool,
+              n_components: Optional[int] = None) -> None:
+        """Refuse arguments this solver cannot fit with, before any data exists.
+
+        Args:
+            n_train: training masks (rows) the solver will be fitted on.
+            n_examples: examples (outputs) per mask; None skips the rules that need it.
+            with_validation: whether held-out statistics will be given.
+            n_components: components ``N``; None skips the rules that need it.
+
+        Raises ``ValueError`` (``TypeError`` for an argument of the wrong type) saying what was
+        given, what is allowed and what to do. Nothing is fitted and no data is read.
+        """
+        self._validate_params()
+        if n_train < 2:
+            raise ValueError(f"{type(self).__name__} needs at least 2 training masks (rows) to"
+                             f" fit; got {n_train}. Record more masks")
+        why = self._needs_validation()
+        if why is not None and not with_validation:
+            raise ValueError(why)
+        self._check_sizes(n_train, n_examples, n_components)
+
+    def _validate_params(self) -> None:
+        """The arguments against ``_parameter_constraints``, then :meth:`_check_arguments`."""
+        validate_parameters(type(self).__name__, self.get_params(),
+                            type(self)._parameter_constraints)
+        self._check_arguments()
+
+    def _check_arguments(self) -> None:
+        """Rules that tie two arguments together (none by default)."""
+
+    def _needs_validation(self) -> Optional[str]:
+        """Why this solver needs held-out statistics (the error message), or None."""
+        return None
+
+    def _check_sizes(self, n_train: int, n_examples: Optional[int],
+                     n_components: Optional[int]) -> None:
+        """Rules about the sizes of the data (none by default)."""
 
     def get_params(self) -> Dict[str, Any]:
         """Constructor arguments (as stored), sklearn style."""
@@ -165,11 +209,9 @@ class _Describable:
         return f"{type(self).__name__}({args})"
 
 
-def _check_stats_pair(stats: Any, validation_stats: Any, min_rows: int = 2) -> None:
+def _check_stats_pair(stats: Any, validation_stats: Any) -> None:
     if not isinstance(stats, SufficientStatistics):
         raise TypeError(f"stats must be SufficientStatistics, got {type(stats).__name__}.")
-    if stats.count < min_rows:
-        raise ValueError(f"need at least {min_rows} rows (masks) to fit, got {stats.count}.")
     stats.check_rows()  # a count that disagrees with the rows covered: rows added twice
     if validation_stats is None:
         return
@@ -202,6 +244,8 @@ class Solver(_Describable, ABC):
     ) -> FitResult:
         """Fit ``n`` linear models with intercept; see the module docstring."""
         _check_stats_pair(stats, validation_stats)
+        self.check(stats.count, stats.n_outputs, validation_stats is not None,
+                   stats.n_components)
         return self._fit(stats, validation_stats)
 
     @abstractmethod
@@ -246,12 +290,7 @@ def _fit_path(
     ``solve(alpha, W_prev)`` returns ``(W (N, n), info)`` where info may hold ``n_iter``
     (int) and ``converged`` ((n,) bool).
     """
-    if len(alphas) > 1 and validation_stats is None:
-        raise ValueError(
-            f"{solver_name}: {len(alphas)} alphas were given but no validation_stats to "
-            "choose among them; pass validation_stats (statistics of held-out masks) or a "
-            "single alpha."
-        )
+    assert len(alphas) == 1 or validation_stats is not None  # the solver's check
     n = stats.n_outputs
     W_prev: Optional[torch.Tensor] = None
     best_W: Optional[torch.Tensor] = None

@@ -24,14 +24,15 @@ from typing import Any, Dict, Optional, Sequence, Tuple
 
 import torch
 
-from .._checks import check_positive_int
+from ._constraints import Interval, RealSequence
 from .base import (
+    SELECTION,
     FitResult,
     Solver,
-    _check_positive_float,
-    _check_selection,
     _fit_path,
-    _resolve_alphas,
+    alpha_list,
+    check_alpha_or_alphas,
+    choice_needs_validation,
 )
 from .statistics import SufficientStatistics
 
@@ -125,6 +126,11 @@ class Lasso(Solver):
     """
 
     name = "lasso"
+    _parameter_constraints = {
+        "alpha": [Interval(0.0), None], "alphas": [RealSequence(), None],
+        "n_alphas": [Interval(1, integer=True)], "eps": [Interval(0.0, 1.0, True, True)],
+        "selection": [SELECTION], "tol": [Interval(0.0, low_open=True)],
+        "max_iter": [Interval(1, integer=True)], "check_every": [Interval(1, integer=True)]}
 
     def __init__(
         self,
@@ -146,22 +152,29 @@ class Lasso(Solver):
         self.max_iter = max_iter
         self.check_every = check_every
 
+    def _check_arguments(self) -> None:
+        check_alpha_or_alphas("Lasso", self.alpha, self.alphas)
+
+    def _needs_validation(self) -> Optional[str]:
+        alphas = alpha_list(self.alpha, self.alphas, None)
+        if alphas is None and int(self.n_alphas) > 1:
+            return (f"Lasso: its automatic path of n_alphas={self.n_alphas} penalties needs"
+                    " validation_stats (statistics of held-out masks; validation_fraction > 0"
+                    " in collection) to choose among them, and none were given; or pass one"
+                    " alpha")
+        return choice_needs_validation("Lasso", alphas)
+
     def _fit(
         self, stats: SufficientStatistics, validation_stats: Optional[SufficientStatistics]
     ) -> FitResult:
-        alphas = _resolve_alphas("Lasso", self.alpha, self.alphas, default=None)
-        selection = _check_selection(self.selection)
-        tol = _check_positive_float("Lasso tol", self.tol)
-        max_iter = check_positive_int("Lasso max_iter", self.max_iter)
-        check_every = check_positive_int("Lasso check_every", self.check_every)
+        alphas = alpha_list(self.alpha, self.alphas, default=None)
+        selection, tol = str(self.selection), float(self.tol)
+        max_iter, check_every = int(self.max_iter), int(self.check_every)
         m = stats.count
         sxx, sxy, syy = stats.centered()
         C, c, yy = sxx / m, sxy / m, syy / m
         if alphas is None:
-            n_alphas = check_positive_int("Lasso n_alphas", self.n_alphas)
-            eps = _check_positive_float("Lasso eps", self.eps)
-            if eps >= 1:
-                raise ValueError(f"Lasso eps must be in (0, 1), got {eps!r}.")
+            n_alphas, eps = int(self.n_alphas), float(self.eps)
             alpha_max = float(c.abs().max())
             if alpha_max <= 0:
                 alphas = [0.0]

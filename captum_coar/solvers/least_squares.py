@@ -25,14 +25,16 @@ from typing import Any, Dict, Optional, Sequence, Tuple
 
 import torch
 
+from ._constraints import Boolean, Interval, RealSequence
 from .base import (
+    SELECTION,
     FitResult,
     Solver,
-    _check_positive_float,
-    _check_selection,
     _finish,
     _fit_path,
-    _resolve_alphas,
+    alpha_list,
+    check_alpha_or_alphas,
+    choice_needs_validation,
 )
 from .statistics import SufficientStatistics
 from .uncertainty import attach_standard_errors
@@ -82,23 +84,32 @@ class LeastSquares(Solver):
     """
 
     name = "least_squares"
+    _parameter_constraints = {"rcond": [Interval(0.0, low_open=True)],
+                              "standard_errors": [Boolean()]}
 
     def __init__(self, rcond: float = 1e-10, standard_errors: bool = True) -> None:
         self.rcond = rcond
         self.standard_errors = standard_errors
 
+    @property
+    def gives_standard_errors(self) -> bool:
+        return bool(self.standard_errors)
+
+    def _check_sizes(self, n_train: int, n_examples: Optional[int],
+                     n_components: Optional[int]) -> None:
+        m, N = n_train, n_components
+        if N is not None and m <= N:
+            raise ValueError(
+                f"LeastSquares got m={m} masks for N={N} components: too small for least"
+                f" squares with {N} components, which with an intercept is underdetermined"
+                f" unless m > N, i.e. at least {N + 1} masks (in practice several times N,"
+                f" e.g. {10 * N}). Record more masks or use solver='ridge' or 'ridge_auto'."
+            )
+
     def _fit(
         self, stats: SufficientStatistics, validation_stats: Optional[SufficientStatistics]
     ) -> FitResult:
-        rcond = _check_positive_float("LeastSquares rcond", self.rcond)
-        m, N = stats.count, stats.n_components
-        if m <= N:
-            raise ValueError(
-                f"LeastSquares got m={m} masks for N={N} components: ordinary least squares "
-                f"with an intercept is underdetermined unless m > N, i.e. at least {N + 1} "
-                f"masks (in practice several times N, e.g. {10 * N}). Record more masks or "
-                "use Ridge."
-            )
+        rcond, N = float(self.rcond), stats.n_components
         sxx, sxy, _ = stats.centered()
         W, ratio = _cholesky_solve(sxx, sxy, rcond)
         diagnostics: Dict[str, Any] = {"factorization": "cholesky", "pivot_ratio": ratio}
@@ -154,6 +165,9 @@ class Ridge(Solver):
     """
 
     name = "ridge"
+    _parameter_constraints = {"alpha": [Interval(0.0), None], "alphas": [RealSequence(), None],
+                              "selection": [SELECTION], "rcond": [Interval(0.0, low_open=True)],
+                              "standard_errors": [Boolean()]}
 
     def __init__(
         self,
@@ -169,13 +183,22 @@ class Ridge(Solver):
         self.rcond = rcond
         self.standard_errors = standard_errors
 
+    @property
+    def gives_standard_errors(self) -> bool:
+        return bool(self.standard_errors)
+
+    def _check_arguments(self) -> None:
+        check_alpha_or_alphas("Ridge", self.alpha, self.alphas)
+
+    def _needs_validation(self) -> Optional[str]:
+        return choice_needs_validation("Ridge", alpha_list(self.alpha, self.alphas, 1.0))
+
     def _fit(
         self, stats: SufficientStatistics, validation_stats: Optional[SufficientStatistics]
     ) -> FitResult:
-        alphas = _resolve_alphas("Ridge", self.alpha, self.alphas, default=1.0)
+        alphas = alpha_list(self.alpha, self.alphas, default=1.0)
         assert alphas is not None
-        selection = _check_selection(self.selection)
-        rcond = _check_positive_float("Ridge rcond", self.rcond)
+        selection, rcond = str(self.selection), float(self.rcond)
         sxx, sxy, _ = stats.centered()
         N = stats.n_components
         eye = torch.eye(N, dtype=sxx.dtype, device=sxx.device)

@@ -31,12 +31,14 @@ Both are deterministic: given the same statistics they pick the same penalty.
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, Dict, Optional, Sequence, Tuple
 
 import torch
 
-from .._checks import check_choice, check_float, check_positive_int, fail, fail_type
-from .base import FitResult, Solver
+from .._checks import fail
+from ._constraints import Boolean, Choice, Interval, RealSequence, TensorValue
+from .base import SELECTION, FitResult, Solver
 from .lasso import Lasso
 from .statistics import SufficientStatistics
 from .uncertainty import attach_standard_errors
@@ -52,17 +54,12 @@ def merged_statistics(stats: SufficientStatistics,
     return both.merge(validation_stats)
 
 
-def _prior_matrix(prior: Any, n: int, N: int, like: torch.Tensor) -> torch.Tensor:
-    """The prior as an (N, n) float64 matrix (columns = examples)."""
-    if not isinstance(prior, torch.Tensor):
-        raise fail_type("prior", "a tensor (n_examples, n_components) or None", prior)
+def _prior_matrix(prior: torch.Tensor, n: int, like: torch.Tensor) -> torch.Tensor:
+    """The prior (checked by :meth:`PriorSolver.check`) as an (N, n) float64 matrix (columns =
+    examples)."""
     p = prior.detach().to(device=like.device, dtype=like.dtype)
     if p.dim() == 1 and n == 1:
         p = p.unsqueeze(0)
-    if tuple(p.shape) != (n, N):
-        raise fail("prior", f"a tensor of shape ({n}, {N}) (examples, components)", prior)
-    if not bool(torch.isfinite(p).all()):
-        raise fail("prior", "finite", prior)
     return p.T.contiguous()
 
 
@@ -73,7 +70,7 @@ def prior_weights(prior: Optional[torch.Tensor], rescale: bool,
     if prior is None:
         return None
     sxx, sxy, _ = stats.centered()
-    P = _prior_matrix(prior, stats.n_outputs, stats.n_components, sxx)
+    P = _prior_matrix(prior, stats.n_outputs, sxx)
     if rescale:
         num = (P * sxy).sum(0)
         den = (P * (sxx @ P)).sum(0)
@@ -94,19 +91,33 @@ class PriorSolver(Solver):
             out["prior"] = f"tensor{tuple(self.prior.shape)}"  # not the values
         return out
 
+    def _check_sizes(self, n_train: int, n_examples: Optional[int],
+                     n_components: Optional[int]) -> None:
+        """A prior of shape ``(n_examples, N)`` (``(N,)`` for one example)."""
+        if self.prior is None or n_examples is None or n_components is None:
+            return
+        shape = tuple(self.prior.shape)
+        if shape != (n_examples, n_components) and not (n_examples == 1
+                                                         and shape == (n_components,)):
+            raise fail("prior", f"a tensor of shape ({n_examples}, {n_components}) (examples,"
+                       " components)", self.prior)
+
 
 def check_prior(solver: Any, n_examples: int, n_components: int) -> None:
-    """Refuse a solver's ``prior`` that is not ``(n_examples, n_components)``, before any
-    forward pass (solvers without a prior pass)."""
-    prior = solver.prior if isinstance(solver, PriorSolver) else None
-    if prior is not None and tuple(getattr(prior, "shape", ())) != (n_examples, n_components):
-        raise fail("prior", f"a tensor of shape ({n_examples}, {n_components}) (examples,"
-                   " components)", prior)
+    """Deprecated: ``solver.check(n_train, n_examples, with_validation, n_components)`` checks
+    the prior with every other rule of the solver."""
+    warnings.warn("captum_coar.solvers.selection.check_prior is deprecated and will be removed"
+                  " in the next release; call solver.check(n_train, n_examples,"
+                  " with_validation, n_components)", DeprecationWarning, stacklevel=2)
+    if isinstance(solver, PriorSolver):
+        solver._check_sizes(2, n_examples, n_components)
 
 
 def without_prior(solver: Any) -> Any:
-    """``solver`` itself, or for a solver with a prior a copy without it (for argument checks
-    on statistics of another shape)."""
+    """Deprecated (it served a trial fit that solvers' ``check`` replaces): ``solver`` itself,
+    or for a solver with a prior a copy without it."""
+    warnings.warn("captum_coar.solvers.selection.without_prior is deprecated and will be"
+                  " removed in the next release", DeprecationWarning, stacklevel=2)
     if isinstance(solver, PriorSolver) and solver.prior is not None:
         params = solver.get_params()
         params["prior"] = None
@@ -141,6 +152,13 @@ class AutoRidge(PriorSolver):
     """
 
     name = "ridge_auto"
+    _parameter_constraints = {
+        "prior": [TensorValue(), None], "rescale": [Boolean()],
+        "n_alphas": [Interval(1, integer=True)], "min_ratio": [Interval(0.0, low_open=True)],
+        "max_ratio": [Interval(0.0, low_open=True)], "alphas": [RealSequence(), None],
+        "criterion": [Choice(("auto", "validation", "gcv"))], "selection": [SELECTION],
+        "refit": [Boolean()], "rcond": [Interval(0.0, low_open=True)],
+        "standard_errors": [Boolean()]}
 
     def __init__(self, prior: Optional[torch.Tensor] = None, rescale: bool = True,
                  n_alphas: int = 25, min_ratio: float = 1e-4, max_ratio: float = 1e3,
@@ -158,18 +176,27 @@ class AutoRidge(PriorSolver):
         self.rcond = rcond
         self.standard_errors = standard_errors
 
+    @property
+    def gives_standard_errors(self) -> bool:
+        return bool(self.standard_errors)
+
+    def _check_arguments(self) -> None:
+        if self.alphas is None and float(self.max_ratio) <= float(self.min_ratio):
+            raise fail("AutoRidge max_ratio", f"> min_ratio = {self.min_ratio!r}",
+                       self.max_ratio)
+
+    def _needs_validation(self) -> Optional[str]:
+        if self.criterion != "validation":
+            return None
+        return str(fail("validation_stats", "statistics of held-out rows for"
+                        " criterion='validation'", None, "pass validation_fraction > 0"))
+
     # -- the pieces ----------------------------------------------------------------------
     def _grid(self, sxx: torch.Tensor, m: int, N: int) -> torch.Tensor:
         if self.alphas is not None:
-            values = [check_float("alphas entry", a, 0.0) for a in list(self.alphas)]
-            if not values:
-                raise fail("alphas", "a non-empty sequence of penalties >= 0, or None",
-                           self.alphas)
+            values = torch.as_tensor(self.alphas, dtype=torch.float64).flatten().tolist()
             return torch.tensor(values, dtype=sxx.dtype, device=sxx.device)
-        n_alphas = check_positive_int("n_alphas", self.n_alphas)
-        lo = check_float("min_ratio", self.min_ratio, 0.0, low_open=True)
-        hi = check_float("max_ratio", self.max_ratio, lo, low_open=True)
-        assert lo is not None and hi is not None
+        n_alphas, lo, hi = int(self.n_alphas), float(self.min_ratio), float(self.max_ratio)
         scale = float(torch.diagonal(sxx).mean().clamp_min(1e-300))
         ratios = torch.logspace(torch.log10(torch.tensor(hi)).item(),
                                 torch.log10(torch.tensor(lo)).item(), n_alphas,
@@ -191,15 +218,9 @@ class AutoRidge(PriorSolver):
 
     def _fit(self, stats: SufficientStatistics,
              validation_stats: Optional[SufficientStatistics]) -> FitResult:
-        criterion = check_choice("criterion", self.criterion, ("auto", "validation", "gcv"))
-        selection = check_choice("selection", self.selection, ("global", "per_example"))
-        rcond = check_float("rcond", self.rcond, 0.0, low_open=True)
-        assert rcond is not None
+        criterion, selection, rcond = self.criterion, self.selection, float(self.rcond)
         if criterion == "auto":
             criterion = "validation" if validation_stats is not None else "gcv"
-        if criterion == "validation" and validation_stats is None:
-            raise fail("validation_stats", "statistics of held-out rows for "
-                       "criterion='validation'", None, "pass validation_fraction > 0")
         m, N = stats.count, stats.n_components
         sxx, sxy, syy, P = self._target(stats)
         grid = self._grid(sxx, m, N)
@@ -291,6 +312,11 @@ class AutoLasso(PriorSolver):
     """
 
     name = "lasso_auto"
+    _parameter_constraints = {
+        "prior": [TensorValue(), None], "rescale": [Boolean()],
+        "n_alphas": [Interval(1, integer=True)], "eps": [Interval(0.0, 1.0, True, True)],
+        "tol": [Interval(0.0, low_open=True)], "max_iter": [Interval(1, integer=True)],
+        "refit": [Boolean()]}
 
     def __init__(self, prior: Optional[torch.Tensor] = None, rescale: bool = True,
                  n_alphas: int = 12, eps: float = 1e-2, tol: float = 1e-6,
@@ -303,11 +329,14 @@ class AutoLasso(PriorSolver):
         self.max_iter = max_iter
         self.refit = refit
 
+    def _needs_validation(self) -> Optional[str]:
+        return str(fail("validation_stats", "statistics of held-out rows (lasso_auto chooses"
+                        " its penalty on them)", None, "pass validation_fraction > 0 (e.g."
+                        " 0.2)"))
+
     def _fit(self, stats: SufficientStatistics,
              validation_stats: Optional[SufficientStatistics]) -> FitResult:
-        if validation_stats is None:
-            raise fail("validation_stats", "statistics of held-out rows (lasso_auto chooses its"
-                       " penalty on them)", None, "pass validation_fraction > 0 (e.g. 0.2)")
+        assert validation_stats is not None  # the solver's check
         P = prior_weights(self.prior, self.rescale, stats)
         if P is None:
             return self._fit_plain(stats, validation_stats)

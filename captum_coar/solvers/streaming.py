@@ -29,13 +29,8 @@ from typing import Iterator, NamedTuple, Optional, Tuple
 
 import torch
 
-from .._checks import check_positive_int
-from .base import (
-    ChunkSource,
-    FitResult,
-    StreamingSolver,
-    _check_positive_float,
-)
+from ._constraints import FloatDtype, Interval, RealPair
+from .base import ChunkSource, FitResult, StreamingSolver
 from .statistics import SufficientStatistics, _describe_nonfinite
 
 __all__ = ["MinibatchRidge"]
@@ -98,6 +93,11 @@ class MinibatchRidge(StreamingSolver):
     """
 
     name = "minibatch_ridge"
+    _parameter_constraints = {
+        "alpha": [Interval(0.0)], "epochs": [Interval(1, integer=True)],
+        "lr": [Interval(0.0, low_open=True)], "batch_size": [Interval(1, integer=True), None],
+        "betas": [RealPair(0.0, 1.0)], "eps": [Interval(0.0, low_open=True)],
+        "dtype": [FloatDtype()]}
 
     def __init__(
         self,
@@ -118,19 +118,12 @@ class MinibatchRidge(StreamingSolver):
         self.dtype = dtype
 
     def _validate(self) -> _Params:
-        alpha = _check_positive_float("MinibatchRidge alpha", self.alpha, allow_zero=True)
-        epochs = check_positive_int("MinibatchRidge epochs", self.epochs)
-        lr = _check_positive_float("MinibatchRidge lr", self.lr)
-        eps = _check_positive_float("MinibatchRidge eps", self.eps)
-        batch_size = None
-        if self.batch_size is not None:
-            batch_size = check_positive_int("MinibatchRidge batch_size", self.batch_size)
+        """The arguments, checked against ``_parameter_constraints``."""
+        self._validate_params()
         b1, b2 = (float(b) for b in self.betas)
-        if not (0 <= b1 < 1 and 0 <= b2 < 1):
-            raise ValueError(f"MinibatchRidge betas must be in [0, 1), got {self.betas!r}.")
-        if not (isinstance(self.dtype, torch.dtype) and self.dtype.is_floating_point):
-            raise ValueError(f"MinibatchRidge dtype must be a float dtype, got {self.dtype!r}.")
-        return _Params(alpha, epochs, lr, eps, batch_size, b1, b2)
+        batch_size = None if self.batch_size is None else int(self.batch_size)
+        return _Params(float(self.alpha), int(self.epochs), float(self.lr), float(self.eps),
+                       batch_size, b1, b2)
 
     def fit(
         self,

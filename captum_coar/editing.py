@@ -49,21 +49,18 @@ import torch
 from torch import Tensor, nn
 
 from ._checks import check_choice, check_float, check_int, check_integer_values
-from ._engine import evaluate_masks
-from ._preflight import preflight
 from .ablation import AblationStrategy, WeightAblation, ZeroAblation, resolve_ablation
 from .components import ComponentSet
 from .editing_results import EditCurve, EditResult
+from .editing_sets import MetricLike, check_ks, sets_curve
 from .edits import WeightEdit, ablate_persistently, shared_names, weight_slices, zero_components
 from .gates import ComponentGates
-from .outputs import OutputFunction, resolve_output
 
 __all__ = ["component_scores", "select_components", "edit_masks", "edit_curve", "choose_k",
            "coar_edit", "apply_edit", "edited_state_dict", "SCORES", "DIRECTIONS"]
 
 SCORES = ("welch_t", "mean_difference")
 DIRECTIONS = ("lower", "raise")
-MetricLike = Union[str, OutputFunction, Callable[..., Tensor]]
 
 
 # ----------------------------------------------------------------------------- scores
@@ -133,12 +130,7 @@ def select_components(scores: Tensor, k: Optional[int] = None, direction: str = 
 
 
 # ----------------------------------------------------------------------------- curve
-def _check_ks(ks: Any, n_components: int) -> Tuple[int, ...]:
-    values = [ks] if isinstance(ks, numbers.Integral) else list(ks)
-    if not values:
-        raise ValueError("`ks` must hold at least one k; got an empty sequence")
-    checked = sorted({_check_k("ks", k, n_components) for k in values})
-    return tuple(checked)
+_check_ks = check_ks
 
 
 def edit_masks(order: Tensor, ks: Sequence[int], n_components: int) -> Tensor:
@@ -158,23 +150,6 @@ def edit_masks(order: Tensor, ks: Sequence[int], n_components: int) -> Tensor:
     return masks
 
 
-def _reduce(metric: MetricLike, values: Tensor) -> Tensor:
-    return (values > 0).double().mean(dim=1) if metric == "accuracy" else values.double().mean(dim=1)
-
-
-def _metric_output(metric: MetricLike, labels: Any) -> OutputFunction:
-    if metric in ("accuracy", "margin"):
-        return resolve_output("margin")
-    if isinstance(metric, str) and metric not in ("logit", "log_prob", "loss", "sequence_margin"):
-        raise ValueError("`metric` must be 'accuracy', 'margin', an output name or a callable"
-                         f" (model_output, target) -> (batch,); got {metric!r}")
-    return resolve_output(metric, labels)
-
-
-def _metric_name(metric: MetricLike) -> str:
-    return metric if isinstance(metric, str) else resolve_output(metric).name
-
-
 def edit_curve(forward_func: Callable[..., Any], components: ComponentSet, order: Tensor,
                ks: Sequence[int], target_inputs: Tensor, target_labels: Any,
                reference_inputs: Tensor, reference_labels: Any, metric: MetricLike = "accuracy",
@@ -188,40 +163,15 @@ def edit_curve(forward_func: Callable[..., Any], components: ComponentSet, order
     """
     if not isinstance(components, ComponentSet):
         raise TypeError(f"`components` must be a ComponentSet; got {type(components).__name__}")
-    reference_metric = metric if reference_metric is None else reference_metric
-    for name, x in (("target_inputs", target_inputs), ("reference_inputs", reference_inputs)):
-        if not isinstance(x, Tensor) or x.dim() == 0 or x.shape[0] == 0:
-            raise ValueError(f"`{name}` must be a tensor with at least one example on dim 0;"
-                             f" got {tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__}")
-    n_t, n_r = target_inputs.shape[0], reference_inputs.shape[0]
-    labels_t = check_integer_values("target_labels", target_labels).reshape(-1)
-    labels_r = check_integer_values("reference_labels", reference_labels).reshape(-1)
-    if labels_t.numel() != n_t or labels_r.numel() != n_r:
-        raise ValueError("`target_labels` / `reference_labels` must have one entry per example;"
-                         f" got {labels_t.numel()} / {labels_r.numel()} for {n_t} / {n_r} examples")
     ks_t = _check_ks(ks, components.n_components)
-    masks = edit_masks(order, ks_t, components.n_components)
-    inputs = torch.cat([target_inputs, reference_inputs.to(target_inputs)])
-    labels = torch.cat([labels_t, labels_r])
-    out_t, out_r = _metric_output(metric, labels_t), _metric_output(reference_metric, labels_r)
-    for name, x, y, out in (("target_inputs", target_inputs, labels_t, out_t),
-                            ("reference_inputs", reference_inputs, labels_r, out_r)):
-        preflight("edit_curve", forward_func, components, x, y, None, out, input_name=name)
-    if type(out_t) is type(out_r) and out_t.describe() == out_r.describe():
-        outputs = evaluate_masks(forward_func, components, inputs, masks, target=labels,
-                                 output=out_t, ablation=ablation, max_rows=max_rows)
-        values_t, values_r = outputs[:, :n_t], outputs[:, n_t:]
-    else:
-        values_t = evaluate_masks(forward_func, components, target_inputs, masks, target=labels_t,
-                                  output=out_t, ablation=ablation, max_rows=max_rows)
-        values_r = evaluate_masks(forward_func, components, reference_inputs, masks,
-                                  target=labels_r, output=out_r, ablation=ablation,
-                                  max_rows=max_rows)
-    order_t = check_integer_values("order", order).reshape(-1)[:ks_t[-1]].clone()
-    return EditCurve(ks=ks_t, target=_reduce(metric, values_t).cpu(),
-                     reference=_reduce(reference_metric, values_r).cpu(), order=order_t,
-                     target_metric=_metric_name(metric),
-                     reference_metric=_metric_name(reference_metric))
+    edit_masks(order, ks_t, components.n_components)  # checks the order against the grid
+    order_t = check_integer_values("order", order).reshape(-1)
+    curve = sets_curve(forward_func, components, [order_t[:k] for k in ks_t], ks_t,
+                       target_inputs, target_labels, reference_inputs, reference_labels,
+                       metric=metric, reference_metric=reference_metric, ablation=ablation,
+                       max_rows=max_rows)
+    curve.sets = None  # nested: the order says it all
+    return curve
 
 
 def choose_k(curve: EditCurve, direction: str, goal: Optional[float] = None,

@@ -4,7 +4,8 @@ Contract
 --------
 :class:`EditCurve` holds, for each ``k`` of a sorted grid ``ks``, the target and reference
 metrics with the first ``k`` components of ``order`` ablated (as computed by
-:func:`captum_coar.editing.edit_curve`). :class:`EditResult` holds the component scores, the
+:func:`captum_coar.editing.edit_curve`), or with ``sets[i]`` ablated when the sets are not
+nested (:func:`captum_coar.editing_sets.sets_curve`); ``ablated_at(k)`` gives either. :class:`EditResult` holds the component scores, the
 direction, the chosen ``k`` and the rule that chose it, the chosen component indices and
 labels, the (validation) curve and the metrics before (``k = 0``) and after (chosen ``k``).
 Both turn into plain JSON-able dicts with ``to_dict()``; ``plot()`` draws the curve with
@@ -31,6 +32,13 @@ class EditCurve:
     order: Tensor
     target_metric: str = "accuracy"
     reference_metric: str = "accuracy"
+    sets: Optional[List[Tensor]] = None
+
+    def ablated_at(self, k: int) -> Tensor:
+        """The components ablated at ``k`` (``sets[i]``, or ``order[:k]`` for a ranking)."""
+        if k not in self.ks:
+            raise ValueError(f"`k` must be one of the curve's ks {list(self.ks)}; got {k!r}")
+        return (self.sets[self.ks.index(k)] if self.sets is not None else self.order[:k]).clone()
 
     def at(self, k: int) -> Dict[str, float]:
         """``{"target": ..., "reference": ...}`` at ``k`` (which must be on the grid)."""
@@ -43,7 +51,9 @@ class EditCurve:
         return {"ks": list(self.ks), "target": [float(v) for v in self.target],
                 "reference": [float(v) for v in self.reference],
                 "target_metric": self.target_metric, "reference_metric": self.reference_metric,
-                "order": [int(i) for i in self.order]}
+                "order": [int(i) for i in self.order],
+                **({"sets": [[int(i) for i in chosen] for chosen in self.sets]}
+                   if self.sets is not None else {})}
 
     def plot(self, ax: Any = None, label: str = "", **kwargs: Any) -> Any:
         """Target (solid) and reference (dashed) metric against ``k``; returns the axes."""

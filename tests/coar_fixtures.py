@@ -66,3 +66,17 @@ class CountingForward:
         if self.fail_after is not None and self.calls > self.fail_after:
             raise KeyboardInterrupt("simulated crash")
         return self.model(*args)
+
+
+def additive_neurons(n: int = 5, n_hidden: int = 12):
+    """(model, its ``hidden`` neurons as components, inputs (n, 6), targets): the exactly
+    additive toy model of ``toy_models`` in float64."""
+    from toy_models import AdditiveModel
+
+    from captum_coar.selectors import linear_neurons
+
+    torch.manual_seed(0)
+    model = AdditiveModel(n_in=6, n_hidden=n_hidden, n_classes=3).double().eval()
+    x = torch.randn(n, 6, dtype=torch.float64)
+    y = torch.arange(n) % 3
+    return model, linear_neurons(model, ["hidden"]), x, y

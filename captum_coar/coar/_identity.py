@@ -8,7 +8,9 @@ resumed into each other, merged or fitted together exactly when their identities
 settings, the scan of the data and the fitted ablation strategy; :func:`identity_differences`
 compares two identities and returns one ``"field: A has ..., B has ..."`` line per field that
 differs. A field present on one side and missing on the other is a difference: nothing is
-skipped.
+skipped. :func:`check_estimator_identity` compares an estimator's side
+(:data:`ESTIMATOR_FIELDS`: components, model weights, ablation), computed once per call, with
+the record of data it is asked to fit.
 
 The fields: ``format_version``; the sizes ``n_masks``, ``n_components``, ``n_examples``;
 ``components_fingerprint`` (the component layout), ``model_fingerprint`` (every parameter and

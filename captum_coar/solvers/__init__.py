@@ -28,9 +28,11 @@ Least squares, ridge and AutoRidge attach standard errors (``FitResult.standard_
 
 :func:`resolve_solver` maps a name or an instance to a solver; :func:`default_solver` is the
 one rule for ``solver=None`` (least squares above ``2 N`` training masks, ``"ridge_auto"`` at or
-below). Every solver checks itself before any data exists: ``solver.check(n_train,
-n_examples, with_validation, n_components)`` (constraints declared per class, as in
-scikit-learn), and ``solver.gives_standard_errors`` says whether its fits carry standard errors.
+below); :func:`checked_solver` applies both and the solver's check, the one path every COAR
+fit takes (:mod:`captum_coar.solvers._choice`). Every solver checks itself before any data
+exists: ``solver.check(n_train, n_examples, with_validation, n_components)`` (constraints
+declared per class, as in scikit-learn), and ``solver.gives_standard_errors`` says whether its
+fits carry standard errors.
 """
 
 from __future__ import annotations

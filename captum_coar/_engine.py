@@ -42,9 +42,10 @@ from ._inputs import (
     repeat_rows,
 )
 from ._memory import ROW_BUDGETS, is_out_of_memory, release_cached
+from ._modules import model_device
 from ._state import keeps_model_state
 from .ablation import AblationStrategy, fitted_ablation
-from .components import ComponentSet, model_device
+from .components import ComponentSet
 from .gates import ComponentGates
 from .outputs import OutputFunction, resolve_output
 

@@ -69,7 +69,7 @@ from typing import Dict, List, Optional, Tuple
 
 from torch import nn
 
-from .components import is_hf_conv1d
+from ._modules import is_hf_conv1d
 
 __all__ = ["AttentionSite", "find_attention", "find_mlp_down_projections", "find_expert_blocks",
            "linear_widths", "is_linear_like", "has_transformer_config"]

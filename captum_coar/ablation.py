@@ -45,10 +45,11 @@ from typing import Any, Callable, Dict, Optional, Tuple, Union
 import torch
 from torch import Tensor, nn
 
+from ._modules import is_hf_conv1d
 from ._recording import record_activations
 from ._registry import Registry
-from .components import ComponentGroup, ComponentSet, is_hf_conv1d
-from .experts import check_expert_ablation
+from .components import ComponentGroup, ComponentSet
+from .experts import ROUTING_SITE
 
 __all__ = [
     "AblationStrategy",
@@ -60,6 +61,7 @@ __all__ = [
     "PatchAblation",
     "resolve_ablation",
     "fitted_ablation",
+    "check_expert_ablation",
     "ABLATIONS",
 ]
 
@@ -331,6 +333,19 @@ def fitted_ablation(ablation: Union[str, AblationStrategy], forward_func: Option
             )
         strategy.fit(forward_func, components)
     return strategy
+
+
+def check_expert_ablation(components: ComponentSet, strategy: Any) -> None:
+    """Refuse an ablation other than ``"weights"`` / ``"zero"`` for groups of experts."""
+    experts = [g.module_name for g in components.groups if g.site == ROUTING_SITE]
+    if experts and not isinstance(strategy, (WeightAblation, ZeroAblation)):
+        raise ValueError(
+            f"ablation {strategy!r} cannot ablate mixture-of-experts experts (e.g."
+            f" {experts[0]!r}): their gate acts on the routing weights, so a mean, resampled,"
+            " constant or patched (baselines=) replacement would swap a routing weight, not the"
+            " expert's contribution; use ablation='weights' or 'zero' (removes the expert's"
+            " weighted contribution), or leave the experts out with"
+            " components.subset(kinds=[...]) for this method")
 
 
 def _keyed_groups(components: ComponentSet) -> Dict[Tuple[str, str], ComponentGroup]:

@@ -14,8 +14,10 @@ order within a group) and a stable label such as ``layer1.0.conv1/filter[17]``.
 
 Selectors for the common kinds live one layer up, in :mod:`captum_coar.selectors`
 (:func:`conv_filters`, :func:`linear_neurons`, :func:`attention_heads`, :func:`mlp_neurons`);
-:meth:`ComponentSet.from_model` is a face for them (it imports the selectors when called, so
-this module imports nothing above it) and selects by kind and by name pattern, and
+:meth:`ComponentSet.from_model` is a face for them and selects by kind and by name pattern:
+the selection layer registers its group builder here when it is imported
+(:func:`register_group_selector`), so this module imports nothing above it. The package root
+imports the selectors, so ``from_model`` works whenever ``captum_coar`` is imported.
 :meth:`ComponentSet.subset` filters with the same kind vocabulary (``KINDS``): each unit word
 maps to one kind (``filter`` -> ``conv_filters``, ``neuron`` -> ``linear_neurons``, ``head`` and
 ``cross_head`` -> ``attention_heads``, ``mlp_neuron`` -> ``mlp_neurons``, ``expert`` ->
@@ -46,22 +48,23 @@ ablate output feature ``j``. A ``head`` ``h`` is the input slice
 
 from __future__ import annotations
 
-import difflib
 import hashlib
 import json
 from dataclasses import asdict, dataclass, replace
-from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor, nn
 
 from ._checks import check_instance, fail
+from ._deprecation import moved_names
+from ._modules import NamePatterns, name_filter, require_module
 
 __all__ = [
     "ComponentGroup",
     "ComponentSet",
-    "is_hf_conv1d",
     "check_example_positions",
+    "register_group_selector",
     "SITES",
     "KINDS",
 ]
@@ -75,12 +78,21 @@ UNIT_KINDS: Dict[str, str] = {"filter": "conv_filters", "neuron": "linear_neuron
                               "mlp_neuron": "mlp_neurons", "residual": "residual_stream",
                               "expert": "moe_experts"}
 
-NamePatterns = Union[None, str, Sequence[str], Callable[[str], bool]]
+#: (model, kinds, include, exclude) -> groups; set by :func:`register_group_selector`
+GroupSelector = Callable[[nn.Module, Any, NamePatterns, NamePatterns], List["ComponentGroup"]]
+_group_selector: Optional[GroupSelector] = None
 
 
-def is_hf_conv1d(module: nn.Module) -> bool:
-    """True for Hugging Face's ``Conv1D`` (a linear map whose weight is stored ``[in, out]``)."""
-    return type(module).__name__ == "Conv1D" and hasattr(module, "nf") and hasattr(module, "nx")
+def register_group_selector(selector: GroupSelector) -> None:
+    """Install the function behind :meth:`ComponentSet.from_model`.
+
+    :mod:`captum_coar.selectors` registers :func:`~captum_coar.selectors.select_groups` when it
+    is imported; the data model stays below the selection layer (no import from here up).
+    """
+    global _group_selector
+    if not callable(selector):
+        raise fail("selector", "a callable (model, kinds, include, exclude) -> groups", selector)
+    _group_selector = selector
 
 
 @dataclass(frozen=True)
@@ -312,8 +324,6 @@ class ComponentSet:
         ``attributions[:, columns]`` lines up with ``sub``, and a gate row ``g_sub`` of ``sub``
         embeds as ``full = ones; full[:, columns] = g_sub``.
         """
-        from .selectors import name_filter
-
         wanted = None if kinds is None else {UNIT_KINDS.get(k, k) for k in
                                              ([kinds] if isinstance(kinds, str) else kinds)}
         if wanted is not None:
@@ -398,9 +408,11 @@ class ComponentSet:
         projections are left out of ``linear_neurons`` when ``attention_heads`` is selected.
         A selection of 50,000 components or more warns; :meth:`summary` shows what was taken.
         """
-        from .selectors import select_groups
-
-        groups = select_groups(model, kinds, include, exclude)
+        if _group_selector is None:
+            raise RuntimeError(
+                "ComponentSet.from_model has no selection layer: captum_coar.selectors was not"
+                " imported; import captum_coar (or captum_coar.selectors) first")
+        groups = _group_selector(model, kinds, include, exclude)
         if positions is not None:
             groups = [replace(g, positions=tuple(positions)) for g in groups]
         return cls(model, groups)
@@ -413,31 +425,6 @@ def _record(group: ComponentGroup) -> dict:
     if record["dictionary"] is None:
         del record["dictionary"]
     return record
-
-
-def model_device(model: nn.Module) -> torch.device:
-    """The device of the model's first parameter or buffer (CPU for a model with neither)."""
-    for parameter in model.parameters():
-        return parameter.device
-    for buffer in model.buffers():
-        return buffer.device
-    return torch.device("cpu")
-
-
-def result_dtype(model: nn.Module) -> torch.dtype:
-    """Attributions' dtype: float64 for a model whose first floating parameter is float64,
-    else float32 (the one dtype rule, used wherever results are returned)."""
-    param = next((p for p in model.parameters() if p.is_floating_point()), None)
-    return torch.float64 if param is not None and param.dtype == torch.float64 else torch.float32
-
-
-def require_module(modules: Mapping[str, nn.Module], name: str) -> nn.Module:
-    """``modules[name]``, or a ValueError naming the closest module names."""
-    if name in modules and name != "":
-        return modules[name]
-    close = difflib.get_close_matches(name, [n for n in modules if n], n=3)
-    hint = f"; did you mean {close}?" if close else ""
-    raise ValueError(f"no module named {name!r} in the model{hint}")
 
 
 def _normalised_positions(module_name: str, positions: Any) -> Tuple[Any, ...]:
@@ -478,3 +465,8 @@ def check_example_positions(components: ComponentSet, n_examples: int) -> None:
                     f"per-example position {position[0]!r} of {group.module_name!r} holds"
                     f" {len(position[1])} indices but the batch has {n_examples} examples;"
                     " give one index per example of the inputs being attributed")
+
+
+#: module utilities that lived here until 0.2.0; the old paths warn until they are removed
+__getattr__ = moved_names(__name__, {name: "captum_coar._modules" for name in
+                                     ("is_hf_conv1d", "model_device", "result_dtype")})

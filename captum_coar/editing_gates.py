@@ -38,9 +38,10 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ._checks import check_choice, check_float, check_int, check_integer_values
+from ._modules import model_device
 from ._preflight import preflight
 from .ablation import AblationStrategy, fitted_ablation
-from .components import ComponentSet, model_device
+from .components import ComponentSet
 from .forward_cost import ForwardCounter
 from .gates import ComponentGates
 from .outputs import Margin

@@ -49,6 +49,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 import torch
 from torch import Tensor, nn
 
+from ._modules import is_hf_conv1d, model_device
 from .ablation import (
     AblationStrategy,
     WeightAblation,
@@ -56,7 +57,7 @@ from .ablation import (
     fitted_ablation,
     resolve_ablation,
 )
-from .components import ComponentGroup, ComponentSet, is_hf_conv1d, model_device
+from .components import ComponentGroup, ComponentSet
 from .gates import ComponentGates
 
 __all__ = ["WeightEdit", "zero_components", "ablate_persistently", "weight_slices",

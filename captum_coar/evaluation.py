@@ -42,11 +42,12 @@ from ._checks import check_choice, check_fraction, check_int, check_integer_valu
 from ._engine import evaluate_masks, gated_outputs, progress, rows_per_pass
 from ._evaluation_results import CounterfactualCorrelationResult, TopKAblationCurve
 from ._inputs import as_tuple, input_tuple
+from ._modules import model_device
 from ._pairing import patch_strategy
 from ._preflight import check_batch, preflight
 from ._state import keeps_model_state
 from .ablation import AblationStrategy, fitted_ablation
-from .components import ComponentSet, model_device
+from .components import ComponentSet
 from .gates import ComponentGates
 from .outputs import OutputFunction, resolve_output
 from .sampling import MaskSampler, resolve_sampler

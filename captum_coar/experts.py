@@ -28,8 +28,9 @@ to is gated too, with no effect, and is never reported as a module that did not 
 
 Ablation: ``"weights"`` and ``"zero"`` (r = 0: what zeroing the expert's weights does). Mean,
 resample, constant and patched (``baselines=``) ablations would replace a routing weight, not
-the expert's contribution, so :func:`check_expert_ablation` refuses them. Weight edits refuse
-expert groups (the container is no Linear map); ``ablate_persistently`` uses the hooks.
+the expert's contribution, so :func:`captum_coar.ablation.check_expert_ablation` refuses them.
+Weight edits refuse expert groups (the container is no Linear map); ``ablate_persistently``
+uses the hooks.
 
 Not covered, refused with the reason: a container called with the hidden states alone (Llama
 4 scales the *inputs* by the routing scores), routing arguments of another layout, and the
@@ -47,11 +48,13 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import torch
 from torch import Tensor, nn
 
+from ._deprecation import moved_names
+from ._modules import require_module
 from ._transformers import find_expert_blocks
-from .components import ComponentGroup, ComponentSet, require_module
+from .components import ComponentGroup, ComponentSet
 
 __all__ = ["ExpertsSite", "find_experts", "moe_experts", "expert_group", "routing_hooks",
-           "check_expert_ablation", "unsupported_experts"]
+           "unsupported_experts"]
 
 ROUTING_SITE = "routing"
 
@@ -168,21 +171,6 @@ def no_experts_message(model: nn.Module) -> str:
             f" {_REQUIREMENT}")
 
 
-def check_expert_ablation(components: ComponentSet, strategy: Any) -> None:
-    """Refuse an ablation other than ``"weights"`` / ``"zero"`` for groups of experts."""
-    from .ablation import WeightAblation, ZeroAblation
-
-    experts = [g.module_name for g in components.groups if g.site == ROUTING_SITE]
-    if experts and not isinstance(strategy, (WeightAblation, ZeroAblation)):
-        raise ValueError(
-            f"ablation {strategy!r} cannot ablate mixture-of-experts experts (e.g."
-            f" {experts[0]!r}): their gate acts on the routing weights, so a mean, resampled,"
-            " constant or patched (baselines=) replacement would swap a routing weight, not the"
-            " expert's contribution; use ablation='weights' or 'zero' (removes the expert's"
-            " weighted contribution), or leave the experts out with"
-            " components.subset(kinds=[...]) for this method")
-
-
 # --------------------------------------------------------------------------- hooks
 def routing_hooks(model: nn.Module, group: ComponentGroup,
                   visit: Callable[[Tensor], Tensor]) -> List[Any]:
@@ -278,3 +266,7 @@ def _replaced(names: Tuple[str, str, str], args: Tuple[Any, ...], kwargs: Dict[s
     if len(args) > 2:
         return args[:2] + (weights,) + args[3:], kwargs
     return args, {**kwargs, names[2]: weights}
+
+
+#: the ablation check lives with the ablations since 0.3.0 (experts sit below them)
+__getattr__ = moved_names(__name__, {"check_expert_ablation": "captum_coar.ablation"})

@@ -43,10 +43,10 @@ import torch
 import torch.autograd.forward_ad as fwAD
 from torch import Tensor, nn
 
+from ._modules import is_hf_conv1d
 from ._site_hooks import SiteHooks
-from .ablation import AblationStrategy, fitted_ablation, resolve_ablation
-from .components import ComponentGroup, ComponentSet, is_hf_conv1d
-from .experts import check_expert_ablation
+from .ablation import AblationStrategy, check_expert_ablation, fitted_ablation, resolve_ablation
+from .components import ComponentGroup, ComponentSet
 from .positions import position_gate
 
 __all__ = ["ComponentGates", "ablated", "expand_gate"]

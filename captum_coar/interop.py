@@ -54,11 +54,12 @@ from torch import Tensor
 
 from ._checks import check_instance
 from ._inputs import as_tuple, expand_target, repeat_rows
+from ._modules import model_device
 from ._pairing import paired_baselines, patch_strategy
 from ._preflight import preflight
 from ._state import keeps_model_state
 from .ablation import AblationStrategy, fitted_ablation, resolve_ablation
-from .components import ComponentSet, model_device
+from .components import ComponentSet
 from .gates import ComponentGates
 from .outputs import OutputFunction, resolve_output
 from .sampling import MaskSampler, resolve_sampler

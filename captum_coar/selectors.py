@@ -26,7 +26,8 @@ Contract
 - ``positions=`` of :func:`attention_heads` and :func:`mlp_neurons` takes each unit at each
   token position (:func:`captum_coar.positions.at_positions`).
 - :func:`select_groups`: the kinds above filtered by glob patterns or predicates; used by
-  :meth:`ComponentSet.from_model`. With ``kinds=None`` a model with a Hugging Face style
+  :meth:`ComponentSet.from_model`, which this module registers with
+  :func:`captum_coar.components.register_group_selector` when it is imported. With ``kinds=None`` a model with a Hugging Face style
   ``config`` and attention modules gets heads + MLP neurons (no embeddings, ``lm_head``,
   classifier heads or q/k/v maps), plus the routed experts of a mixture-of-experts model; any
   other model gets conv filters, Linear neurons and heads.
@@ -41,12 +42,12 @@ the wrong type, head counts that do not divide the projection's width, empty sel
 
 from __future__ import annotations
 
-import fnmatch
 import warnings
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Set, Union
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Set, Union
 
 from torch import nn
 
+from ._modules import NamePatterns, name_filter, require_module
 from ._transformers import (
     AttentionSite,
     find_attention,
@@ -56,18 +57,12 @@ from ._transformers import (
     is_linear_like,
     linear_widths,
 )
-from .components import (
-    KINDS,
-    ComponentGroup,
-    ComponentSet,
-    NamePatterns,
-    require_module,
-)
+from .components import KINDS, ComponentGroup, ComponentSet, register_group_selector
 from .experts import expert_group, find_experts, no_experts_message
 from .positions import at_positions, residual_group, transformer_blocks
 
 __all__ = ["conv_filters", "linear_neurons", "attention_heads", "mlp_neurons", "select_groups",
-           "default_kinds", "name_filter"]
+           "default_kinds"]
 
 _CONV_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 TRANSFORMER_KINDS = ("attention_heads", "mlp_neurons")
@@ -290,19 +285,6 @@ def _as_list(names: Union[str, Sequence[str]]) -> List[str]:
     return [names] if isinstance(names, str) else list(names)
 
 
-def name_filter(include: NamePatterns, exclude: NamePatterns) -> Callable[[str], bool]:
-    def matcher(patterns: NamePatterns, default: bool) -> Callable[[str], bool]:
-        if patterns is None:
-            return lambda name: default
-        if callable(patterns):
-            return patterns
-        plist = _as_list(patterns)
-        return lambda name: any(fnmatch.fnmatchcase(name, p) for p in plist)
-
-    inc, exc = matcher(include, True), matcher(exclude, False)
-    return lambda name: bool(name) and inc(name) and not exc(name)
-
-
 def _require_linear(modules: Dict[str, nn.Module], name: str, what: str) -> None:
     module = require_module(modules, name)
     if not is_linear_like(module):
@@ -375,3 +357,6 @@ def _warn_tied(model: nn.Module, names: List[str]) -> None:
                 f"module {name!r} shares its weight with {others} (tied weights); its neurons are"
                 f" gated at {name!r} only, which is not what zeroing rows of the shared matrix"
                 " would do (that also changes the other use)", stacklevel=3)
+
+
+register_group_selector(select_groups)

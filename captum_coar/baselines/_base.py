@@ -29,11 +29,12 @@ from torch import Tensor
 
 from .._checks import check_callable, check_instance, check_optional_positive_int
 from .._inputs import as_tuple, example_batches
+from .._modules import model_device
 from .._pairing import patch_strategy
 from .._preflight import check_batch, check_finite_result, preflight
 from .._state import keeps_model_state
 from ..ablation import AblationStrategy, fitted_ablation, resolve_ablation
-from ..components import ComponentSet, check_example_positions, model_device
+from ..components import ComponentSet, check_example_positions
 from ..gates import ComponentGates
 from ..outputs import OutputFunction, resolve_output
 from ._layer_gradients import gate_gradients

@@ -57,8 +57,8 @@ from torch import Tensor, nn
 from .._checks import check_choice, check_optional_positive_int
 from .._engine import checked_outputs, gates_applied
 from .._inputs import example_batches, repeat_rows
+from .._modules import model_device
 from .._transformers import find_attention, find_mlp_down_projections
-from ..components import model_device
 from ._base import (
     Attributions,
     ComponentGradientMethod,

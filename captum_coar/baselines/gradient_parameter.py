@@ -29,8 +29,9 @@ from torch import Tensor, nn
 
 from .._checks import check_optional_positive_int
 from .._inputs import example_batches
+from .._modules import is_hf_conv1d
 from ..ablation import along_axis
-from ..components import ComponentGroup, is_hf_conv1d
+from ..components import ComponentGroup
 from ._base import (
     Attributions,
     ComponentGradientMethod,

@@ -36,7 +36,7 @@ from torch import Tensor
 from .._checks import check_optional_positive_int, check_positive_int
 from .._compat import integration_points
 from .._inputs import expand_target, repeat_rows
-from ..components import model_device
+from .._modules import model_device
 from ._base import (
     AttributionsWithDelta,
     ComponentGradientMethod,

@@ -25,8 +25,9 @@ from torch import Tensor
 
 from .._checks import check_optional_positive_int
 from .._engine import evaluate_masks, progress, rows_per_pass
+from .._modules import model_device
 from ..ablation import AblationStrategy
-from ..components import ComponentSet, model_device
+from ..components import ComponentSet
 from ._base import (
     Attributions,
     ComponentMethod,

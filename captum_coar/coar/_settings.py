@@ -30,10 +30,11 @@ import torch
 from torch import Tensor
 
 from .._checks import check_callable, check_float, check_instance, check_int, check_positive_int
+from .._modules import model_device
 from .._preflight import Preflight
 from .._version import __version__
 from ..ablation import AblationStrategy, resolve_ablation
-from ..components import ComponentSet, model_device
+from ..components import ComponentSet
 from ..outputs import CallableOutput, OutputFunction, resolve_output
 from ..sampling import BLOCK_ROWS, MaskSampler, resolve_sampler
 from ._fingerprint import DataScan

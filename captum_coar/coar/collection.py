@@ -69,11 +69,12 @@ import torch
 from torch import Tensor
 
 from .._engine import evaluate_masks, progress
+from .._modules import model_device
 from .._pairing import BatchPatchAblation, check_default_ablation, paired_baselines, use_batch
 from .._preflight import preflight
 from .._state import model_state_kept
 from ..ablation import AblationStrategy, fitted_ablation
-from ..components import ComponentSet, model_device
+from ..components import ComponentSet
 from ..gates import ComponentGates
 from ..outputs import OutputFunction
 from ..sampling import MaskSampler

@@ -65,11 +65,12 @@ from torch import Tensor
 
 from .._checks import check_positive_int
 from .._inputs import TensorOrTuple, input_tuple
+from .._modules import model_device, result_dtype
 from .._pairing import check_default_ablation, paired_baselines
 from .._preflight import preflight
 from .._state import keeps_model_state
 from ..ablation import AblationStrategy
-from ..components import ComponentSet, check_example_positions, model_device, result_dtype
+from ..components import ComponentSet, check_example_positions
 from ..outputs import OutputFunction
 from ..sampling import MaskSampler
 from ..solvers import FitResult, Solver, StreamingSolver, checked_solver, default_solver

@@ -67,17 +67,19 @@ from benchmarks.data import (  # noqa: E402
     make_recall_data,
 )
 from benchmarks.train import recipe, train_or_load  # noqa: E402
-from captum_coar import (  # noqa: E402
+from captum_coar import (
     ComponentAblation,
     ComponentAttributionPatching,
-    ComponentConductance,
-    ComponentGradientXParameter,
     ComponentIntegratedGradients,
-    ComponentInternalInfluence,
     ComponentSet,
     SequenceMargin,
 )
-from captum_coar.baselines import ComponentAtPStar  # noqa: E402
+from captum_coar.baselines import (
+    ComponentAtPStar,  # noqa: E402
+    ComponentConductance,
+    ComponentGradientXParameter,
+    ComponentInternalInfluence,
+)
 from captum_coar.language_outputs import (  # noqa: E402
     LanguageModelForward,
     LogitDifference,

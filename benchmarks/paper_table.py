@@ -38,16 +38,12 @@ if __package__ in (None, ""):  # run as a script: make `benchmarks` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.paper_setups import SETUP_NAMES, Setup, build_setup, method_runners  # noqa: E402
-from captum_coar import (  # noqa: E402
-    EVALUATION_SEED,
-    BernoulliSampler,
-    ComponentAblationRegression,
-    InMemoryStore,
-    Ridge,
-    counterfactual_correlation,
-    evaluate_masks,
-    tensor_batches,
-)
+from captum_coar import ComponentAblationRegression, counterfactual_correlation, tensor_batches
+from captum_coar.engine import evaluate_masks
+from captum_coar.evaluation import EVALUATION_SEED
+from captum_coar.sampling import BernoulliSampler
+from captum_coar.solvers import Ridge
+from captum_coar.stores import InMemoryStore
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 RIDGE_ALPHAS = (0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0)

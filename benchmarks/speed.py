@@ -8,7 +8,7 @@ Usage::
 Measured side by side in one run, medians over ``--repeats`` (alternating order), each as a
 ratio against its target:
 
-1. ablation throughput of :func:`captum_coar.evaluate_masks` vs plain inference of the same
+1. ablation throughput of :func:`captum_coar.engine.evaluate_masks` vs plain inference of the same
    model at the same rows per forward pass (target >= 0.85)  -- ``speed_engine.py``;
 2. vs the reference per-mask copy-zero-run loop on setup A's ResNet at eval-set sizes 32, 256
    and 2,048, outputs checked to agree (target >= 1.0 at each)  -- ``speed_engine.py``;

@@ -4,7 +4,7 @@ Contract
 --------
 ``conductance_comparison(setup, batch, n_steps, repeats, device) -> dict``
     On setup A's ResNet and its 928 conv filters (13 conv layers), explains the target logit
-    of ``batch`` test images: :class:`captum_coar.ComponentConductance` (every layer in one
+    of ``batch`` test images: :class:`captum_coar.baselines.ComponentConductance` (every layer in one
     scaled batch and one backward; ``output="logit"``, Captum's target selection) against
     Captum's ``LayerConductance`` called once per conv layer and summed over each filter's
     positions, with the same ``n_steps`` and ``method`` (Gauss-Legendre). Reports the median
@@ -32,7 +32,7 @@ def conductance_comparison(setup: SetupA, batch: int, n_steps: int, repeats: int
     """Part 5; see the module docstring."""
     from captum.attr import LayerConductance
 
-    from captum_coar import ComponentConductance
+    from captum_coar.baselines import ComponentConductance
 
     model, components = setup.model, setup.components
     x, y = setup.x[:batch], setup.y[:batch]

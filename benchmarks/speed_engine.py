@@ -5,7 +5,7 @@ Contract
 ``engine_throughput(setup, rows_per_forward, work_rows, repeats, device, seed) -> dict``
     Part 1. ``b = 32`` examples of setup A; for each ``R`` in ``rows_per_forward``, ``p = R / b``
     masks per forward pass and ``work_rows / R`` passes per timed call. Our side is
-    :func:`captum_coar.evaluate_masks` (``perturbations_per_eval = p``, correct-class margin,
+    :func:`captum_coar.engine.evaluate_masks` (``perturbations_per_eval = p``, correct-class margin,
     weight ablation, Bernoulli masks at alpha 0.05); the hardware limit is the same model,
     unhooked, on the same ``R``-row batch (the examples repeated ``p`` times), margin included.
     The ratio is (mask, example) evaluations per second of ours over rows per second of plain
@@ -15,7 +15,7 @@ Contract
     Part 2. For each eval-set size ``n`` in ``sizes``, ``k = max(1, work_rows // n)`` masks;
     :func:`benchmarks.reference_loop.reference_ablation_outputs` (per mask: deep copy of the
     CPU model, zero the ablated filters' weights, move the copy to ``device``, run the eval
-    set in batches of 256) against :func:`captum_coar.evaluate_masks` with its defaults (the
+    set in batches of 256) against :func:`captum_coar.engine.evaluate_masks` with its defaults (the
     model and data already on ``device``; rows per forward pass from
     :func:`captum_coar._engine.default_max_rows`: 128 on a CPU, 4096 on a GPU). At the largest
     size the reference is also timed with batches of that many rows (``ratio_same_batch``),
@@ -44,7 +44,7 @@ ALPHA = 0.05
 
 
 def _masks(n_components: int, k: int, seed: int) -> torch.Tensor:
-    from captum_coar import BernoulliSampler
+    from captum_coar.sampling import BernoulliSampler
 
     return BernoulliSampler(ALPHA).sample(n_components, 0, k, seed)
 
@@ -52,7 +52,8 @@ def _masks(n_components: int, k: int, seed: int) -> torch.Tensor:
 def engine_throughput(setup: SetupA, rows_per_forward: Sequence[int], work_rows: int,
                       repeats: int, device: torch.device, seed: int = 0) -> Dict[str, Any]:
     """Part 1; see the module docstring."""
-    from captum_coar import evaluate_masks, resolve_output
+    from captum_coar.engine import evaluate_masks
+    from captum_coar.outputs import resolve_output
 
     model, components = setup.model, setup.components
     x, y = setup.x[:EXAMPLES_PER_BATCH], setup.y[:EXAMPLES_PER_BATCH]
@@ -96,8 +97,8 @@ def reference_comparison(setup: SetupA, sizes: Sequence[int], work_rows: int, re
                          device: torch.device, seed: int = 0) -> Dict[str, Any]:
     """Part 2; see the module docstring."""
     from benchmarks.reference_loop import reference_ablation_outputs
-    from captum_coar import evaluate_masks
     from captum_coar._engine import default_max_rows
+    from captum_coar.engine import evaluate_masks
 
     model, components = setup.model, setup.components
     model_cpu = model if device.type == "cpu" else copy.deepcopy(model).cpu()

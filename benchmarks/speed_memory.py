@@ -4,8 +4,8 @@ Contract
 --------
 ``memory_comparison(mask_counts, n_examples, hidden, chunk_rows, threads, device) -> dict``
     For every ``m`` in ``mask_counts`` and each mode, ``"statistics"``
-    (:func:`captum_coar.collect_statistics`) and ``"store"`` (:func:`captum_coar.collect` into an
-    :class:`~captum_coar.InMemoryStore`), a FRESH Python subprocess builds a small MLP
+    (:func:`captum_coar.coar.collect_statistics`) and ``"store"`` (:func:`captum_coar.coar.collect` into an
+    :class:`~captum_coar.stores.InMemoryStore`), a FRESH Python subprocess builds a small MLP
     (``Linear(8, hidden)`` -> ReLU -> ``Linear(hidden, 10)``, components = the ``hidden``
     neurons, weight ablation, margin output), ``n_examples`` random inputs in batches of 256,
     and collects ``m`` Bernoulli(0.05) masks with ``chunk_rows`` mask rows per pass over the
@@ -91,13 +91,9 @@ def worker(mode: str, n_masks: int, n_examples: int, hidden: int, chunk_rows: in
     from torch import nn
 
     sys.path.insert(0, str(ROOT))
-    from captum_coar import (
-        InMemoryStore,
-        collect,
-        collect_statistics,
-        linear_neurons,
-        tensor_batches,
-    )
+    from captum_coar import linear_neurons, tensor_batches
+    from captum_coar.coar import collect, collect_statistics
+    from captum_coar.stores import InMemoryStore
 
     torch.set_num_threads(threads)
     device = torch.device(device_name)

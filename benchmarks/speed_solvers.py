@@ -50,7 +50,7 @@ CHUNK_ROWS = 2000
 
 def synthetic_problem(N: int, m: int, n: int, seed: int = 0):
     """Bool masks (m, N), float32 outputs (m, n), true coef (N, n) and intercept (n,)."""
-    from captum_coar import BernoulliSampler
+    from captum_coar.sampling import BernoulliSampler
 
     X = BernoulliSampler(0.05).sample(N, 0, m, seed)
     gen = torch.Generator().manual_seed(seed + 1)
@@ -61,7 +61,7 @@ def synthetic_problem(N: int, m: int, n: int, seed: int = 0):
 
 
 def _accumulate(X: torch.Tensor, Y: torch.Tensor):
-    from captum_coar import SufficientStatistics
+    from captum_coar.solvers import SufficientStatistics
 
     stats = SufficientStatistics(X.shape[1], Y.shape[1])
     for start in range(0, X.shape[0], CHUNK_ROWS):
@@ -80,7 +80,7 @@ def solver_comparison(N: int, m: int, n: int, repeats: int, lasso_examples: int,
     from sklearn.linear_model import Lasso as SkLasso
     from sklearn.linear_model import Ridge as SkRidge
 
-    from captum_coar import Lasso, LeastSquares, Ridge
+    from captum_coar.solvers import Lasso, LeastSquares, Ridge
 
     cpu = torch.device("cpu")
     start = time.perf_counter()

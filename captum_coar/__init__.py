@@ -1,95 +1,126 @@
 """captum_coar: component attribution for PyTorch models, as a Captum plugin.
 
-Public names in pipeline order: declare components, choose an ablation and an output, run
-gated forwards, attribute (COAR and baselines), evaluate, plot, edit. Plotting functions
-import matplotlib only when called.
+The top level holds what the README and the tutorials teach (:data:`__all__`, at most 40
+names, in pipeline order: declare components, ablate and record, outputs, COAR, baselines and
+Captum interop, evaluation, plots, patching, editing). Every other public name lives at
+exactly one subpackage or module face (:data:`MOVED` maps each name that used to be here to
+it); reading one of those names here still works until 0.4.0, with a ``DeprecationWarning``
+that names the new path. Every face is imported here, as before, so the names strings resolve
+to (ablations, outputs, samplers, solvers) are registered whatever is imported first.
+Plotting functions import matplotlib only when called.
 """
 
-from .components import ComponentGroup, ComponentSet
-from .selectors import attention_heads, conv_filters, linear_neurons, mlp_neurons
-from .ablation import (AblationStrategy, ConstantAblation, MeanAblation, PatchAblation,
-                       ResampleAblation,
-                       WeightAblation, ZeroAblation, fitted_ablation, resolve_ablation)
-from .gates import ComponentGates, ablated
-from ._recording import ActivationRecorder, record_activations
-from .outputs import (Logit, LogProb, Loss, Margin, OutputFunction, SequenceMargin,
-                      resolve_output)
-from .language_outputs import (ContinuationLogProb, LanguageModelForward, LanguageModelOutput,
-                               LogitDifference, TokenLogProb)
-from ._engine import evaluate_masks
-from .sampling import BernoulliSampler, FixedFractionSampler, MaskSampler, resolve_sampler
-from .solvers import (AutoLasso, AutoRidge, ConvergenceWarning, DifferenceOfMeans, FitResult,
-                      Lasso, LeastSquares, MinibatchRidge,
-                      Ridge, SingularMatrixWarning, Solver, StreamingSolver,
-                      SufficientStatistics, resolve_solver)
-from .stores import InMemoryStore, MaskOutputStore, MemmapStore, StoreReport
-from .coar import (AdaptiveReport, COARResult, CollectedStatistics, ComponentAblationRegression,
-                   StopWhen,
-                   all_reduce_statistics, collect, collect_distributed, collect_shard,
-                   collect_statistics, collect_statistics_distributed, collect_statistics_shard,
-                   load_statistics, merge_statistics, model_fingerprint, save_statistics,
-                   shard_rows, tensor_batches)
+from . import (  # noqa: F401 - every face is imported (registries), as before
+    ablation,
+    baselines,
+    coar,
+    components,
+    dictionaries,
+    editing,
+    edits,
+    engine,
+    evaluation,
+    experts,
+    gates,
+    interop,
+    language_outputs,
+    outputs,
+    patching,
+    patching_plots,
+    positions,
+    recording,
+    sampling,
+    selectors,
+    solvers,
+    sparse_autoencoder,
+    stores,
+    visualization,
+)
+from ._deprecation import moved_names
+from ._version import __version__ as __version__  # the version, not in __all__
 from .baselines import (ComponentAblation, ComponentAtPStar, ComponentAttributionPatching,
-                        ComponentConductance, ComponentGradientXParameter,
-                        ComponentIntegratedGradients, ComponentInternalInfluence,
-                        ComponentRelevancePatching)
-from .interop import GatedForward, ablation_perturbation
-from .evaluation import (EVALUATION_SEED, CounterfactualCorrelationResult, TopKAblationCurve,
-                         counterfactual_correlation, topk_ablation_curve)
-from .visualization import (output_label, plot_component_attributions, plot_correlation_bars,
-                            plot_counterfactual_scatter, plot_topk_curves)
-from .patching import PatchingResult, activation_patching
-from .patching_plots import plot_patching_grid
-from .positions import at_positions, residual_stream
-from .experts import moe_experts
+                        ComponentIntegratedGradients, ComponentRelevancePatching)
+from .coar import (ComponentAblationRegression, StopWhen, merge_statistics, save_statistics,
+                   tensor_batches)
+from .components import ComponentGroup, ComponentSet
 from .dictionaries import Dictionary, dictionary_latents
+from .edits import zero_components
+from .evaluation import counterfactual_correlation, topk_ablation_curve
+from .experts import moe_experts
+from .gates import ablated
+from .interop import GatedForward, ablation_perturbation
+from .outputs import Margin, SequenceMargin
+from .patching import activation_patching
+from .patching_plots import plot_patching_grid
+from .positions import residual_stream
+from .recording import record_activations
+from .selectors import attention_heads, conv_filters, linear_neurons, mlp_neurons
 from .sparse_autoencoder import SparseAutoencoder, train_sparse_autoencoder
-from .edits import WeightEdit, ablate_persistently, zero_components
-from .editing import (EditCurve, EditResult, apply_edit, choose_k, coar_edit, component_scores,
-                      edit_curve, edit_masks, edited_state_dict, select_components)
-
-from ._version import __version__
+from .stores import MemmapStore
+from .visualization import (plot_component_attributions, plot_correlation_bars,
+                            plot_counterfactual_scatter, plot_topk_curves)
 
 __all__ = [
     # components
-    "ComponentGroup", "ComponentSet", "conv_filters", "linear_neurons", "attention_heads",
-    "mlp_neurons", "residual_stream", "at_positions", "moe_experts",
+    "ComponentSet", "ComponentGroup", "conv_filters", "linear_neurons", "attention_heads",
+    "mlp_neurons", "residual_stream", "moe_experts",
     "Dictionary", "dictionary_latents", "SparseAutoencoder", "train_sparse_autoencoder",
-    # ablation and gates
-    "AblationStrategy", "ZeroAblation", "WeightAblation", "ConstantAblation", "MeanAblation",
-    "ResampleAblation", "PatchAblation", "resolve_ablation", "fitted_ablation", "ComponentGates", "ablated",
-    "ActivationRecorder", "record_activations",
-    # outputs and the batched engine
-    "OutputFunction", "Margin", "Logit", "LogProb", "Loss", "SequenceMargin", "resolve_output",
-    "LanguageModelForward", "LanguageModelOutput", "TokenLogProb", "ContinuationLogProb",
-    "LogitDifference",
-    "evaluate_masks",
-    # COAR: sampling, collection, stores, solvers
-    "MaskSampler", "BernoulliSampler", "FixedFractionSampler", "resolve_sampler",
-    "MaskOutputStore", "InMemoryStore", "MemmapStore", "StoreReport", "model_fingerprint",
-    "collect", "collect_statistics", "CollectedStatistics", "tensor_batches",
-    "SufficientStatistics", "FitResult", "Solver", "StreamingSolver", "LeastSquares", "Ridge",
-    "Lasso", "MinibatchRidge", "AutoRidge", "AutoLasso", "DifferenceOfMeans", "resolve_solver",
-    "SingularMatrixWarning", "ConvergenceWarning",
-    "ComponentAblationRegression", "COARResult", "StopWhen", "AdaptiveReport",
-    # many processes, machines or jobs
-    "shard_rows", "collect_shard", "collect_statistics_shard", "save_statistics",
-    "load_statistics", "merge_statistics", "collect_statistics_distributed",
-    "collect_distributed", "all_reduce_statistics",
+    # ablate and record
+    "ablated", "record_activations",
+    # outputs
+    "Margin", "SequenceMargin",
+    # COAR, at data-set scale
+    "ComponentAblationRegression", "StopWhen", "tensor_batches", "MemmapStore",
+    "save_statistics", "merge_statistics",
     # baselines and Captum interop
-    "ComponentAblation", "ComponentAttributionPatching", "ComponentIntegratedGradients",
-    "ComponentGradientXParameter", "ComponentConductance", "ComponentInternalInfluence",
-    "ComponentAtPStar", "ComponentRelevancePatching",
+    "ComponentAblation", "ComponentAttributionPatching", "ComponentAtPStar",
+    "ComponentIntegratedGradients", "ComponentRelevancePatching",
     "GatedForward", "ablation_perturbation",
     # evaluation and plots
-    "counterfactual_correlation", "CounterfactualCorrelationResult", "topk_ablation_curve",
-    "TopKAblationCurve", "EVALUATION_SEED", "plot_counterfactual_scatter",
-    "plot_correlation_bars", "plot_component_attributions", "plot_topk_curves", "output_label",
-    # activation patching between paired prompts
-    "activation_patching", "PatchingResult", "plot_patching_grid",
+    "counterfactual_correlation", "topk_ablation_curve", "plot_counterfactual_scatter",
+    "plot_correlation_bars", "plot_component_attributions", "plot_topk_curves",
+    # activation patching
+    "activation_patching", "plot_patching_grid",
     # editing
-    "WeightEdit", "zero_components", "ablate_persistently",
-    "component_scores", "select_components", "edit_masks", "edit_curve", "choose_k", "coar_edit",
-    "EditCurve", "EditResult", "apply_edit", "edited_state_dict",
-    "__version__",
+    "zero_components",
 ]
+
+#: every public name that left the top level in 0.3.0 -> its one face (old imports warn)
+MOVED = {
+    **dict.fromkeys(["at_positions"], "captum_coar.positions"),
+    **dict.fromkeys(["AblationStrategy", "ZeroAblation", "WeightAblation", "ConstantAblation",
+                     "MeanAblation", "ResampleAblation", "PatchAblation", "resolve_ablation",
+                     "fitted_ablation"], "captum_coar.ablation"),
+    **dict.fromkeys(["ComponentGates"], "captum_coar.gates"),
+    **dict.fromkeys(["ActivationRecorder"], "captum_coar.recording"),
+    **dict.fromkeys(["OutputFunction", "Logit", "LogProb", "Loss", "resolve_output"],
+                    "captum_coar.outputs"),
+    **dict.fromkeys(["LanguageModelForward", "LanguageModelOutput", "TokenLogProb",
+                     "ContinuationLogProb", "LogitDifference"], "captum_coar.language_outputs"),
+    **dict.fromkeys(["evaluate_masks"], "captum_coar.engine"),
+    **dict.fromkeys(["MaskSampler", "BernoulliSampler", "FixedFractionSampler",
+                     "resolve_sampler"], "captum_coar.sampling"),
+    **dict.fromkeys(["MaskOutputStore", "InMemoryStore", "StoreReport"], "captum_coar.stores"),
+    **dict.fromkeys(["SufficientStatistics", "FitResult", "Solver", "StreamingSolver",
+                     "LeastSquares", "Ridge", "Lasso", "MinibatchRidge", "AutoRidge",
+                     "AutoLasso", "DifferenceOfMeans", "resolve_solver", "SingularMatrixWarning",
+                     "ConvergenceWarning"], "captum_coar.solvers"),
+    **dict.fromkeys(["model_fingerprint", "collect", "collect_statistics",
+                     "CollectedStatistics", "COARResult", "AdaptiveReport", "shard_rows",
+                     "collect_shard", "collect_statistics_shard", "load_statistics",
+                     "collect_statistics_distributed", "collect_distributed",
+                     "all_reduce_statistics"], "captum_coar.coar"),
+    **dict.fromkeys(["ComponentGradientXParameter", "ComponentConductance",
+                     "ComponentInternalInfluence"], "captum_coar.baselines"),
+    **dict.fromkeys(["CounterfactualCorrelationResult", "TopKAblationCurve", "EVALUATION_SEED"],
+                    "captum_coar.evaluation"),
+    **dict.fromkeys(["output_label"], "captum_coar.visualization"),
+    **dict.fromkeys(["PatchingResult"], "captum_coar.patching"),
+    **dict.fromkeys(["WeightEdit", "ablate_persistently"], "captum_coar.edits"),
+    **dict.fromkeys(["component_scores", "select_components", "edit_masks", "edit_curve",
+                     "choose_k", "coar_edit", "apply_edit", "edited_state_dict"],
+                    "captum_coar.editing"),
+    **dict.fromkeys(["EditCurve", "EditResult"], "captum_coar.editing_results"),
+}
+
+__getattr__ = moved_names(__name__, MOVED)

@@ -36,9 +36,9 @@ import torch
 from torch import Tensor
 
 from ._inputs import as_tuple
-from ._recording import record_activations
 from .ablation import AblationStrategy, PatchAblation, WeightAblation
 from .components import ComponentGroup, ComponentSet
+from .recording import record_activations
 
 __all__ = ["paired_baselines", "patch_strategy", "check_default_ablation",
            "BatchPatchAblation", "use_batch"]

@@ -10,7 +10,7 @@ patches ``nn.MultiheadAttention`` modules whose output projection is grouped
 :func:`captum_coar.experts.routing_hooks`) that passes the activation through
 :meth:`SiteHooks.on_activation`, which subclasses define
 (gating in :class:`~captum_coar.gates.ComponentGates`, recording in
-:class:`~captum_coar._recording.ActivationRecorder`). Hooks and patches are removed on exit,
+:class:`~captum_coar.recording.ActivationRecorder`). Hooks and patches are removed on exit,
 after success or an exception, and by :meth:`SiteHooks.remove` (idempotent); if registration
 fails part-way, whatever was registered is removed before the error propagates. A site that is
 not a tensor (the tuple output of ``nn.LSTM``) raises, unless the group declares

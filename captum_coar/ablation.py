@@ -46,10 +46,10 @@ import torch
 from torch import Tensor, nn
 
 from ._modules import is_hf_conv1d
-from ._recording import record_activations
 from ._registry import Registry
 from .components import ComponentGroup, ComponentSet
 from .experts import ROUTING_SITE
+from .recording import record_activations
 
 __all__ = [
     "AblationStrategy",

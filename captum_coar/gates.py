@@ -30,7 +30,7 @@ instead of returning ablations that changed nothing.
 Entering gates never runs the model: a strategy that needs fitting (mean, resample) must
 already be fitted (:func:`captum_coar.ablation.fitted_ablation`, which every method calls when
 it starts); otherwise ``__enter__`` raises. Recording activations is
-:class:`captum_coar._recording.ActivationRecorder`'s job. Also here: :func:`ablated` (a
+:class:`captum_coar.recording.ActivationRecorder`'s job. Also here: :func:`ablated` (a
 one-shot context with fixed gates; it fits the strategy when given ``forward_func``).
 """
 

@@ -36,11 +36,11 @@ import torch
 from torch import Tensor, nn
 
 from ._engine import evaluate_masks
-from ._recording import ActivationRecorder
 from .ablation import AblationStrategy, fitted_ablation
 from .components import ComponentSet
 from .gates import ComponentGates
 from .outputs import OutputFunction, resolve_output
+from .recording import ActivationRecorder
 from .sampling import MaskSampler
 from .selectors import conv_filters, linear_neurons
 from .solvers import FitResult, Solver, StreamingSolver, SufficientStatistics

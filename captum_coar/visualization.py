@@ -8,7 +8,7 @@ the functions, so ``import captum_coar`` never imports it. Nothing is shown or s
 ``ax.figure.savefig(path)`` (``bbox_inches="tight"`` keeps the labels outside the axes).
 
 Every plot names the quantity it explains. Pass ``output=`` (a name accepted by
-:func:`~captum_coar.resolve_output`, an :class:`~captum_coar.OutputFunction` or any label);
+:func:`~captum_coar.outputs.resolve_output`, an :class:`~captum_coar.outputs.OutputFunction` or any label);
 without it the plot uses the ``output`` a result object records, if any, and otherwise
 says "output". Attributions follow one sign convention everywhere: a positive attribution
 means the component supports the output, so ablating it lowers the output.
@@ -58,7 +58,7 @@ def output_label(output: Any = None) -> str:
 
     Args:
         output: a registered name (``"margin"`` gives ``"correct-class margin"``), an
-            :class:`~captum_coar.OutputFunction` (its ``name`` is used), a callable (its
+            :class:`~captum_coar.outputs.OutputFunction` (its ``name`` is used), a callable (its
             ``__name__``), any other string (used as it is) or None (``"output"``).
 
     Returns:

@@ -17,21 +17,19 @@ from toy_models import (
 )
 
 from captum_coar import (
-    ActivationRecorder,
-    ComponentGates,
     ComponentGroup,
     ComponentSet,
-    ConstantAblation,
-    MeanAblation,
-    ResampleAblation,
-    ablate_persistently,
     ablated,
     attention_heads,
     conv_filters,
-    evaluate_masks,
     linear_neurons,
     zero_components,
 )
+from captum_coar.ablation import ConstantAblation, MeanAblation, ResampleAblation
+from captum_coar.edits import ablate_persistently
+from captum_coar.engine import evaluate_masks
+from captum_coar.gates import ComponentGates
+from captum_coar.recording import ActivationRecorder
 
 
 def _random_keep(n, seed=0, p=0.3):

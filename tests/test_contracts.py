@@ -5,31 +5,25 @@ import pytest
 import torch
 
 from captum_coar import (
-    BernoulliSampler,
     ComponentAblation,
     ComponentAblationRegression,
     ComponentAttributionPatching,
-    ComponentGradientXParameter,
     ComponentIntegratedGradients,
     ComponentRelevancePatching,
-    ConstantAblation,
-    FixedFractionSampler,
-    Lasso,
-    LeastSquares,
-    Logit,
-    LogProb,
-    Loss,
     Margin,
+)
+from captum_coar.ablation import (
+    AblationStrategy,
+    ConstantAblation,
     MeanAblation,
-    MinibatchRidge,
     ResampleAblation,
-    Ridge,
     WeightAblation,
     ZeroAblation,
 )
-from captum_coar.ablation import AblationStrategy
-from captum_coar.outputs import OutputFunction
-from captum_coar.sampling import MaskSampler
+from captum_coar.baselines import ComponentGradientXParameter
+from captum_coar.outputs import Logit, LogProb, Loss, OutputFunction
+from captum_coar.sampling import BernoulliSampler, FixedFractionSampler, MaskSampler
+from captum_coar.solvers import Lasso, LeastSquares, MinibatchRidge, Ridge
 from captum_coar.testing import (
     INPUT_SHAPE,
     check_ablation_strategy,

@@ -14,26 +14,27 @@ from captum_coar import (
     ComponentAblationRegression,
     ComponentAtPStar,
     ComponentAttributionPatching,
-    ComponentConductance,
-    ComponentGradientXParameter,
     ComponentGroup,
     ComponentIntegratedGradients,
-    ComponentInternalInfluence,
     ComponentRelevancePatching,
     Dictionary,
     GatedForward,
-    MeanAblation,
     SparseAutoencoder,
-    ablate_persistently,
     ablated,
-    apply_edit,
-    at_positions,
     counterfactual_correlation,
     dictionary_latents,
-    edited_state_dict,
     train_sparse_autoencoder,
     zero_components,
 )
+from captum_coar.ablation import MeanAblation
+from captum_coar.baselines import (
+    ComponentConductance,
+    ComponentGradientXParameter,
+    ComponentInternalInfluence,
+)
+from captum_coar.editing import apply_edit, edited_state_dict
+from captum_coar.edits import ablate_persistently
+from captum_coar.positions import at_positions
 from captum_coar.selectors import attention_heads
 from captum_coar.testing import AdditiveNet, check_attribution_method
 

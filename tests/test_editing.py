@@ -9,7 +9,8 @@ import torch
 from torch import nn
 from toy_models import ConvNet, assert_unchanged, hook_count, randomise_batchnorm, snapshot
 
-from captum_coar import ComponentAblation, ComponentSet, ConstantAblation, evaluate_masks
+from captum_coar import ComponentAblation, ComponentSet
+from captum_coar.ablation import ConstantAblation
 from captum_coar.editing import (
     apply_edit,
     choose_k,
@@ -21,6 +22,7 @@ from captum_coar.editing import (
     select_components,
 )
 from captum_coar.editing_results import EditCurve
+from captum_coar.engine import evaluate_masks
 
 torch.set_num_threads(1)
 

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 from toy_models import AdditiveModel, ConvNet, randomise_batchnorm, snapshot
 
-from captum_coar import ComponentAblation, ComponentSet, evaluate_masks
+from captum_coar import ComponentAblation, ComponentSet
 from captum_coar.editing import (
     apply_edit,
     component_scores,
@@ -24,6 +24,7 @@ from captum_coar.editing_gates import optimise_gates
 from captum_coar.editing_reestimate import reestimated_edit
 from captum_coar.editing_selection import joint_select, joint_terms
 from captum_coar.editing_sets import sets_curve
+from captum_coar.engine import evaluate_masks
 from captum_coar.forward_cost import ForwardCounter
 from captum_coar.gates import ablated
 from captum_coar.spatial import filters_at_rows

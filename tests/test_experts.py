@@ -19,12 +19,12 @@ from captum_coar import (
     ComponentAblationRegression,
     ComponentAttributionPatching,
     ComponentSet,
-    MeanAblation,
     ablated,
     linear_neurons,
     moe_experts,
     zero_components,
 )
+from captum_coar.ablation import MeanAblation
 
 N_EXPERTS, WIDTH, HIDDEN = 4, 6, 5
 

@@ -5,19 +5,13 @@ import torch
 from torch import nn
 from toy_models import ConvNet, randomise_batchnorm
 
-from captum_coar import (
-    ActivationRecorder,
-    ComponentGates,
-    ComponentGroup,
-    ComponentSet,
-    ConstantAblation,
-    ablated,
-    conv_filters,
-    evaluate_masks,
-    linear_neurons,
-)
+from captum_coar import ComponentGroup, ComponentSet, ablated, conv_filters, linear_neurons
 from captum_coar._engine import default_max_rows, gated_outputs, rows_per_pass
+from captum_coar.ablation import ConstantAblation
+from captum_coar.engine import evaluate_masks
+from captum_coar.gates import ComponentGates
 from captum_coar.outputs import resolve_output
+from captum_coar.recording import ActivationRecorder
 
 
 def _setup():

@@ -6,7 +6,8 @@ import pytest
 import torch
 from toy_models import tiny_gpt2
 
-from captum_coar import ComponentAblation, attention_heads, evaluate_masks
+from captum_coar import ComponentAblation, attention_heads
+from captum_coar.engine import evaluate_masks
 from captum_coar.language_outputs import (
     ContinuationLogProb,
     LanguageModelForward,

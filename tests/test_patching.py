@@ -24,12 +24,12 @@ from captum_coar import (
     ComponentAblationRegression,
     ComponentAtPStar,
     ComponentAttributionPatching,
-    ComponentGradientXParameter,
     ComponentIntegratedGradients,
     attention_heads,
     linear_neurons,
     mlp_neurons,
 )
+from captum_coar.baselines import ComponentGradientXParameter
 from captum_coar.positions import at_positions, patching_grid, residual_stream
 from captum_coar.testing import AdditiveNet
 

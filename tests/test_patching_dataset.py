@@ -7,11 +7,15 @@ import torch
 from captum_coar import (
     ComponentAblation,
     ComponentAblationRegression,
-    collect_statistics,
     linear_neurons,
     tensor_batches,
 )
-from captum_coar.coar import collect_shard, collect_statistics_shard, merge_statistics
+from captum_coar.coar import (
+    collect_shard,
+    collect_statistics,
+    collect_statistics_shard,
+    merge_statistics,
+)
 from captum_coar.testing import AdditiveNet
 
 

@@ -10,9 +10,7 @@ from transformers import GPT2Config, GPT2LMHeadModel
 from captum_coar import (
     ComponentAblation,
     GatedForward,
-    LanguageModelForward,
     activation_patching,
-    at_positions,
     attention_heads,
     counterfactual_correlation,
     linear_neurons,
@@ -20,7 +18,9 @@ from captum_coar import (
     residual_stream,
     topk_ablation_curve,
 )
+from captum_coar.language_outputs import LanguageModelForward
 from captum_coar.patching_plots import head_grid
+from captum_coar.positions import at_positions
 from captum_coar.testing import AdditiveNet
 
 matplotlib.use("Agg")

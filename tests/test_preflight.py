@@ -15,16 +15,18 @@ from captum_coar import (
     ComponentAblation,
     ComponentAblationRegression,
     ComponentAttributionPatching,
-    ComponentConductance,
-    ComponentGradientXParameter,
     ComponentIntegratedGradients,
-    ComponentInternalInfluence,
     GatedForward,
     _preflight,
     counterfactual_correlation,
     topk_ablation_curve,
 )
-from captum_coar.baselines import ComponentRelevancePatching
+from captum_coar.baselines import (
+    ComponentConductance,
+    ComponentGradientXParameter,
+    ComponentInternalInfluence,
+    ComponentRelevancePatching,
+)
 from captum_coar.coar import collect_statistics, tensor_batches
 from captum_coar.editing import coar_edit, edit_curve
 from captum_coar.gates import ComponentGates
@@ -265,7 +267,7 @@ def test_probe_cost_is_two_forwards_of_two_rows():
     handle = model.register_forward_pre_hook(lambda m, args: rows.append(args[0].shape[0]))
     try:
         report = _preflight.preflight("test", model, components, x, y, None,
-                                      captum_coar.resolve_output("margin", y))
+                                      captum_coar.outputs.resolve_output("margin", y))
     finally:
         handle.remove()
     assert rows == [2, 2] and report.classes == (3, "n_classes")

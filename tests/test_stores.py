@@ -9,9 +9,9 @@ from coar_fixtures import CountingForward
 from torch.utils.data import DataLoader, TensorDataset
 from toy_models import ConvNet, randomise_batchnorm
 
-from captum_coar import evaluate_masks
 from captum_coar.coar import ComponentAblationRegression, collect, collect_statistics
 from captum_coar.coar._identity import IDENTITY_FIELDS
+from captum_coar.engine import evaluate_masks
 from captum_coar.sampling import BernoulliSampler
 from captum_coar.selectors import conv_filters
 from captum_coar.solvers import MinibatchRidge

@@ -4,8 +4,9 @@ import pytest
 import torch
 from toy_models import tiny_gpt2
 
-from captum_coar import attention_heads, evaluate_masks
+from captum_coar import attention_heads
 from captum_coar._memory import ROW_BUDGETS, is_out_of_memory
+from captum_coar.engine import evaluate_masks
 
 
 class FailsAbove:

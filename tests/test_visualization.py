@@ -8,8 +8,12 @@ import pytest
 import torch
 from toy_models import AdditiveModel, ConvNet, randomise_batchnorm
 
-from captum_coar import Margin, SequenceMargin, TopKAblationCurve, conv_filters, linear_neurons
-from captum_coar.evaluation import counterfactual_correlation, topk_ablation_curve
+from captum_coar import Margin, SequenceMargin, conv_filters, linear_neurons
+from captum_coar.evaluation import (
+    TopKAblationCurve,
+    counterfactual_correlation,
+    topk_ablation_curve,
+)
 
 matplotlib = pytest.importorskip("matplotlib")
 matplotlib.use("Agg")

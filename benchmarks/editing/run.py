@@ -27,7 +27,7 @@ from benchmarks.data import load_fashion_mnist
 from benchmarks.editing import tasks as T
 from benchmarks.editing.methods import METHODS, attributions
 from benchmarks.editing.report import write_report
-from captum_coar import ComponentSet, evaluate_masks
+from captum_coar import ComponentSet
 from captum_coar.editing import (
     choose_k,
     coar_edit,
@@ -36,6 +36,7 @@ from captum_coar.editing import (
     edit_masks,
     select_components,
 )
+from captum_coar.engine import evaluate_masks
 
 GRID = (0, 1, 2, 3, 4, 5, 6, 8, 10, 12, 15, 20, 25, 30, 40)
 RESULTS = Path(__file__).resolve().parent.parent / "results"

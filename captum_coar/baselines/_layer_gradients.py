@@ -2,7 +2,7 @@
 
 Contract
 --------
-:class:`SiteRecorder` is an :class:`~captum_coar._recording.ActivationRecorder` that records, for every group of a :class:`ComponentSet`, the activation at the
+:class:`SiteRecorder` is an :class:`~captum_coar.recording.ActivationRecorder` that records, for every group of a :class:`ComponentSet`, the activation at the
 group's site (a module's output, or its first input for heads) as a node of the autograd
 graph. It complains when a site runs more than once per forward (weights shared across calls),
 because a per-call activation would then be ambiguous.
@@ -31,10 +31,10 @@ from torch import Tensor
 
 from .._engine import checked_outputs, gates_applied
 from .._inputs import expand_target, repeat_rows
-from .._recording import ActivationRecorder
 from ..components import ComponentGroup, ComponentSet
 from ..gates import ComponentGates
 from ..outputs import OutputFunction
+from ..recording import ActivationRecorder
 
 __all__ = ["SiteRecorder", "site_gradients", "gate_gradients", "per_component", "refuse_latents",
            "point_chunks",
@@ -63,7 +63,7 @@ def site_gradients(
         with torch.enable_grad():
             values = checked_outputs(output_fn(forward_func(*inputs, *extra), target), n_rows,
                                      output_fn)
-            activations = recorder.collect()
+            activations = recorder.activations()
             grads: Sequence[Optional[Tensor]] = [None] * len(activations)
             if values.requires_grad:
                 grads = torch.autograd.grad(values.sum(), activations, allow_unused=True)

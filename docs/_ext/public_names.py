@@ -1,12 +1,16 @@
-"""Sphinx extension: the API reference of ``captum_coar.__all__``, grouped in pipeline order.
+"""Sphinx extension: the API reference of every public name, grouped in pipeline order.
 
-``.. public-names:: <group>`` expands to a summary table and the full autodoc entry of every
-public name in that group. A name belongs to the group of the module that defines it (see
-:data:`GROUPS`); a name from a module that no group lists joins the group of the name before
-it in ``captum_coar.__all__`` (which is kept in pipeline order), so names added to the
-package appear in the reference without editing the docs. When the build has read every
-page, :func:`check_every_name_documented` warns (an error under ``-W``) about any public name
-that is not in the reference.
+The public names are the top level's ``captum_coar.__all__`` (at most 40, what the README and
+tutorials teach; documented as ``captum_coar.<name>``) and every name of
+``captum_coar.MOVED``, documented at its one face (``captum_coar.solvers.Ridge``), which is
+where it is imported from. ``.. public-names:: <group>`` expands to a summary table and the
+full autodoc entry of every public name in that group. A name belongs to the group of the
+module that defines it (see :data:`GROUPS`); a name from a module that no group lists joins the
+group of the name before it (top-level names first, in pipeline order), so names added to the
+package appear in the reference without editing the docs. ``.. moved-names::`` is the table of
+old top-level names and their faces. When the build has read every page,
+:func:`check_every_name_documented` warns (an error under ``-W``) about any public name that is
+not in the reference at its path.
 """
 
 from __future__ import annotations
@@ -30,10 +34,10 @@ GROUPS: Sequence[Tuple[str, Sequence[str]]] = (
     ("package", ("captum_coar",)),
     ("components", ("captum_coar.components", "captum_coar.selectors",
                     "captum_coar.positions")),
-    ("ablation", ("captum_coar.ablation", "captum_coar.gates", "captum_coar._recording",
+    ("ablation", ("captum_coar.ablation", "captum_coar.gates", "captum_coar.recording",
                   "captum_coar._attention_patch")),
     ("outputs", ("captum_coar.outputs", "captum_coar.language_outputs")),
-    ("engine", ("captum_coar._engine", "captum_coar._inputs")),
+    ("engine", ("captum_coar.engine", "captum_coar._engine", "captum_coar._inputs")),
     ("coar", ("captum_coar.coar", "captum_coar.sampling")),
     ("solvers", ("captum_coar.solvers", "captum_coar.stores")),
     ("processes", ("captum_coar.coar.shards", "captum_coar.coar.distributed",
@@ -83,19 +87,30 @@ def _submodules() -> Dict[str, Any]:
     return found
 
 
-def public_groups() -> Dict[str, List[Tuple[str, Any]]]:
-    """``{group: [(name, object), ...]}`` for every name of ``captum_coar.__all__``."""
+def public_paths() -> List[Tuple[str, str, Any]]:
+    """``(name, documented path, object)`` of every public name: the top level's ``__all__``
+    (path ``captum_coar.<name>``), then the moved names at their faces."""
     package = importlib.import_module(PACKAGE)
+    found = [(name, f"{PACKAGE}.{name}", getattr(package, name)) for name in package.__all__]
+    for name, face in package.MOVED.items():
+        module, _, new_name = face.partition(":")
+        new_name = new_name or name
+        found.append((new_name, f"{module}.{new_name}",
+                      getattr(importlib.import_module(module), new_name)))
+    return found
+
+
+def public_groups() -> Dict[str, List[Tuple[str, Any]]]:
+    """``{group: [(documented path, object), ...]}`` for every public name."""
     modules = _submodules()
     groups: Dict[str, List[Tuple[str, Any]]] = {name: [] for name in GROUP_NAMES}
     previous = "package"
-    for name in package.__all__:
-        obj = getattr(package, name)
+    for name, path, obj in public_paths():
         module = _defining_module(name, obj, modules)
         group = _group_of_module(module)
         if group is None or (group == "package" and not name.startswith("__")):
             group = previous
-        groups[group].append((name, obj))
+        groups[group].append((path, obj))
         previous = group if group != "package" else previous
     return groups
 
@@ -123,10 +138,11 @@ class PublicNames(SphinxDirective):
             lines += ["No public names in this group yet.", ""]
         else:
             lines += [".. autosummary::", "   :nosignatures:", ""]
-            lines += [f"   {name}" for name, _ in members] + [""]
-        for name, obj in members:
+            # relative to the current module (autosummary refuses the module's own prefix)
+            lines += [f"   {path[len(PACKAGE) + 1:]}" for path, _ in members] + [""]
+        for path, obj in members:
             directive = _directive_for(obj)
-            lines.append(f".. {directive}:: {name}")
+            lines.append(f".. {directive}:: {path}")
             if directive in ("autoclass", "autoexception"):
                 lines += ["   :members:", "   :show-inheritance:"]
             lines.append("")
@@ -137,11 +153,28 @@ class PublicNames(SphinxDirective):
         return container.children
 
 
+class MovedNames(SphinxDirective):
+    """``.. moved-names::`` -- the old top-level names and the one face each now lives at."""
+
+    def run(self) -> List[nodes.Node]:
+        package = importlib.import_module(PACKAGE)
+        lines = [".. list-table::", "   :header-rows: 1", "", "   * - old (warns until removed)",
+                 "     - import it from"]
+        for name, face in sorted(package.MOVED.items(), key=lambda kv: (kv[1], kv[0].lower())):
+            module, _, new_name = face.partition(":")
+            lines += [f"   * - ``{PACKAGE}.{name}``",
+                      f"     - :py:obj:`{module}.{new_name or name}`"]
+        container = nodes.section()
+        container.document = self.state.document
+        self.state.nested_parse(StringList(lines + [""], source="<moved-names>"),
+                                self.content_offset, container, match_titles=False)
+        return container.children
+
+
 def check_every_name_documented(app: Any, env: Any) -> None:
-    """Warn about every name of ``captum_coar.__all__`` without an entry in the reference."""
-    package = importlib.import_module(PACKAGE)
+    """Warn about every public name without an entry in the reference at its path."""
     documented = set(env.get_domain("py").objects)
-    missing = [name for name in package.__all__ if f"{PACKAGE}.{name}" not in documented]
+    missing = [path for _, path, _ in public_paths() if path not in documented]
     if missing:
         logger.warning("public names missing from the API reference: %s (each group page in"
                        " docs/api/ must hold a '.. public-names::' directive)",
@@ -150,5 +183,6 @@ def check_every_name_documented(app: Any, env: Any) -> None:
 
 def setup(app: Any) -> Dict[str, Any]:
     app.add_directive("public-names", PublicNames)
+    app.add_directive("moved-names", MovedNames)
     app.connect("env-check-consistency", check_every_name_documented)
     return {"version": "1", "parallel_read_safe": True, "parallel_write_safe": True}

@@ -3,13 +3,14 @@
 Contract
 --------
 ``with ActivationRecorder(components) as recorder:`` hooks every group's module at its site
-(through :class:`~captum_coar._site_hooks.SiteHooks`) and keeps, by ``(module_name, site)``, the activation each hook saw last (the object itself,
-graph-connected; with ``leaf=True`` a floating activation that does not require grad is made a
-leaf that does, so gradients with respect to it can be taken). It counts calls per site;
-:meth:`ActivationRecorder.collect` returns the activations in group order and raises when a
-module never ran or ran more than once. Recording hooks never modify an activation. Entered
-before a :class:`~captum_coar.gates.ComponentGates`, the recorder sees activations before they
-are gated. Hooks are removed in ``finally``.
+(through :class:`~captum_coar._site_hooks.SiteHooks`) and keeps, by ``(module_name, site)``,
+the activation each hook saw last (the object itself, graph-connected; with ``leaf=True`` a
+floating activation that does not require grad is made a leaf that does, so gradients with
+respect to it can be taken). It counts calls per site; :meth:`ActivationRecorder.activations`
+returns the activations in group order and raises when a module never ran or ran more than
+once (the method was called ``collect`` until 0.2.0; that name warns). Recording hooks never
+modify an activation. Entered before a :class:`~captum_coar.gates.ComponentGates`, the
+recorder sees activations before they are gated. Hooks are removed in ``finally``.
 
 :func:`record_activations` runs ``forward_func`` on inputs in batches under ``no_grad`` and
 returns every site's activations, detached and concatenated (what fitted ablation strategies
@@ -18,6 +19,7 @@ summarise).
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, Callable, Dict, List, Tuple, Union
 
 import torch
@@ -66,7 +68,7 @@ class ActivationRecorder(SiteHooks):
         return [g.module_name for g in self.components.groups
                 if (g.module_name, g.site) not in self.recorded]
 
-    def collect(self) -> List[Tensor]:
+    def activations(self) -> List[Tensor]:
         """The recorded activations in group order, after one forward pass."""
         missing = self.missing()
         if missing:
@@ -78,6 +80,14 @@ class ActivationRecorder(SiteHooks):
                 " per-site activations are defined only for modules that run once per forward"
             )
         return [self.recorded[(g.module_name, g.site)] for g in self.components.groups]
+
+    def collect(self) -> List[Tensor]:
+        """Deprecated name of :meth:`activations` ("collect" is COAR's collection of masks and
+        outputs); removed in 0.4.0."""
+        warnings.warn("ActivationRecorder.collect() is deprecated and will be removed in 0.4.0;"
+                      " call ActivationRecorder.activations() instead", DeprecationWarning,
+                      stacklevel=2)
+        return self.activations()
 
 
 def record_activations(

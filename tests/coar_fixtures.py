@@ -9,8 +9,10 @@ import torch
 from torch import nn
 
 
-class DigitsCNN(nn.Module):
-    """Two conv layers (with bias) and a linear head, for 8x8 digits."""
+class TinyDigitsCNN(nn.Module):
+    """Two conv layers (with bias) and a linear head, for 8x8 digits: smaller and faster to
+    train than the demo's :class:`captum_coar.demo_model.DigitsCNN` (three convs with
+    BatchNorm), which it is not."""
 
     def __init__(self, width: int = 6) -> None:
         super().__init__()
@@ -37,7 +39,7 @@ def digits_cnn(epochs: int = 8):
     order = torch.randperm(len(y), generator=g)
     train, test = order[:1400], order[1400:]
     torch.manual_seed(0)
-    model = DigitsCNN()
+    model = TinyDigitsCNN()
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
     for _ in range(epochs):
         perm = train[torch.randperm(len(train), generator=g)]
@@ -71,12 +73,11 @@ class CountingForward:
 def additive_neurons(n: int = 5, n_hidden: int = 12):
     """(model, its ``hidden`` neurons as components, inputs (n, 6), targets): the exactly
     additive toy model of ``toy_models`` in float64."""
-    from toy_models import AdditiveModel
-
     from captum_coar.selectors import linear_neurons
+    from captum_coar.testing import AdditiveNet
 
-    torch.manual_seed(0)
-    model = AdditiveModel(n_in=6, n_hidden=n_hidden, n_classes=3).double().eval()
+    torch.manual_seed(0)  # the inputs drawn below
+    model = AdditiveNet(n_in=6, n_hidden=n_hidden, n_classes=3, seed=0).double().eval()
     x = torch.randn(n, 6, dtype=torch.float64)
     y = torch.arange(n) % 3
     return model, linear_neurons(model, ["hidden"]), x, y

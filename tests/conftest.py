@@ -1,9 +1,10 @@
 import pytest
 import torch
-from toy_models import AdditiveModel, AttentionClassifier, ConvNet, randomise_batchnorm
+from toy_models import AttentionClassifier, ConvNet, randomise_batchnorm
 
 from captum_coar.components import ComponentSet
 from captum_coar.selectors import conv_filters, linear_neurons
+from captum_coar.testing import AdditiveNet
 
 # Tests use tiny tensors, for which one thread is faster and steadier than several.
 torch.set_num_threads(1)
@@ -44,8 +45,8 @@ def attention():
 
 @pytest.fixture
 def additive():
-    torch.manual_seed(3)
-    model = AdditiveModel().eval()
+    torch.manual_seed(3)  # the inputs drawn below
+    model = AdditiveNet(n_in=6, n_hidden=12, n_classes=3, seed=3).eval()
     x = torch.randn(5, 6)
     target = torch.tensor([0, 1, 2, 0, 1])
     return model, linear_neurons(model, ["hidden"]), x, target

@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 import torch
 from coar_fixtures import CountingForward, digits_cnn
-from toy_models import AdditiveModel
 
 from captum_coar.coar import ComponentAblationRegression, tensor_batches
 from captum_coar.coar.adaptive import (
@@ -19,11 +18,12 @@ from captum_coar.sampling import BernoulliSampler
 from captum_coar.selectors import conv_filters, linear_neurons
 from captum_coar.solvers import LeastSquares, SufficientStatistics
 from captum_coar.stores import InMemoryStore
+from captum_coar.testing import AdditiveNet
 
 
 def _additive(n=5):
-    torch.manual_seed(0)
-    model = AdditiveModel(n_in=6, n_hidden=12, n_classes=3).double().eval()
+    torch.manual_seed(0)  # the inputs drawn below
+    model = AdditiveNet(n_in=6, n_hidden=12, n_classes=3, seed=0).double().eval()
     x = torch.randn(n, 6, dtype=torch.float64)
     y = torch.arange(n) % 3
     return model, linear_neurons(model, ["hidden"]), x, y
@@ -65,7 +65,7 @@ def test_additive_model_stops_after_the_first_round():
     assert report["n_masks"] == 24 and report["n_validation"] == 100
     assert report["rounds"][0]["correlation"] == pytest.approx(1.0, abs=1e-9)
     # exactly additive: GCV picks no penalty (zero residual), the exact single effects
-    torch.testing.assert_close(out, model.single_effects(x, y).detach(), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(out, model.effects(x, y).detach(), rtol=1e-5, atol=1e-6)
 
 
 def test_relative_width_rule_runs_to_the_cap_and_a_store_is_resumed_without_forwards(digits):

@@ -74,7 +74,7 @@ def test_additive_model_every_ablation_method_gives_the_true_effects(additive):
     from captum_coar.coar import ComponentAblationRegression
 
     model, components, x, target = additive
-    truth = model.single_effects(x, target).detach()
+    truth = model.effects(x, target).detach()
     results = {
         "leave_one_out": ComponentAblation(model, components).attribute(x, target=target,
                                                                         output="logit"),

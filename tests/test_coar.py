@@ -8,7 +8,6 @@ import pytest
 import torch
 from coar_fixtures import digits_cnn
 from toy_models import (
-    AdditiveModel,
     ConvNet,
     assert_unchanged,
     hook_count,
@@ -21,11 +20,12 @@ from captum_coar.sampling import BernoulliSampler, FixedFractionSampler
 from captum_coar.selectors import conv_filters, linear_neurons
 from captum_coar.solvers import Lasso, LeastSquares, MinibatchRidge, Ridge
 from captum_coar.stores import InMemoryStore
+from captum_coar.testing import AdditiveNet
 
 
 def _additive(n=6, dtype=torch.float64):
-    torch.manual_seed(0)
-    model = AdditiveModel(n_in=6, n_hidden=12, n_classes=3).to(dtype).eval()
+    torch.manual_seed(0)  # the inputs drawn below
+    model = AdditiveNet(n_in=6, n_hidden=12, n_classes=3, seed=0).to(dtype).eval()
     x = torch.randn(n, 6, dtype=dtype)
     y = torch.arange(n) % 3
     return model, linear_neurons(model, ["hidden"]), x, y
@@ -49,7 +49,7 @@ def test_exact_recovery_on_additive_model(solver):
         warnings.simplefilter("ignore")  # Lasso warns that a tiny alpha is least squares
         attributions = coar.attribute(x, target=y, output="logit", n_masks=120, solver=solver,
                                       ablation_fraction=0.3)
-    truth = model.single_effects(x, y).detach()
+    truth = model.effects(x, y).detach()
     assert attributions.shape == (6, 12)
     assert attributions.dtype == torch.float64
     torch.testing.assert_close(attributions, truth, atol=1e-4, rtol=0)
@@ -64,7 +64,7 @@ def test_exact_recovery_float32_model_and_result_object():
     attributions = coar.attribute(x, target=y, output="logit", n_masks=200, validation_fraction=0.2,
                                   ablation_fraction=0.2)
     assert attributions.dtype == torch.float32
-    torch.testing.assert_close(attributions, model.single_effects(x, y).detach(), atol=1e-4, rtol=0)
+    torch.testing.assert_close(attributions, model.effects(x, y).detach(), atol=1e-4, rtol=0)
     result = coar.last_result_
     assert isinstance(result, COARResult)
     assert (result.n_masks, result.n_validation) == (160, 40)
@@ -265,7 +265,7 @@ def test_log_usage_and_noise_tunnel():
     assert smoothed.shape == (3, 12)
     # COAR is exact here and the effects are linear in x, so smoothing only adds the effect of
     # the mean noise (stdev 0.01 / sqrt(3)): well below 1e-2 for this model's weights
-    torch.testing.assert_close(smoothed, model.single_effects(x, y).detach(), atol=1e-2, rtol=0)
+    torch.testing.assert_close(smoothed, model.effects(x, y).detach(), atol=1e-2, rtol=0)
 
 
 def test_sensitivity_max_with_coar_as_explanation():

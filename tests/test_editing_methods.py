@@ -9,7 +9,7 @@ import itertools
 import pytest
 import torch
 from torch import nn
-from toy_models import AdditiveModel, ConvNet, randomise_batchnorm, snapshot
+from toy_models import ConvNet, randomise_batchnorm, snapshot
 
 from captum_coar import ComponentAblation, ComponentSet
 from captum_coar.editing import (
@@ -28,6 +28,7 @@ from captum_coar.engine import evaluate_masks
 from captum_coar.forward_cost import ForwardCounter
 from captum_coar.gates import ablated
 from captum_coar.spatial import filters_at_rows
+from captum_coar.testing import AdditiveNet
 
 torch.set_num_threads(1)
 
@@ -118,8 +119,8 @@ def test_joint_select_is_optimal_by_brute_force(seed):
 
 
 def test_joint_select_exact_predictions_on_additive_model_give_the_optimal_set():
-    torch.manual_seed(3)
-    model = AdditiveModel(n_in=5, n_hidden=8, n_classes=3).eval()
+    torch.manual_seed(3)  # the inputs drawn below
+    model = AdditiveNet(n_in=5, n_hidden=8, n_classes=3, seed=3).eval()
     components = ComponentSet.from_model(model, kinds=("linear_neurons",), include=["hidden"])
     g = torch.Generator().manual_seed(4)
     x_t, x_r = torch.randn(6, 5, generator=g), torch.randn(9, 5, generator=g)
@@ -127,7 +128,7 @@ def test_joint_select_exact_predictions_on_additive_model_give_the_optimal_set()
     reference = torch.ones(9, dtype=torch.long)
     a_t = ComponentAblation(model, components).attribute(x_t, target=target, output="logit")
     a_r = ComponentAblation(model, components).attribute(x_r, target=reference, output="logit")
-    torch.testing.assert_close(a_t, model.single_effects(x_t, target).detach())  # exact
+    torch.testing.assert_close(a_t, model.effects(x_t, target).detach())  # exact
     masks = torch.tensor(list(itertools.product([True, False], repeat=8)))
     with torch.no_grad():
         base_t, base_r = model(x_t)[:, 1].mean(), model(x_r)[:, 1].mean()

@@ -6,7 +6,7 @@ import warnings
 import pytest
 import torch
 from coar_fixtures import CountingForward
-from toy_models import AdditiveModel, ConvNet, randomise_batchnorm
+from toy_models import ConvNet, randomise_batchnorm
 
 from captum_coar import conv_filters, linear_neurons
 from captum_coar.evaluation import (
@@ -16,17 +16,18 @@ from captum_coar.evaluation import (
     spearman,
     topk_ablation_curve,
 )
+from captum_coar.testing import AdditiveNet
 
 
 @pytest.fixture
 def additive():
-    torch.manual_seed(0)
-    model = AdditiveModel(n_in=6, n_hidden=40, n_classes=3).eval()
+    torch.manual_seed(0)  # the inputs drawn below
+    model = AdditiveNet(n_in=6, n_hidden=40, n_classes=3, seed=0).eval()
     x = torch.randn(24, 6)
     target = torch.arange(24) % 3
     components = linear_neurons(model, ["hidden"])
     with torch.no_grad():
-        effects = model.single_effects(x, target)
+        effects = model.effects(x, target)
     return model, components, x, target, effects
 
 

@@ -15,7 +15,7 @@ from captum.attr import (
     ShapleyValueSampling,
 )
 from captum.metrics import infidelity, sensitivity_max
-from toy_models import AdditiveModel, ConvNet, hook_count, randomise_batchnorm
+from toy_models import ConvNet, hook_count, randomise_batchnorm
 
 from captum_coar.baselines import (
     ComponentAblation,
@@ -28,16 +28,17 @@ from captum_coar.gates import ablated
 from captum_coar.interop import GatedForward, ablation_perturbation
 from captum_coar.outputs import resolve_output
 from captum_coar.selectors import conv_filters, linear_neurons
+from captum_coar.testing import AdditiveNet
 
 
 @pytest.fixture
 def additive():
-    torch.manual_seed(3)
-    model = AdditiveModel().eval()
+    torch.manual_seed(3)  # the inputs drawn below
+    model = AdditiveNet(n_in=6, n_hidden=12, n_classes=3, seed=3).eval()
     x = torch.randn(4, 6)
     target = torch.tensor([0, 1, 2, 0])
     components = linear_neurons(model, ["hidden"])
-    return model, components, x, target, model.single_effects(x, target).detach()
+    return model, components, x, target, model.effects(x, target).detach()
 
 
 @pytest.fixture

@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from toy_models import AdditiveModel
 
 from captum_coar.coar import ComponentAblationRegression
 from captum_coar.sampling import BernoulliSampler
@@ -19,6 +18,7 @@ from captum_coar.solvers import (
     sandwich_standard_errors,
 )
 from captum_coar.solvers.uncertainty import linear_standard_errors, normal_quantile
+from captum_coar.testing import AdditiveNet
 
 F64 = torch.float64
 
@@ -160,12 +160,12 @@ class NoisyLogit:
 
 
 def test_additive_model_intervals_contain_the_truth_and_shrink_like_sqrt_m():
-    torch.manual_seed(0)
-    model = AdditiveModel(n_in=6, n_hidden=12, n_classes=3).double().eval()
+    torch.manual_seed(0)  # the inputs drawn below
+    model = AdditiveNet(n_in=6, n_hidden=12, n_classes=3, seed=0).double().eval()
     components = linear_neurons(model, ["hidden"])
     x = torch.randn(40, 6, dtype=F64)
     y = torch.randint(0, 3, (40,))
-    truth = model.single_effects(x, y).detach()
+    truth = model.effects(x, y).detach()
     widths, coverage = [], []
     for m in (200, 800):
         coar = ComponentAblationRegression(model, components, ablation="weights")

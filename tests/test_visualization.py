@@ -6,7 +6,7 @@ import sys
 
 import pytest
 import torch
-from toy_models import AdditiveModel, ConvNet, randomise_batchnorm
+from toy_models import ConvNet, randomise_batchnorm
 
 from captum_coar import Margin, SequenceMargin, conv_filters, linear_neurons
 from captum_coar.evaluation import (
@@ -14,6 +14,7 @@ from captum_coar.evaluation import (
     counterfactual_correlation,
     topk_ablation_curve,
 )
+from captum_coar.testing import AdditiveNet
 
 matplotlib = pytest.importorskip("matplotlib")
 matplotlib.use("Agg")
@@ -30,12 +31,12 @@ from captum_coar.visualization import (  # noqa: E402
 
 @pytest.fixture(scope="module")
 def scored():
-    torch.manual_seed(0)
-    model = AdditiveModel(n_hidden=30).eval()
+    torch.manual_seed(0)  # the inputs drawn below
+    model = AdditiveNet(n_in=6, n_hidden=30, n_classes=3, seed=0).eval()
     components = linear_neurons(model, ["hidden"])
     x, target = torch.randn(8, 6), torch.arange(8) % 3
     with torch.no_grad():
-        effects = model.single_effects(x, target)
+        effects = model.effects(x, target)
     methods = {"true effects": effects, "noisy": effects + 0.5 * torch.randn_like(effects),
                "random": torch.randn_like(effects)}
     result = counterfactual_correlation(model, components, x, methods, target=target,

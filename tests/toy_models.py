@@ -1,4 +1,8 @@
-"""Tiny models with known structure, shared by the tests."""
+"""Tiny models with known structure, shared by the tests.
+
+The model that is exactly additive in its components is
+:class:`captum_coar.testing.AdditiveNet` (one toy model, shared with users' own checks).
+"""
 
 from __future__ import annotations
 
@@ -38,27 +42,6 @@ def randomise_batchnorm(model: nn.Module, seed: int = 0) -> nn.Module:
                 m.weight.copy_(torch.rand(m.num_features, generator=g) + 0.5)
                 m.bias.copy_(torch.randn(m.num_features, generator=g) * 0.1)
     return model.eval()
-
-
-class AdditiveModel(nn.Module):
-    """Exactly additive in its components: logits = readout(layer(x)), no nonlinearity after.
-
-    The components are the ``hidden`` neurons; ablating neuron j (weights ablation) replaces its
-    activation by its bias, so its effect on logit c is readout.weight[c, j] * (h_j - b_j).
-    """
-
-    def __init__(self, n_in: int = 6, n_hidden: int = 12, n_classes: int = 3) -> None:
-        super().__init__()
-        self.hidden = nn.Linear(n_in, n_hidden)
-        self.readout = nn.Linear(n_hidden, n_classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.readout(self.hidden(x))
-
-    def single_effects(self, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """True effect on the target logit of each hidden neuron: w[c, j] * (h_j - b_j)."""
-        h = self.hidden(x) - self.hidden.bias
-        return self.readout.weight[target] * h
 
 
 class HandAttention(nn.Module):

@@ -26,7 +26,9 @@ import torch
 from benchmarks.data import load_fashion_mnist
 from benchmarks.editing import tasks as T
 from benchmarks.editing.methods import METHODS, attributions
+from benchmarks.editing.population import extra_methods, per_example_methods
 from benchmarks.editing.report import write_report
+from benchmarks.editing.selection import EditTask
 from captum_coar import ComponentSet
 from captum_coar.editing import (
     choose_k,
@@ -42,6 +44,7 @@ GRID = (0, 1, 2, 3, 4, 5, 6, 8, 10, 12, 15, 20, 25, 30, 40)
 RESULTS = Path(__file__).resolve().parent.parent / "results"
 TASKS = ("errors", "forget", "spurious", "backdoor", "typographic")
 WIDTHS_USED = T.WIDTHS  # set from --widths
+GATE_STEPS_PER_EXAMPLE = 150  # task 1: optimised gates per example (41 rows a step)
 
 
 def components_of(model) -> ComponentSet:
@@ -93,6 +96,12 @@ def population_task(model, comps, attr_sets, direction, validation, goal, tolera
             "own_validation_k": choose_k(val_curve, direction, goal, tolerance)[0],
             "first_components": [comps.label(int(j)) for j in order[:max(k, 5)]],
         }
+    for m in methods.values():  # test metrics at each method's own validation k
+        m["own_k_after"] = {s: c[GRID.index(m["own_validation_k"])] for s, c in m["curves"].items()}
+    task = EditTask(xt, yt, xr, yr, validation, direction, GRID, goal, tolerance)
+    coar_attr = (attr["coar"]["A"][:n_t], attr["coar"]["A"][n_t:], attr["coar"]["forwards"],
+                 attr["coar"]["seconds"])
+    methods.update(extra_methods(model, comps, task, coar_attr, k, test_sets, n_masks, derive))
     return {"k": k, "rule": result.rule, "goal": goal, "tolerance": tolerance,
             "direction": direction, "validation": result.to_dict(top_scores=10),
             "n_target": n_t, "n_reference": len(yr), "grid": list(GRID), "methods": methods}
@@ -138,25 +147,51 @@ def task_errors(base, quick, n_masks, cache):
                                    "k_any_held_out": flips[0] if flips else None,
                                    "held_out_at_k_any": (curve.at(flips[0])["reference"]
                                                          if flips else None)})
-        summary = {}
-        for kind, r in rows.items():
-            done = [x for x in r if x["done"]]
-            summary[kind] = {
-                "share": len(done) / max(1, len(r)),
-                "mean_k": sum(x["k"] for x in done) / len(done) if done else None,
-                "mean_held_out_change": (sum(x["held_out_after"] - x["held_out_before"] for x in done)
-                                         / len(done)) if done else None,
-                "by_budget": [sum(1 for x in done if x["k"] <= b) / max(1, len(r)) for b in ks],
-                "share_ignoring_held_out": sum(1 for x in r if x["k_any_held_out"] is not None)
-                / max(1, len(r)),
-            }
-        methods[method] = {"summary": summary, "rows": rows, "attribution_seconds": a["seconds"],
-                           "forwards": a["forwards"]}
-        print(f"    {method}: fixed {summary['fix']['share']:.2f}, induced"
-              f" {summary['induce']['share']:.2f}", flush=True)
+        methods[method] = _summary(rows, ks, a)
+        print(f"    {method}: fixed {methods[method]['summary']['fix']['share']:.2f}, induced"
+              f" {methods[method]['summary']['induce']['share']:.2f}", flush=True)
+    a = attr["coar"]
+    new_rows: Dict[str, Dict[str, list]] = {m: {"fix": [], "induce": []}
+                                            for m in ("joint", "gates", "auto")}
+    ref_a, ref_set = a["A"][2 * n_err:], (data.x_val[reference], data.y_val[reference])
+    for kind, direction, goal, offset in (("fix", "raise", 1.0, 0), ("induce", "lower", 0.0, n_err)):
+        for j in range(n_err):
+            example = idx[offset + j]
+            one = (data.x_val[example:example + 1], data.y_val[example:example + 1])
+            found = per_example_methods(model, comps, one, a["A"][offset + j:offset + j + 1],
+                                        ref_a, ref_set, (held_x, held_y), direction, goal, ks,
+                                        GATE_STEPS_PER_EXAMPLE)
+            for name, row in found.items():
+                new_rows[name][kind].append({"example": int(example), **row})
+    for name, rows in new_rows.items():
+        cost = sum(r["cost"] for kind in rows.values() for r in kind)
+        seconds = sum(r["seconds"] for kind in rows.values() for r in kind)
+        methods[name] = _summary(rows, ks, {"seconds": a["seconds"] + seconds,
+                                            "forwards": a["forwards"] + cost})
+        print(f"    {name}: fixed {methods[name]['summary']['fix']['share']:.2f}, induced"
+              f" {methods[name]['summary']['induce']['share']:.2f}", flush=True)
     return {"model": info, "n_errors": n_err, "n_reference": n_ref, "n_held_out": n_held,
-            "budget": 10, "tolerance": 0.02, "held_out_accuracy": float(correct_mask(
-                model, held_x, held_y).double().mean()), "methods": methods}
+            "budget": 10, "tolerance": 0.02, "gate_steps_per_example": GATE_STEPS_PER_EXAMPLE,
+            "held_out_accuracy": float(correct_mask(model, held_x, held_y).double().mean()),
+            "methods": methods}
+
+
+def _summary(rows, ks, a) -> Dict[str, Any]:
+    """Task 1: share fixed / induced within the budget, mean k and held-out change."""
+    summary = {}
+    for kind, r in rows.items():
+        done = [x for x in r if x["done"]]
+        summary[kind] = {
+            "share": len(done) / max(1, len(r)),
+            "mean_k": sum(x["k"] for x in done) / len(done) if done else None,
+            "mean_held_out_change": (sum(x["held_out_after"] - x["held_out_before"] for x in done)
+                                     / len(done)) if done else None,
+            "by_budget": [sum(1 for x in done if x["k"] <= b) / max(1, len(r)) for b in ks],
+            "share_ignoring_held_out": sum(1 for x in r if x["k_any_held_out"] is not None)
+            / max(1, len(r)),
+        }
+    return {"summary": summary, "rows": rows, "attribution_seconds": a["seconds"],
+            "forwards": a["forwards"]}
 
 
 def _split_half(x, y, n):

@@ -66,10 +66,12 @@ class AdditiveNet(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         return self.readout(self.hidden(x))
 
-    def effects(self, x: Tensor, target: Tensor) -> Tensor:
-        """Each neuron's exact contribution to the target logit, ``(batch, n_hidden)``."""
+    def effects(self, x: Tensor, target: Tensor, baselines: Optional[Tensor] = None) -> Tensor:
+        """Each neuron's exact contribution to the target logit, ``(batch, n_hidden)``: against
+        its bias (weight ablation), or against its activation on paired ``baselines``."""
         with torch.no_grad():
-            return self.readout.weight[target] * (self.hidden(x) - self.hidden.bias)
+            reference = self.hidden.bias if baselines is None else self.hidden(baselines)
+            return self.readout.weight[target] * (self.hidden(x) - reference)
 
 
 class SmallConvNet(nn.Module):
@@ -255,7 +257,7 @@ def check_solver(solver: Union[Solver, StreamingSolver], tolerance: float = 0.05
 # ------------------------------------------------------------------ attribution methods
 def check_attribution_method(factory: Callable[[nn.Module, ComponentSet], Any],
                              exact: bool = False, tolerance: float = 1e-4,
-                             **attribute_kwargs: Any) -> None:
+                             paired: bool = False, **attribute_kwargs: Any) -> None:
     """Run ``factory(model, components).attribute(inputs, target=...)`` through the contract.
 
     ``factory`` builds the method for a model and its components (e.g.
@@ -263,6 +265,11 @@ def check_attribution_method(factory: Callable[[nn.Module, ComponentSet], Any],
     target logit (``output="logit"`` is passed unless given) must equal, within ``tolerance``
     (relative to the largest), each component's exact contribution on :class:`AdditiveNet`
     (the ablated output is lower by the attribution).
+
+    With ``paired=True`` every call also passes ``baselines=`` (seeded paired inputs, sliced
+    with the inputs, a 1-tuple for tuple inputs); the exact answer is then each component's
+    contribution relative to its activation on the paired baseline, and pairing the
+    baselines with other rows must change the answer.
     """
     if exact:
         attribute_kwargs.setdefault("output", "logit")
@@ -270,14 +277,23 @@ def check_attribution_method(factory: Callable[[nn.Module, ComponentSet], Any],
     components = linear_neurons(model, ["hidden"])
     x = torch.randn(6, 5, generator=torch.Generator().manual_seed(0))
     target = torch.tensor([0, 1, 2, 0, 1, 2])
+    base = torch.randn(6, 5, generator=torch.Generator().manual_seed(1)) if paired else None
+
+    def pairing(rows: slice, as_tuple: bool = False) -> Dict[str, Any]:
+        if base is None:
+            return {}
+        return {"baselines": (base[rows],) if as_tuple else base[rows]}
+
     method = factory(model, components)
     name = type(method).__name__
     state, hooks = _state(model), _hooks(model)
-    attributions = method.attribute(x, target=target, **attribute_kwargs)
+    attributions = method.attribute(x, target=target, **pairing(slice(None)),
+                                    **attribute_kwargs)
     _ensure(isinstance(attributions, Tensor) and attributions.shape == (6, components.n_components),
             f"{name}: a tensor input must give a (batch, n_components) tensor; got"
             f" {getattr(attributions, 'shape', type(attributions).__name__)}")
-    as_tuple = method.attribute((x,), target=target, **attribute_kwargs)
+    as_tuple = method.attribute((x,), target=target, **pairing(slice(None), True),
+                                **attribute_kwargs)
     _ensure(isinstance(as_tuple, tuple) and len(as_tuple) == 1
             and torch.allclose(as_tuple[0], attributions, atol=1e-6),
             f"{name}: a tuple input must give a 1-tuple with the same attributions")
@@ -285,12 +301,19 @@ def check_attribution_method(factory: Callable[[nn.Module, ComponentSet], Any],
     after = model.state_dict()
     _ensure(all(torch.equal(state[k], after[k]) for k in state),
             f"{name}: the model's parameters or buffers changed")
-    first = method.attribute(x[:2], target=target[:2], **attribute_kwargs)
+    first = method.attribute(x[:2], target=target[:2], **pairing(slice(0, 2)),
+                             **attribute_kwargs)
     scale = attributions.abs().max().item() + 1e-12
     _ensure(torch.allclose(first, attributions[:2], atol=tolerance * scale, rtol=tolerance),
             f"{name}: attributions of the first rows changed when attributed alone (batching)")
+    if base is not None:
+        shifted = method.attribute(x, target=target, baselines=base.roll(1, 0),
+                                   **attribute_kwargs)
+        _ensure(not torch.allclose(shifted, attributions, atol=tolerance * scale),
+                f"{name}: pairing the baselines with other rows did not change the"
+                " attributions; baselines= must pair row e of the baselines with example e")
     if exact:
-        truth = model.effects(x, target)
+        truth = model.effects(x, target, base)
         error = (attributions - truth).abs().max().item() / (truth.abs().max().item() + 1e-12)
         _ensure(error <= tolerance, f"{name}: relative error {error:.3g} against the exact"
                 f" contributions of an additive model exceeds {tolerance}")

@@ -132,6 +132,35 @@ def test_builtin_attribution_methods_give_the_exact_answer_on_an_additive_model(
     check_attribution_method(factory, exact=True, **kwargs)
 
 
+@pytest.mark.parametrize("factory, kwargs", [
+    (lambda m, c: ComponentAblation(m, c), {}),
+    (lambda m, c: ComponentAttributionPatching(m, c), {}),
+    (lambda m, c: ComponentGradientXParameter(m, c), {}),
+    (lambda m, c: ComponentIntegratedGradients(m, c), {"n_steps": 8}),
+    (lambda m, c: ComponentAblationRegression(m, c), {"n_masks": 60, "ablation_fraction": 0.3}),
+    (lambda m, c: ComponentRelevancePatching(m, c, require_attention=False), {}),
+], ids=["leave-one-out", "attribution patching", "gradient x parameter", "gate IG", "COAR",
+        "relevance patching"])
+def test_builtin_attribution_methods_pass_the_contract_with_paired_baselines(factory, kwargs):
+    check_attribution_method(factory, exact=True, paired=True, **kwargs)
+
+
+class _IgnoresPairing(ComponentAblation):
+    """Broken on purpose: patches every example from the first baseline row."""
+
+    def attribute(self, inputs, *args, baselines=None, **kwargs):
+        if baselines is not None:
+            first = baselines[0] if isinstance(baselines, tuple) else baselines
+            baselines = first[:1].expand_as(first)
+            baselines = (baselines,) if isinstance(inputs, tuple) else baselines
+        return super().attribute(inputs, *args, baselines=baselines, **kwargs)
+
+
+def test_attribution_check_catches_baselines_that_are_not_paired_by_row():
+    with pytest.raises(AssertionError):
+        check_attribution_method(lambda m, c: _IgnoresPairing(m, c), exact=True, paired=True)
+
+
 class _Doubled(ComponentAblation):
     """Broken on purpose: twice the leave-one-out effect."""
 

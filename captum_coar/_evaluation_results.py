@@ -174,9 +174,11 @@ class TopKAblationCurve:
         return {m: float(auc[i]) for i, m in enumerate(self.methods)}
 
     def to_table(self, digits: int = 3) -> str:
-        """Markdown table of the mean output at each k and the mean AUC, per method."""
+        """Markdown table of the mean output at each k and, last, the mean output along the
+        curve (:meth:`auc`, the area under the curve divided by its width: output units, not
+        an area), per method; every number is a mean over examples."""
         mean = self.outputs.double().mean(-1)
-        head = ["method"] + [f"k={int(k)}" for k in self.ks] + ["AUC"]
+        head = ["method"] + [f"k={int(k)}" for k in self.ks] + ["mean along curve"]
         rows = [[name] + [f"{float(v):.{digits}f}" for v in mean[i]] + [f"{auc:.{digits}f}"]
                 for i, (name, auc) in enumerate(self.mean_auc().items())]
         return "\n".join(markdown_table(head, rows))

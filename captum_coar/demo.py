@@ -138,8 +138,8 @@ def run_demo(output_dir: str, seed: int = 0, quick: bool = False,
         f" attribution:")
     log(table)
     log("")
-    log("Top-k ablation curves (k highest attributions ablated; lower AUC = the method found"
-        " the components that hold the margin up):")
+    log("Top-k ablation curves (k highest attributions ablated; a lower mean margin along the"
+        " curve = the method found the components that hold the margin up):")
     log(curve.to_table())
     total, total_cpu = time.perf_counter() - start, time.process_time() - start_cpu
     log(f"\nScoring took {eval_time:.1f} s; whole demo {total:.1f} s wall, {total_cpu:.1f} s CPU"
@@ -191,9 +191,9 @@ def _write_plots(output_dir: str, result: Any, curve: Any, attributions: Dict[st
     shown = [m for m in ("COAR", "leave-one-out", "gradient x parameter") if m in result.methods]
     fig, axes = plt.subplots(1, len(shown), figsize=(4.3 * len(shown), 4.0), squeeze=False)
     alpha_shown = alpha if any(abs(a - alpha) < 1e-12 for a in result.ablation_fractions) else None
-    for ax, (i, method) in zip(axes[0], enumerate(shown)):
+    for ax, method in zip(axes[0], shown):  # each method in its colour (method_colours)
         plot_counterfactual_scatter(result, method=method, example=0, ablation_fraction=alpha_shown, ax=ax,
-                                    color=f"C{i}", output="margin")
+                                    output="margin")
     fig.tight_layout()
     files.append(save(fig, "scatter_example0.png"))
     fig, axes = plt.subplots(2, 1, figsize=(11, 7.5))

@@ -84,6 +84,19 @@ class Dictionary:
     Raises:
         TypeError: an encoder or decoder that is not callable.
         ValueError: no tensor identifies the dictionary, or ``n_latents`` cannot be read.
+
+    Example:
+        >>> import torch
+        >>> from torch import nn
+        >>> from captum_coar import Dictionary, SparseAutoencoder, ablated, dictionary_latents
+        >>> model = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 2)).eval()
+        >>> sae = SparseAutoencoder(d_in=6, n_latents=10).eval()
+        >>> latents = dictionary_latents(model, {"1": Dictionary(sae)})
+        >>> x = torch.randn(3, 4)
+        >>> with ablated(latents, torch.ones(10)):  # every latent kept: exactly the model
+        ...     kept = model(x)
+        >>> torch.allclose(kept, model(x))
+        True
     """
 
     name: str
@@ -240,6 +253,14 @@ def dictionary_latents(model: nn.Module, dictionaries: Mapping[str, Dictionary],
 
     Returns:
         A :class:`ComponentSet` whose components are labelled ``<module>/latent[i]``.
+
+    Example:
+        >>> from torch import nn
+        >>> from captum_coar import Dictionary, SparseAutoencoder, dictionary_latents
+        >>> model = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 2)).eval()
+        >>> latents = dictionary_latents(model, {"1": Dictionary(SparseAutoencoder(6, 10).eval())})
+        >>> latents.n_components, latents.labels[0]
+        (10, '1/latent[0]')
     """
     if not isinstance(dictionaries, Mapping) or not dictionaries:
         raise TypeError("dictionaries must be a non-empty mapping {module name: Dictionary},"

@@ -207,6 +207,19 @@ def counterfactual_correlation(
 
     Cost: one ablated forward per (mask, example) and fraction, whatever the number of
     methods, plus one unablated forward.
+
+    Example:
+        >>> import torch
+        >>> from captum_coar import counterfactual_correlation, linear_neurons
+        >>> from captum_coar.testing import AdditiveNet
+        >>> model = AdditiveNet(n_in=5, n_hidden=7).eval()     # exactly additive in its neurons
+        >>> x, y = torch.randn(4, 5), torch.tensor([0, 1, 2, 0])
+        >>> neurons = linear_neurons(model, names=["hidden"])
+        >>> scores = counterfactual_correlation(
+        ...     model, neurons, x, {"exact": model.effects(x, y), "noise": torch.randn(4, 7)},
+        ...     target=y, output="logit", ablation_fractions=[0.2], n_masks=30)
+        >>> scores.methods, round(float(scores.mean()[0, 0]), 3)    # per fraction and method
+        (('exact', 'noise'), 1.0)
     """
     check_choice("correlation", correlation, _CORRELATIONS)
     check_int("n_masks", n_masks, minimum=3)  # a correlation needs three points
@@ -301,6 +314,22 @@ def topk_ablation_curve(
     ``max_rows`` rows per pass. Ties in the attributions are broken by component index.
     ``baselines``: paired reference inputs; ablated components are then patched from the
     paired baseline example (``ablation`` must stay ``"weights"``).
+
+    Example:
+        >>> import torch
+        >>> from captum_coar import topk_ablation_curve, linear_neurons
+        >>> from captum_coar.testing import AdditiveNet
+        >>> model = AdditiveNet(n_in=5, n_hidden=7).eval()     # exactly additive in its neurons
+        >>> x, y = torch.randn(4, 5), torch.tensor([0, 1, 2, 0])
+        >>> neurons = linear_neurons(model, names=["hidden"])
+        >>> effects = model.effects(x, y)
+        >>> curve = topk_ablation_curve(model, neurons, x, {"exact": effects}, target=y,
+        ...                             output="logit", ks=[0, 1, 7])
+        >>> curve.outputs.shape                                     # methods x ks x examples
+        torch.Size([1, 3, 4])
+        >>> first = model(x).gather(1, y[:, None])[:, 0] - effects.max(dim=1).values
+        >>> torch.allclose(curve.outputs[0, 1].float(), first, atol=1e-5)
+        True
     """
     forward_func = components.model if forward_func is None else forward_func
     n_examples, n_comp = _n_examples(inputs, "topk_ablation_curve"), components.n_components

@@ -130,6 +130,18 @@ def moe_experts(model: nn.Module, names: Optional[Sequence[str]] = None,
         model: the model.
         names: experts containers (``"model.layers.0.mlp.experts"``); None: every one found.
         positions: token positions (see :mod:`captum_coar.positions`); each expert at each.
+
+    Example:
+        >>> from torch import nn
+        >>> from captum_coar import moe_experts
+        >>> class ToyExperts(nn.Module):  # what a block calls as experts(hidden, indices, weights)
+        ...     num_experts = 3
+        ...     def forward(self, hidden_states, indices, weights):
+        ...         return hidden_states
+        >>> moe_experts(nn.Sequential(nn.Linear(4, 4), ToyExperts())).labels
+        ['1/expert[0]', '1/expert[1]', '1/expert[2]']
+
+        Mixtral, Qwen2-MoE and the other families of the README are found the same way.
     """
     sites = {s.module_name: s for s in find_experts(model)}
     if names is None:

@@ -208,6 +208,19 @@ def ablated(
 
     ``gates`` is ``(batch or 1, n_components)`` or a 1-d ``(n_components,)`` keep mask applied to
     every row; booleans are accepted (True = kept).
+
+    Example:
+        >>> import torch
+        >>> from torch import nn
+        >>> from captum_coar import ablated, linear_neurons
+        >>> model = nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2)).eval()
+        >>> keep = torch.tensor([True, False, True])            # ablate neuron 1 of layer 0
+        >>> x = torch.randn(5, 4)
+        >>> with ablated(linear_neurons(model, names=["0"]), keep):
+        ...     out = model(x)
+        >>> by_hand = model[2](torch.relu(model[0](x) * keep + model[0].bias * ~keep))
+        >>> torch.allclose(out, by_hand)                          # weights zeroed, bias kept
+        True
     """
     gates = torch.as_tensor(gates)
     if gates.dim() == 1:

@@ -110,7 +110,15 @@ class OutputFunction:
 
 
 class Margin(OutputFunction):
-    """Logit of the target class minus the largest other logit."""
+    """Logit of the target class minus the largest other logit.
+
+    Example:
+        >>> import torch
+        >>> from captum_coar import Margin
+        >>> logits = torch.tensor([[2.0, 0.5, 1.0], [0.0, 3.0, -1.0]])
+        >>> Margin()(logits, torch.tensor([0, 2]))                  # 2 - 1 and -1 - 3
+        tensor([ 1., -4.])
+    """
 
     name = "margin"
 
@@ -167,6 +175,14 @@ class SequenceMargin(OutputFunction):
     Args:
         start: first predicting position to include (e.g. the start of a repeated half);
             positions ``start .. seq_len - 2`` are averaged.
+
+    Example:
+        >>> import torch
+        >>> from captum_coar import SequenceMargin
+        >>> logits = torch.zeros(1, 3, 4)
+        >>> logits[0, 0, 2] = logits[0, 1, 3] = 1.0       # position t predicts token t + 1 by 1
+        >>> SequenceMargin()(logits, torch.tensor([[0, 2, 3]]))
+        tensor([1.])
     """
 
     name = "sequence_margin"

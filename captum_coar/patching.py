@@ -117,6 +117,19 @@ def activation_patching(
             only (the arithmetic is the same; which prompt is which decides).
 
     Cost: ``N + 2`` forward passes of the batch (batched ``perturbations_per_eval`` at a time).
+
+    Example:
+        >>> import torch
+        >>> from captum_coar import activation_patching, linear_neurons
+        >>> from captum_coar.testing import AdditiveNet
+        >>> model = AdditiveNet(n_in=5, n_hidden=7).eval()     # exactly additive in its neurons
+        >>> x, y = torch.randn(4, 5), torch.tensor([0, 1, 2, 0])
+        >>> neurons = linear_neurons(model, names=["hidden"])
+        >>> clean, corrupted = x, torch.randn(4, 5)                 # paired prompts
+        >>> patched = activation_patching(model, neurons, clean, corrupted, target=y, output="logit")
+        >>> by_hand = model.readout.weight[y] * (model.hidden(clean) - model.hidden(corrupted))
+        >>> torch.allclose(patched.effects, by_hand, atol=1e-5)  # F(clean) - F(clean, one patched)
+        True
     """
     if direction not in ("noising", "denoising"):
         raise ValueError(f"direction must be 'noising' or 'denoising', got {direction!r}")

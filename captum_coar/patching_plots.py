@@ -56,6 +56,15 @@ def plot_patching_grid(grid: Tensor, row_labels: Sequence[str], column_labels: S
         output: the output patched (``"logit_difference"``...), named in the title.
         normalized: whether ``grid`` holds normalised effects (states the right sign text).
         top_k: the cells with the largest ``|value|`` listed beside the map.
+
+    Example:
+        >>> import torch
+        >>> from captum_coar import plot_patching_grid
+        >>> grid = torch.tensor([[0.1, 0.9], [0.5, -0.2]])        # layers x positions
+        >>> ax = plot_patching_grid(grid, ["block 0", "block 1"], ["pos 0", "pos 1"],
+        ...                         output="logit_difference")
+        >>> [label.get_text() for label in ax.get_yticklabels()], ax.get_xlabel()
+        (['block 0', 'block 1'], 'token position')
     """
     import matplotlib.pyplot as plt
 

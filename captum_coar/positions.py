@@ -100,6 +100,16 @@ def residual_stream(model: nn.Module, positions: Optional[Sequence[Any]] = None,
 
     A component is the block's whole output vector at one position: ablating it with
     ``baselines=`` replaces that position's hidden state by the baseline's (causal tracing).
+
+    Example:
+        >>> from torch import nn
+        >>> from captum_coar import residual_stream
+        >>> layer = nn.TransformerEncoderLayer(d_model=8, nhead=2, dim_feedforward=16, batch_first=True)
+        >>> encoder = nn.TransformerEncoder(layer, num_layers=2, enable_nested_tensor=False)
+        >>> stream = residual_stream(encoder, blocks=["layers.0", "layers.1"], hidden_size=8,
+        ...                          positions=[-1])         # each block's output at the last token
+        >>> stream.labels
+        ['layers.0/residual@-1', 'layers.1/residual@-1']
     """
     if positions is None and seq_len is not None:
         positions = list(range(int(seq_len)))

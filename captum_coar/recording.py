@@ -97,7 +97,18 @@ def record_activations(
     additional_forward_args: Any = None,
     batch_size: int = 256,
 ) -> Dict[SiteKey, Tensor]:
-    """Activations at every group's site for ``inputs``, by ``(module_name, site)``, detached."""
+    """Activations at every group's site for ``inputs``, by ``(module_name, site)``, detached.
+
+    Example:
+        >>> import torch
+        >>> from torch import nn
+        >>> from captum_coar import linear_neurons, record_activations
+        >>> model = nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2)).eval()
+        >>> x = torch.randn(5, 4)
+        >>> recorded = record_activations(model, linear_neurons(model, names=["0"]), x)
+        >>> list(recorded), torch.equal(recorded[("0", "output")], model[0](x).detach())
+        ([('0', 'output')], True)
+    """
     inputs = as_tuple(inputs)
     n_rows = inputs[0].shape[0]
     chunks: Dict[SiteKey, List[Tensor]] = {}

@@ -173,7 +173,15 @@ def select_groups(
 
 
 def conv_filters(model: nn.Module, names: Optional[Sequence[str]] = None) -> ComponentSet:
-    """Every output channel of the named ``nn.Conv1d/2d/3d`` modules (all when ``names`` is None)."""
+    """Every output channel of the named ``nn.Conv1d/2d/3d`` modules (all when ``names`` is None).
+
+    Example:
+        >>> from torch import nn
+        >>> from captum_coar import conv_filters
+        >>> model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Conv2d(4, 8, 3))
+        >>> conv_filters(model).n_components, conv_filters(model, names=["2"]).labels[0]
+        (12, '2/filter[0]')
+    """
     modules = dict(model.named_modules())
     if names is None:
         return ComponentSet.from_model(model, kinds=("conv_filters",))
@@ -190,7 +198,15 @@ def conv_filters(model: nn.Module, names: Optional[Sequence[str]] = None) -> Com
 
 
 def linear_neurons(model: nn.Module, names: Optional[Sequence[str]] = None) -> ComponentSet:
-    """Every output feature of the named ``nn.Linear`` or Hugging Face ``Conv1D`` modules."""
+    """Every output feature of the named ``nn.Linear`` or Hugging Face ``Conv1D`` modules.
+
+    Example:
+        >>> from torch import nn
+        >>> from captum_coar import linear_neurons
+        >>> model = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 2))
+        >>> linear_neurons(model, names=["0"])
+        ComponentSet(6 components: 0:6 neurons)
+    """
     modules = dict(model.named_modules())
     if names is None:
         return ComponentSet.from_model(model, kinds=("linear_neurons",))
@@ -207,6 +223,13 @@ def mlp_neurons(model: nn.Module, names: Optional[Sequence[str]] = None,
     """MLP hidden units: the input features of each MLP's down projection (found or named).
 
     ``positions``: token positions (see :mod:`captum_coar.positions`); each neuron at each.
+
+    Example:
+        >>> from torch import nn
+        >>> from captum_coar import mlp_neurons
+        >>> layer = nn.TransformerEncoderLayer(d_model=8, nhead=2, dim_feedforward=16, batch_first=True)
+        >>> mlp_neurons(layer, names=["linear2"])          # the down projection's 16 input features
+        ComponentSet(16 components: linear2:16 mlp_neurons)
     """
     modules = dict(model.named_modules())
     if names is None:
@@ -237,6 +260,13 @@ def attention_heads(
             module found.
         n_heads: head count for projections that are not part of a found attention module.
         positions: token positions (see :mod:`captum_coar.positions`); each head at each.
+
+    Example:
+        >>> from torch import nn
+        >>> from captum_coar import attention_heads
+        >>> layer = nn.TransformerEncoderLayer(d_model=8, nhead=2, dim_feedforward=16, batch_first=True)
+        >>> attention_heads(layer).labels                  # slices of the output projection's input
+        ['self_attn.out_proj/head[0]', 'self_attn.out_proj/head[1]']
     """
     return _positioned(_attention_heads(model, names, n_heads), positions)
 

@@ -48,6 +48,14 @@ class SparseAutoencoder(nn.Module):
         k: latents kept per vector for ``"topk"``.
         subtract_decoder_bias: subtract ``b_dec`` from the input first (SAELens's
             ``apply_b_dec_to_input``; only when ``d_out == d_in``).
+
+    Example:
+        >>> import torch
+        >>> from captum_coar import SparseAutoencoder
+        >>> sae = SparseAutoencoder(d_in=6, n_latents=12, activation="topk", k=3).eval()
+        >>> z = sae.encode(torch.randn(5, 6))
+        >>> z.shape, int((z != 0).sum(dim=1).max()) <= 3
+        (torch.Size([5, 12]), True)
     """
 
     explained_variance_: Optional[float] = None
@@ -148,6 +156,14 @@ def train_sparse_autoencoder(inputs: Tensor, n_latents: int, targets: Optional[T
 
     Returns:
         The SAE in eval mode, with ``explained_variance_`` and ``l0_`` measured on ``inputs``.
+
+    Example:
+        >>> import torch
+        >>> from captum_coar import train_sparse_autoencoder
+        >>> activations = torch.randn(256, 6).relu()
+        >>> sae = train_sparse_autoencoder(activations, n_latents=12, steps=20)
+        >>> sae.n_latents, 0 < sae.l0_ < 12
+        (12, True)
     """
     if inputs.dim() != 2 or (targets is not None and (targets.dim() != 2
                                                       or targets.shape[0] != inputs.shape[0])):

@@ -25,6 +25,8 @@ Implementations
 - :func:`plot_topk_curves` -- output after ablating the top-k components, one curve per
   method; methods whose curves coincide share one line and one legend entry ("A = B").
 - :func:`output_label` -- the readable name of an output function used in the labels.
+- :func:`method_colours` -- one colour per method, the same in every figure (fixed for the
+  package's methods: :data:`METHOD_COLOURS`); every plot of methods here uses it.
 """
 
 from __future__ import annotations
@@ -34,11 +36,12 @@ from typing import Any, List, Optional, Sequence
 import torch
 from torch import Tensor
 
+from ._method_colours import METHOD_COLOURS, method_colours
 from .components import ComponentSet
 from .evaluation import CounterfactualCorrelationResult, TopKAblationCurve
 
 __all__ = ["plot_counterfactual_scatter", "plot_correlation_bars", "plot_component_attributions",
-           "plot_topk_curves", "output_label"]
+           "plot_topk_curves", "output_label", "method_colours", "METHOD_COLOURS"]
 
 _READABLE = {
     "margin": "correct-class margin",
@@ -99,7 +102,7 @@ def plot_counterfactual_scatter(
     example: int = 0,
     ablation_fraction: Optional[float] = None,
     ax: Any = None,
-    color: str = "C0",
+    color: Optional[str] = None,
     output: Any = None,
 ) -> Any:
     """Scatter of predicted vs actual output of one example under the held-out masks.
@@ -117,11 +120,26 @@ def plot_counterfactual_scatter(
         example: column of the batch to show.
         ablation_fraction: test ablation fraction; defaults to the first one.
         ax: matplotlib axes to draw on; a new figure when None.
-        color: colour of the points.
+        color: colour of the points; by default the method's (:func:`method_colours`).
         output: what the output is (see :func:`output_label`), e.g. ``"margin"``.
 
     Returns:
         The matplotlib ``Axes``.
+
+    Example:
+        >>> import torch
+        >>> from captum_coar import counterfactual_correlation, linear_neurons
+        >>> from captum_coar.testing import AdditiveNet
+        >>> model = AdditiveNet(n_in=5, n_hidden=7).eval()     # exactly additive in its neurons
+        >>> x, y = torch.randn(4, 5), torch.tensor([0, 1, 2, 0])
+        >>> neurons = linear_neurons(model, names=["hidden"])
+        >>> scores = counterfactual_correlation(
+        ...     model, neurons, x, {"exact": model.effects(x, y), "noise": torch.randn(4, 7)},
+        ...     target=y, output="logit", ablation_fractions=[0.1, 0.2], n_masks=30)
+        >>> from captum_coar import plot_counterfactual_scatter
+        >>> ax = plot_counterfactual_scatter(scores, method="exact", example=0)
+        >>> ax.get_title().splitlines()
+        ['exact, example 0', 'Pearson r = 1.000']
     """
     a, m = result.index(method, ablation_fraction)
     name = result.methods[m]
@@ -132,6 +150,7 @@ def plot_counterfactual_scatter(
     actual = result.actual[a, :, example].double()
     predicted = result.predicted[a, m, :, example].double()
     ax = _axes(ax, (4.2, 4.0))
+    color = color if color is not None else method_colours(result.methods)[name]
     ax.scatter(predicted.numpy(), actual.numpy(), s=14, alpha=0.7, color=color, edgecolors="none",
                label=f"one held-out mask (alpha = {result.ablation_fractions[a]:g})")
     low = float(torch.minimum(actual.min(), predicted.min()))
@@ -172,6 +191,21 @@ def plot_correlation_bars(
 
     Returns:
         The matplotlib ``Axes``.
+
+    Example:
+        >>> import torch
+        >>> from captum_coar import counterfactual_correlation, linear_neurons
+        >>> from captum_coar.testing import AdditiveNet
+        >>> model = AdditiveNet(n_in=5, n_hidden=7).eval()     # exactly additive in its neurons
+        >>> x, y = torch.randn(4, 5), torch.tensor([0, 1, 2, 0])
+        >>> neurons = linear_neurons(model, names=["hidden"])
+        >>> scores = counterfactual_correlation(
+        ...     model, neurons, x, {"exact": model.effects(x, y), "noise": torch.randn(4, 7)},
+        ...     target=y, output="logit", ablation_fractions=[0.1, 0.2], n_masks=30)
+        >>> from captum_coar import plot_correlation_bars
+        >>> ax = plot_correlation_bars(scores)           # ax.figure.savefig("bars.png") to keep it
+        >>> ax.get_legend_handles_labels()[1]
+        ['exact', 'noise']
     """
     names = list(result.methods if methods is None else methods)
     for name in names:
@@ -181,12 +215,14 @@ def plot_correlation_bars(
     n_alpha, n_meth = len(result.ablation_fractions), len(names)
     ax = _axes(ax, (max(5.0, 1.0 + 0.45 * n_alpha * n_meth), 3.8))
     width = 0.8 / max(1, n_meth)
+    colours = method_colours(result.methods)
     for j, name in enumerate(names):
         col = result.methods.index(name)
         xs = [i + (j - (n_meth - 1) / 2) * width for i in range(n_alpha)]
         heights = [float(mean[i, col]) for i in range(n_alpha)]
         yerr = [float(err[i, col]) for i in range(n_alpha)] if errorbars else None
-        ax.bar(xs, heights, width=width * 0.95, yerr=yerr, capsize=2, label=name, color=f"C{j % 10}")
+        ax.bar(xs, heights, width=width * 0.95, yerr=yerr, capsize=2, label=name,
+               color=colours[name])
     ax.set_xticks(range(n_alpha))
     ax.set_xticklabels([f"alpha = {a:g}" for a in result.ablation_fractions])
     ax.set_xlabel("test ablation fraction (each component ablated with probability alpha)")
@@ -232,6 +268,15 @@ def plot_component_attributions(
 
     Returns:
         The matplotlib ``Axes``.
+
+    Example:
+        >>> import torch
+        >>> from torch import nn
+        >>> from captum_coar import linear_neurons, plot_component_attributions
+        >>> neurons = linear_neurons(nn.Sequential(nn.Linear(4, 6), nn.ReLU()), names=["0"])
+        >>> ax = plot_component_attributions(torch.randn(6), neurons, output="logit")
+        >>> ax.get_title()
+        'Component attributions to the target logit, example 0'
     """
     values = attributions.detach().double().cpu()
     if values.dim() == 2:
@@ -313,6 +358,15 @@ def plot_topk_curves(
 
     Returns:
         The matplotlib ``Axes``.
+
+    Example:
+        >>> import torch
+        >>> from captum_coar import plot_topk_curves
+        >>> from captum_coar.evaluation import TopKAblationCurve
+        >>> outputs = torch.tensor([[[3.0], [1.0], [0.0]]])      # 1 method, k = 0, 1, 2, 1 example
+        >>> ax = plot_topk_curves(TopKAblationCurve(torch.tensor([0, 1, 2]), ("exact",), outputs, 2))
+        >>> [line.get_label() for line in ax.get_lines()]  # avg = trapezoid mean of 3, 1, 0
+        ['exact  (avg 1.25)']
     """
     names = list(curve.methods if methods is None else methods)
     for name in names:
@@ -325,12 +379,13 @@ def plot_topk_curves(
     rows = [curve.methods.index(name) for name in names]
     ys = [curve.outputs[i].mean(-1) if example is None else curve.outputs[i, :, example]
           for i in rows]
+    colours = method_colours(curve.methods)
     for j, group in enumerate(_coinciding(ys)):
         i = rows[group[0]]
         a = auc[i].mean() if example is None else auc[i, example]
         marker, style = _STYLES[j % len(_STYLES)]
         label = " = ".join(names[g] for g in group)
-        ax.plot(x, ys[group[0]].numpy(), marker=marker, ms=4, ls=style, color=f"C{j % 10}",
+        ax.plot(x, ys[group[0]].numpy(), marker=marker, ms=4, ls=style, color=colours[names[group[0]]],
                 label=f"{label}  (avg {float(a):.3g})")
     which = "highest" if curve.largest else "lowest"
     ax.set_xlabel(f"k = components ablated ({which} attributions first; of {curve.n_components})")

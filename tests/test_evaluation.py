@@ -174,7 +174,11 @@ def test_topk_curve_equals_analytic_sum_of_removed_effects(additive):
             assert torch.allclose(curve.outputs[0, i], expected, atol=1e-5)
     assert curve.outputs.shape == (1, len(ks), 24)
     assert curve.auc().shape == (1, 24)
-    assert "AUC" in curve.to_table()
+    head, _, row = curve.to_table().splitlines()
+    assert head.endswith("| mean along curve |") and "AUC" not in head
+    x = torch.tensor(ks, dtype=torch.float64) / components.n_components  # the mean by hand
+    by_hand = torch.trapezoid(curve.outputs[0].double().mean(-1), x) / (x[-1] - x[0])
+    assert row.endswith(f"| {float(by_hand):.3f} |")
 
 
 def test_topk_true_effects_beat_random_and_default_grid():

@@ -21,6 +21,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from captum_coar.visualization import (  # noqa: E402
+    METHOD_COLOURS,
+    method_colours,
     output_label,
     plot_component_attributions,
     plot_correlation_bars,
@@ -118,6 +120,33 @@ def test_topk_curves_merge_identical_methods(scored):
     legend = _legend(ax)
     assert any(text.startswith("noisy = copy of noisy  (avg") for text in legend), legend
     plt.close(ax.figure)
+
+
+def test_one_colour_per_method_in_every_plot(scored):
+    from matplotlib.colors import to_hex
+
+    result, curve = scored
+    colours = method_colours(result.methods)
+    assert len(set(colours.values())) == 3  # distinct within the figure
+    assert method_colours(["random"])["random"] == METHOD_COLOURS["random (reference)"]
+    bars = plot_correlation_bars(result, methods=["noisy", "true effects"])
+    by_label = {}
+    for container in bars.containers:
+        if hasattr(container, "patches"):  # the bars (the error bars are containers too)
+            by_label[container.get_label()] = to_hex(container.patches[0].get_facecolor())
+    lines = plot_topk_curves(curve, methods=["true effects", "noisy"]).get_lines()
+    by_line = {line.get_label().split("  (")[0]: to_hex(line.get_color()) for line in lines}
+    dots = plot_counterfactual_scatter(result, method="noisy").collections[0].get_facecolor()[0]
+    for shown in (by_label, by_line):  # the same colours whatever subset or order is drawn
+        assert sorted(shown) == ["noisy", "true effects"]
+        assert shown == {name: colours[name] for name in shown}
+    assert to_hex(dots) == colours["noisy"]
+    plt.close("all")
+    # the package's methods keep their colour in any company; aliases name the same method
+    demo = method_colours(["COAR", "leave-one-out", "AtP", "some method", "another one"])
+    assert demo["COAR"] == METHOD_COLOURS["coar"] == method_colours(["x", "coar"])["coar"]
+    assert demo["AtP"] == METHOD_COLOURS["attribution patching"]
+    assert len(set(demo.values())) == 5
 
 
 def test_component_attributions_on_given_axes(tmp_path):

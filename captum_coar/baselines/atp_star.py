@@ -192,6 +192,19 @@ class ComponentAtPStar(ComponentGradientMethod):
         forward_func: a Hugging Face model or a function of ``(*inputs, *extra)`` running it.
         components: the components (of ``components.model``, the model that is probed).
         ablation: the ablation strategy that defines the replacement.
+
+    Example:
+        >>> import torch
+        >>> from transformers import GPT2Config, GPT2LMHeadModel
+        >>> from captum_coar import ComponentAtPStar, attention_heads
+        >>> from captum_coar.language_outputs import LanguageModelForward
+        >>> model = GPT2LMHeadModel(GPT2Config(vocab_size=16, n_positions=8, n_embd=8, n_layer=1,
+        ...                                    n_head=2)).eval()
+        >>> ids = torch.randint(0, 16, (3, 5))
+        >>> (star,) = ComponentAtPStar(LanguageModelForward(model), attention_heads(model)).attribute(
+        ...     (ids, torch.ones_like(ids)), target=torch.tensor([1, 2, 3]), output="token_log_prob")
+        >>> star.shape                                              # 3 prompts x 2 heads
+        torch.Size([3, 2])
     """
 
     @property

@@ -56,6 +56,17 @@ class ComponentIntegratedGradients(ComponentGradientMethod):
         forward_func: the model or a function of ``(*inputs, *additional_forward_args)``.
         components: the components.
         ablation: the ablation strategy that defines gate 0.
+
+    Example:
+        >>> import torch
+        >>> from captum_coar import ComponentIntegratedGradients, linear_neurons
+        >>> from captum_coar.testing import AdditiveNet
+        >>> model = AdditiveNet(n_in=5, n_hidden=7).eval()     # exactly additive in its neurons
+        >>> x, y = torch.randn(4, 5), torch.tensor([0, 1, 2, 0])
+        >>> neurons = linear_neurons(model, names=["hidden"])
+        >>> ig = ComponentIntegratedGradients(model, neurons).attribute(x, target=y, output="logit")
+        >>> torch.allclose(ig, model.effects(x, y), atol=1e-5)
+        True
     """
 
     def has_convergence_delta(self) -> bool:

@@ -54,6 +54,17 @@ class ComponentAblation(ComponentMethod, PerturbationAttribution):
         forward_func: the model or a function of ``(*inputs, *additional_forward_args)``.
         components: the components.
         ablation: strategy name or instance (see :mod:`captum_coar.ablation`).
+
+    Example:
+        >>> import torch
+        >>> from captum_coar import ComponentAblation, linear_neurons
+        >>> from captum_coar.testing import AdditiveNet
+        >>> model = AdditiveNet(n_in=5, n_hidden=7).eval()     # exactly additive in its neurons
+        >>> x, y = torch.randn(4, 5), torch.tensor([0, 1, 2, 0])
+        >>> neurons = linear_neurons(model, names=["hidden"])
+        >>> effects = ComponentAblation(model, neurons).attribute(x, target=y, output="logit")
+        >>> effects.shape, torch.allclose(effects, model.effects(x, y), atol=1e-5)
+        (torch.Size([4, 7]), True)
     """
 
     def __init__(self, forward_func: Callable[..., Any], components: ComponentSet,

@@ -54,6 +54,17 @@ class ComponentRelevancePatching(ComponentAttributionPatching):
         ablation: the ablation strategy that defines the replacement ``r``.
         require_attention: refuse a model whose attention the AH rule does not reach (default);
             False for models without attention (MLPs, CNNs).
+
+    Example:
+        >>> import torch
+        >>> from captum_coar import ComponentRelevancePatching, linear_neurons
+        >>> from captum_coar.testing import AdditiveNet
+        >>> model = AdditiveNet(n_in=5, n_hidden=7).eval()     # exactly additive in its neurons
+        >>> x, y = torch.randn(4, 5), torch.tensor([0, 1, 2, 0])
+        >>> neurons = linear_neurons(model, names=["hidden"])
+        >>> relp = ComponentRelevancePatching(model, neurons, require_attention=False)
+        >>> torch.allclose(relp.attribute(x, target=y, output="logit"), model.effects(x, y), atol=1e-5)
+        True
     """
 
     def __init__(self, forward_func: Callable[..., Any], components: ComponentSet,

@@ -74,6 +74,23 @@ class MemmapStore(MaskOutputStore):
         dtype: dtype of new output files (``"float32"`` default, or ``"float64"``); an existing
             store keeps the dtype it was made with.
         read_only: open existing files read-only (for fitting and analysis).
+
+    Example:
+        >>> import tempfile
+        >>> import torch
+        >>> from captum_coar import ComponentAblationRegression, MemmapStore, linear_neurons
+        >>> from captum_coar.testing import AdditiveNet
+        >>> model = AdditiveNet(n_in=5, n_hidden=7).eval()     # exactly additive in its neurons
+        >>> x, y = torch.randn(4, 5), torch.tensor([0, 1, 2, 0])
+        >>> coar = ComponentAblationRegression(model, linear_neurons(model, names=["hidden"]))
+        >>> with tempfile.TemporaryDirectory() as folder:
+        ...     store = coar.collect([(x, y)], MemmapStore(folder), n_masks=60,
+        ...                          ablation_fraction=0.3, output="logit")   # resumable
+        ...     print(store.verify())
+        ...     result = coar.fit(MemmapStore(folder, read_only=True), solver="least_squares")
+        store OK: 60 of 60 rows complete, checksums and masks verified
+        >>> torch.allclose(result.attributions, model.effects(x, y), atol=1e-4)
+        True
     """
 
     def __init__(self, path: Union[str, os.PathLike], dtype: Union[str, np.dtype] = "float32",

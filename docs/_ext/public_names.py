@@ -32,7 +32,7 @@ logger = logging.getLogger(__name__)
 #: submodules; the most specific entry wins.
 GROUPS: Sequence[Tuple[str, Sequence[str]]] = (
     ("package", ("captum_coar",)),
-    ("components", ("captum_coar.components", "captum_coar.selectors",
+    ("components", ("captum_coar.components", "captum_coar._group", "captum_coar.selectors",
                     "captum_coar.positions")),
     ("ablation", ("captum_coar.ablation", "captum_coar.gates", "captum_coar.recording",
                   "captum_coar._attention_patch")),

@@ -264,6 +264,24 @@ def zero_components(
 
     Warns when a zeroed weight is shared with another module (tied weights): that module
     changes too, so the edit then differs from gating.
+
+    Example:
+        >>> import torch
+        >>> from captum_coar import linear_neurons, zero_components
+        >>> from captum_coar.testing import AdditiveNet
+        >>> model = AdditiveNet().eval()                       # exactly additive in its neurons
+        >>> x, y = torch.randn(4, 5), torch.tensor([0, 1, 2, 0])
+        >>> expected = model.effects(x, y)[:, 2]               # neuron 2's contribution
+        >>> before = model(x).detach()
+        >>> keep = torch.ones(7, dtype=torch.bool)
+        >>> keep[2] = False                                    # ablate neuron 2
+        >>> edit = zero_components(linear_neurons(model, ["hidden"]), keep)
+        >>> drop = (before - model(x).detach())[torch.arange(4), y]
+        >>> torch.allclose(drop, expected, atol=1e-5)
+        True
+        >>> edit.undo()
+        >>> torch.equal(model(x), before)
+        True
     """
     model: nn.Module = components.model
     slices = weight_slices(components, keep_mask, ablation)

@@ -17,14 +17,7 @@ import torch
 import captum_coar
 
 #: top-level names whose example is still to be written, with where their docstring lives
-WITHOUT_EXAMPLE = {
-    "ComponentAblationRegression": "captum_coar/coar/estimator.py",
-    "StopWhen": "captum_coar/coar/adaptive.py",
-    "tensor_batches": "captum_coar/coar/_batches.py",
-    "save_statistics": "captum_coar/coar/shards.py",
-    "merge_statistics": "captum_coar/coar/shards.py",
-    "zero_components": "captum_coar/edits.py",
-}
+WITHOUT_EXAMPLE: dict = {}
 
 FLAGS = doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE
 

@@ -86,7 +86,19 @@ def tensor_batches(inputs: Union[Tensor, Tuple[Tensor, ...]], target: Any = None
                    additional_forward_args: Any = None,
                    batch_size: Optional[int] = None, baselines: Any = None) -> List[Any]:
     """In-memory tensors as a list of ``(inputs, target, additional_forward_args)`` batches,
-    or of mappings that also hold each batch's rows of the paired ``baselines``."""
+    or of mappings that also hold each batch's rows of the paired ``baselines``.
+
+    Example:
+        >>> import torch
+        >>> from captum_coar import tensor_batches
+        >>> x, y = torch.randn(5, 3), torch.tensor([0, 1, 0, 1, 1])
+        >>> batches = tensor_batches(x, y, batch_size=2)
+        >>> [len(inputs[0]) for inputs, target, extra in batches]
+        [2, 2, 1]
+        >>> paired = tensor_batches(x, y, batch_size=2, baselines=torch.zeros(5, 3))
+        >>> sorted(paired[0]), paired[2]["baselines"][0].shape
+        (['additional_forward_args', 'baselines', 'inputs', 'target'], torch.Size([1, 3]))
+    """
     inputs_t = check_batch("tensor_batches", inputs)
     n = inputs_t[0].shape[0]
     size = n if batch_size is None else check_int("batch_size", batch_size, minimum=1)

@@ -80,6 +80,20 @@ class StopWhen:
         growth: factor by which the training masks grow each round (> 1).
         max_masks: cap on training masks (default 20 N).
         n_validation: held-out masks for the score (default 100, the paper's test masks).
+
+    Example:
+        >>> import torch
+        >>> from captum_coar import ComponentAblationRegression, StopWhen, linear_neurons
+        >>> from captum_coar.testing import AdditiveNet
+        >>> model = AdditiveNet().eval()                       # exactly additive in its neurons
+        >>> x, y = torch.randn(4, 5), torch.tensor([0, 1, 2, 0])
+        >>> coar = ComponentAblationRegression(model, linear_neurons(model, ["hidden"]))
+        >>> attributions = coar.attribute(x, target=y, output="logit", ablation_fraction=0.3,
+        ...                               stop_when=StopWhen(tol=0.01, first_masks=14))
+        >>> coar.last_result_.settings["adaptive"]["reason"]
+        'converged'
+        >>> torch.allclose(attributions, model.effects(x, y), atol=1e-3)
+        True
     """
 
     criterion: str = "correlation"

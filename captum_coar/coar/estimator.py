@@ -110,6 +110,18 @@ class ComponentAblationRegression(PerturbationAttribution, CollectionEntryPoints
 
     Attributes:
         last_result_: the :class:`COARResult` of the last ``attribute`` or ``fit`` call.
+
+    Example:
+        >>> import torch
+        >>> from captum_coar import ComponentAblationRegression, linear_neurons
+        >>> from captum_coar.testing import AdditiveNet
+        >>> model = AdditiveNet(n_in=5, n_hidden=7).eval()     # exactly additive in its neurons
+        >>> x, y = torch.randn(4, 5), torch.tensor([0, 1, 2, 0])
+        >>> coar = ComponentAblationRegression(model, linear_neurons(model, names=["hidden"]))
+        >>> attributions = coar.attribute(x, target=y, output="logit", n_masks=60,
+        ...                               ablation_fraction=0.3)
+        >>> attributions.shape, torch.allclose(attributions, model.effects(x, y), atol=1e-4)
+        (torch.Size([4, 7]), True)
     """
 
     def __init__(self, forward_func: Callable[..., Any], components: ComponentSet,

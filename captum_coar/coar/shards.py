@@ -181,7 +181,22 @@ def _shard_dirs(root: Path) -> List["re.Match[str]"]:
 # --------------------------------------------------------------------------- files
 def save_statistics(stats: Union[CollectedStatistics, SufficientStatistics],
                     path: Union[str, "os.PathLike[str]"]) -> None:
-    """Write statistics (CPU tensors and JSON settings) to a ``.pt`` file, atomically."""
+    """Write statistics (CPU tensors and JSON settings) to a ``.pt`` file, atomically.
+
+    Example:
+        >>> import os, tempfile, torch
+        >>> from captum_coar import linear_neurons, merge_statistics, save_statistics
+        >>> from captum_coar.coar import collect_statistics, load_statistics
+        >>> from captum_coar.testing import AdditiveNet
+        >>> model = AdditiveNet().eval()
+        >>> data = [(torch.randn(4, 5), torch.tensor([0, 1, 2, 0]))]
+        >>> stats = collect_statistics(model, linear_neurons(model, ["hidden"]), data,
+        ...                            n_masks=20, ablation_fraction=0.3, output="logit")
+        >>> path = os.path.join(tempfile.mkdtemp(), "stats.pt")
+        >>> save_statistics(stats, path)
+        >>> load_statistics(path).train.count
+        20
+    """
     if isinstance(stats, SufficientStatistics):
         stats = CollectedStatistics(stats, None)
     if not isinstance(stats, CollectedStatistics):
@@ -302,6 +317,22 @@ def merge_statistics(sources: Union[Source, Sequence[Source]], *, validation_fra
     Raises ``ValueError`` naming each identity field that differs between two sources (a field
     missing on one side included), rows counted twice, or missing rows. The inputs are left
     unchanged.
+
+    Example:
+        >>> import torch
+        >>> from captum_coar import ComponentAblationRegression, linear_neurons, merge_statistics
+        >>> from captum_coar.coar import collect_statistics_shard
+        >>> from captum_coar.testing import AdditiveNet
+        >>> model = AdditiveNet().eval()                       # exactly additive in its neurons
+        >>> neurons = linear_neurons(model, ["hidden"])
+        >>> x, y = torch.randn(4, 5), torch.tensor([0, 1, 2, 0])
+        >>> shards = [collect_statistics_shard(model, neurons, [(x, y)], n_masks=40, shard=s,
+        ...                                    n_shards=2, ablation_fraction=0.3, output="logit")
+        ...           for s in range(2)]                        # e.g. two independent jobs
+        >>> merged = merge_statistics(shards)
+        >>> fit = ComponentAblationRegression(model, neurons).fit(merged)
+        >>> merged.train.count, torch.allclose(fit.attributions, model.effects(x, y), atol=1e-4)
+        (40, True)
     """
     parts: List[Tuple[str, CollectedStatistics, Optional[np.ndarray]]] = []
     for label, item in _expand(sources):

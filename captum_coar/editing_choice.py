@@ -153,11 +153,12 @@ def ranking_candidates(target_attributions: Tensor, reference_attributions: Tens
                        direction: str, ks: Sequence[int], prefix: str = "",
                        ablation: Union[str, AblationStrategy] = "weights",
                        scores: Sequence[str] = ("welch_t", "mean_difference", "joint"),
-                       joint_bounds: Sequence[float] = (0.0,), cost: Optional[float] = None
-                       ) -> List[EditCandidate]:
+                       joint_bounds: Sequence[float] = (0.0,), cost: Optional[float] = None,
+                       max_nodes: int = 20000) -> List[EditCandidate]:
     """Candidates of one set of attributions: rankings by score and joint selections.
 
-    Names are ``f"{prefix}{score}"`` and ``f"{prefix}joint@{bound}"``.
+    Names are ``f"{prefix}{score}"`` and ``f"{prefix}joint@{bound}"``; a joint candidate's
+    ``info["optimal"]`` says whether every set was proven optimal within ``max_nodes``.
     """
     grid = [k for k in sorted(set(int(k) for k in ks)) if k]
     out: List[EditCandidate] = []
@@ -165,7 +166,7 @@ def ranking_candidates(target_attributions: Tensor, reference_attributions: Tens
         if score == "joint":
             for bound in joint_bounds:
                 path = joint_path(target_attributions, reference_attributions, grid, direction,
-                                  bound=bound)
+                                  bound=bound, max_nodes=max_nodes)
                 out.append(EditCandidate(
                     f"{prefix}joint@{bound:g}", ablation, sets={s.k: s.indices for s in path},
                     cost=cost, info={"optimal": all(s.optimal for s in path)}))

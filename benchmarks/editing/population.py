@@ -24,6 +24,7 @@ import torch
 
 from benchmarks.editing.selection import (
     JOINT_BOUNDS,
+    JOINT_MAX_NODES,
     EditTask,
     choose,
     mean_margin,
@@ -62,11 +63,13 @@ def extra_methods(model, comps: ComponentSet, task: EditTask, coar_attr: Tuple, 
     built["welch"]["seconds"] = coar_seconds
     built["joint"]["seconds"] += coar_seconds
     mean_diff = ranking_candidates(a_t, a_r, task.direction, grid, scores=("mean_difference",))
-    out = {}
+    out: Dict[str, Dict[str, Any]] = {}
     for name in ("joint", "reestimate", "gates"):
         m = built[name]
         out[name] = _entry(model, comps, m["candidates"], task, grid, k_coar, test_sets, derive,
                            m["cost"], m["seconds"])
+        if "optimal" in m:
+            out[name]["joint_optimal"] = m["optimal"]
         print(f"    {name}: {m['seconds']:.1f} s, {m['cost']:,} forward equivalents", flush=True)
     pool = (built["welch"]["candidates"] + mean_diff + built["joint"]["candidates"]
             + built["reestimate"]["candidates"] + built["gates"]["candidates"])
@@ -86,7 +89,8 @@ def per_example_methods(model, comps: ComponentSet, target: Tuple[torch.Tensor, 
                     (target[0], target[1], held[0], held[1]), direction, tuple(ks), goal, 0.02)
     scale = abs(mean_margin(model, *reference))
     joint = ranking_candidates(a_target, a_reference, direction, ks, scores=("joint",),
-                               joint_bounds=[b * scale for b in JOINT_BOUNDS])
+                               joint_bounds=[b * scale for b in JOINT_BOUNDS],
+                               max_nodes=JOINT_MAX_NODES)
     start = time.time()
     gates = optimise_gates(model, comps, target[0], target[1], reference[0], reference[1],
                            direction=direction, steps=gate_steps)

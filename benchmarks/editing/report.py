@@ -12,7 +12,9 @@ from pathlib import Path
 from typing import Any, Dict
 
 METHOD_NAMES = {"coar": "COAR", "leave_one_out": "leave-one-out",
-                "attribution_patching": "attribution patching", "random": "random"}
+                "attribution_patching": "attribution patching", "random": "random",
+                "joint": "joint selection (COAR)", "reestimate": "re-estimation (COAR rounds)",
+                "gates": "optimised gates", "auto": "auto (scores x methods)"}
 
 
 def _pct(v: Any) -> str:
@@ -49,12 +51,16 @@ def _population_md(task: Dict[str, Any]) -> str:
             f" {task['tolerance']}); {task['n_target']} target / {task['n_reference']} reference"
             " examples for the attributions. Test accuracy (%) before -> after at that k:")
     cols = [t, r] + extra
-    lines = [head, "", "| method | " + " | ".join(cols) + " | own validation k | attribution s |",
-             "|---" * (len(cols) + 3) + "|"]
+    lines = [head, "", "| method | " + " | ".join(cols) + " | own validation k | "
+             + " | ".join(f"{c} at own k" for c in cols[:2]) + " | forward equivalents |"
+             " seconds |", "|---" * (len(cols) + 6) + "|"]
     for method, m in task["methods"].items():
         cells = [f"{_pct(m['before'][c])} -> {_pct(m['after'][c])}" for c in cols]
+        own = m.get("own_k_after", {})
         lines.append(f"| {METHOD_NAMES[method]} | " + " | ".join(cells) +
-                     f" | {m['own_validation_k']} | {m['attribution_seconds']:.1f} |")
+                     f" | {m['own_validation_k']}{' (' + m['chosen'] + ')' if 'chosen' in m else ''}"
+                     " | " + " | ".join(_pct(own.get(c)) for c in cols[:2]) +
+                     f" | {m.get('forwards', 0):,} | {m['attribution_seconds']:.1f} |")
     lines.append("")
     lines.append("COAR's first components: " + ", ".join(
         f"`{x}`" for x in task["methods"]["coar"]["first_components"][:10]))

@@ -324,6 +324,7 @@ def main(argv: Optional[list] = None) -> int:
         start = time.time()
         results["tasks"][name] = RUNNERS[name](base, args.quick, n_masks, Path(args.cache_dir))
         results["tasks"][name]["seconds"] = time.time() - start
+        results["tasks"][name]["n_masks"] = n_masks
         print(f"[editing] task {name} done in {time.time() - start:.0f} s", flush=True)
         out_dir.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(results, indent=1))

@@ -43,6 +43,7 @@ from captum_coar.forward_cost import ForwardCounter
 
 METHODS = ("welch", "joint", "reestimate", "gates", "random")
 JOINT_BOUNDS = (0.0, 0.05, 0.15)
+JOINT_MAX_NODES = 2000  # per set; beyond it the best set found is used (info["optimal"] False)
 ROUNDS = 5
 ALPHA = 0.05
 
@@ -99,7 +100,8 @@ def method_candidates(model, comps: ComponentSet, task: EditTask, n_masks: int,
         scale = abs(mean_margin(model, task.xr, task.yr))
         candidates = ranking_candidates(a_t, a_r, task.direction, task.grid, ablation=ablation,
                                         scores=("joint",),
-                                        joint_bounds=[b * scale for b in JOINT_BOUNDS])
+                                        joint_bounds=[b * scale for b in JOINT_BOUNDS],
+                                        max_nodes=JOINT_MAX_NODES)
         for c, b in zip(candidates, JOINT_BOUNDS):
             c.name = f"joint@{b:g}"
         out["joint"] = {"candidates": candidates, "cost": budget,

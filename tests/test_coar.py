@@ -139,9 +139,10 @@ def test_ridge_alpha_chosen_on_held_out_rows(digits):
                    validation_fraction=0.25)
     result = coar.last_result_
     assert result.n_validation == 30 and result.n_masks == 90
-    assert result.fit.alpha in (1e-3, 1.0, 1e3, 1e6)
+    chosen = set(result.fit.alpha.tolist())  # one penalty per example
+    assert chosen <= {1e-3, 1.0, 1e3, 1e6}
     assert result.fit.validation_mse_path.shape == (4, 6)
-    assert result.fit.alpha != 1e6  # shrinking everything to zero is never best here
+    assert 1e6 not in chosen  # shrinking everything to zero is never best here
 
 
 def test_fixed_fraction_sampler_with_ridge(digits):

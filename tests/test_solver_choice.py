@@ -31,15 +31,15 @@ def _setup(n=5):
 
 
 # ----------------------------------------------------------------------------- the rule
-def test_the_rule_is_least_squares_above_two_n_training_masks():
-    assert default_solver(2 * N, N) == "ridge_auto"
-    assert default_solver(2 * N + 1, N) == "least_squares"
+def test_the_rule_is_least_squares_above_three_n_training_masks():
+    assert default_solver(3 * N, N) == "eb_ridge"
+    assert default_solver(3 * N + 1, N) == "least_squares"
     model, components, _, _ = _setup()
     coar = ComponentAblationRegression(model, components)
-    assert [coar.default_solver(m) for m in (2 * N, 2 * N + 1)] == ["ridge_auto", "least_squares"]
+    assert [coar.default_solver(m) for m in (3 * N, 3 * N + 1)] == ["eb_ridge", "least_squares"]
 
 
-@pytest.mark.parametrize("n_train, expected", [(2 * N, "ridge_auto"), (2 * N + 1, "least_squares")])
+@pytest.mark.parametrize("n_train, expected", [(3 * N, "eb_ridge"), (3 * N + 1, "least_squares")])
 def test_every_path_applies_the_rule_to_its_training_masks(n_train, expected):
     model, components, x, y = _setup()
     coar = ComponentAblationRegression(model, components)

@@ -208,7 +208,7 @@ def test_ridge_path_uses_eigh_and_matches_single_fits() -> None:
     Xv, Yv, _, _ = make_problem(200, 20, 4, noise=2.0, mask_seed=9)
     stats, val = SufficientStatistics.from_arrays(X, Y), SufficientStatistics.from_arrays(Xv, Yv)
     alphas = [0.01, 1.0, 10.0, 100.0, 1000.0]
-    res = Ridge(alphas=alphas).fit(stats, val)
+    res = Ridge(alphas=alphas, selection="global").fit(stats, val)
     assert res.diagnostics["factorization"] == "eigh"
     assert res.validation_mse_path is not None and res.validation_mse_path.shape == (5, 4)
     # the path is computed from statistics, and agrees with raw validation data
@@ -236,12 +236,12 @@ def test_validation_choice_on_constructed_case() -> None:
     assert isinstance(per.alpha, torch.Tensor)
     assert per.alpha.tolist() == [1e-6] * 3 + [1e6] * 3
     assert float(per.coef[3:].abs().max()) < 1e-3  # shrunk to ~0: predicts the mean
-    linear_only = Ridge(alphas=alphas).fit(
+    linear_only = Ridge(alphas=alphas, selection="global").fit(
         SufficientStatistics.from_arrays(X, Y[:, :3]),
         SufficientStatistics.from_arrays(Xv, Yv[:, :3]),
     )
     assert linear_only.alpha == 1e-6
-    noise_only = Ridge(alphas=alphas).fit(
+    noise_only = Ridge(alphas=alphas, selection="global").fit(
         SufficientStatistics.from_arrays(X, Y[:, 3:]),
         SufficientStatistics.from_arrays(Xv, Yv[:, 3:]),
     )
@@ -268,7 +268,7 @@ def test_lasso_path_and_alpha_max() -> None:
     X, Y, _, _ = make_problem(300, 20, 5, noise=0.5, sparse=0.3)
     Xv, Yv, _, _ = make_problem(300, 20, 5, noise=0.5, sparse=0.3, mask_seed=1)
     stats, val = SufficientStatistics.from_arrays(X, Y), SufficientStatistics.from_arrays(Xv, Yv)
-    res = Lasso(n_alphas=8).fit(stats, val)  # automatic path
+    res = Lasso(n_alphas=8, selection="global").fit(stats, val)  # one automatic path
     assert res.alphas is not None and res.alphas.numel() == 8
     assert torch.all(res.alphas[:-1] > res.alphas[1:])  # strongest first (warm starts)
     alpha_max = float(res.alphas[0])
@@ -348,7 +348,7 @@ def test_resolve_solver_and_describe() -> None:
         "name": "ridge",
         "alpha": 2.0,
         "alphas": None,
-        "selection": "global",
+        "selection": "per_example",
         "rcond": 1e-10,
         "standard_errors": True,
     }

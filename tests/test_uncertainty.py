@@ -133,7 +133,7 @@ def test_normal_quantile_and_level_checks():
 def test_auto_ridge_attaches_standard_errors_at_the_chosen_penalty():
     X, Y, _, _ = linear_problem(120, 10, 4)
     stats = SufficientStatistics.from_arrays(X, Y)
-    auto = AutoRidge().fit(stats)
+    auto = AutoRidge(selection="global").fit(stats)
     fixed = Ridge(alpha=float(auto.alpha)).fit(stats)
     torch.testing.assert_close(auto.standard_errors, fixed.standard_errors, rtol=1e-9, atol=0)
     assert auto.alpha > 0 and "shrinkage bias is not included" in auto.diagnostics[

@@ -9,7 +9,11 @@ Contract
 part in place after checking that both carry the same identity (a field missing on one side is
 a difference) and that no row is counted twice; parts without any identity (built by hand) are
 added only to each other. :meth:`CollectedStatistics.check_rows` refuses statistics whose row
-count disagrees with the rows they say they cover (e.g. all-reduced twice).
+count disagrees with the rows they say they cover (e.g. all-reduced twice). ``prior`` is the
+prior attribution COAR's default fit departs from (a
+:class:`~captum_coar.coar._prior.PriorReport`, computed by the estimator's
+``collect_statistics`` when its default uses one; None otherwise); a merge keeps the first
+part's (every part covers the same examples).
 :func:`captum_coar.coar.shards.merge_statistics` is the checked merge of many sources (stores,
 files, statistics).
 """
@@ -17,13 +21,16 @@ files, statistics).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Dict, Optional
+from typing import TYPE_CHECKING, Any, Dict, Optional
 
 import numpy as np
 
 from ..solvers._ranges import count_rows, row_ranges, rows_of
 from ..solvers.statistics import SufficientStatistics
 from ._identity import check_same_identity
+
+if TYPE_CHECKING:
+    from ._prior import PriorReport
 
 __all__ = ["CollectedStatistics", "row_ranges", "rows_of"]
 
@@ -39,6 +46,7 @@ class CollectedStatistics:
     train: SufficientStatistics
     validation: Optional[SufficientStatistics]
     settings: Dict[str, Any] = field(default_factory=dict)
+    prior: Optional["PriorReport"] = None
 
     def check_rows(self, label: str = "these statistics") -> None:
         """``ValueError`` unless the counts of the parts equal the number of ``rows`` covered."""
@@ -79,6 +87,8 @@ class CollectedStatistics:
         else:
             self.settings.pop("rows", None)
         self.train.merge(other.train)
+        if self.prior is None:
+            self.prior = other.prior
         if other.validation is not None:
             if self.validation is None:
                 self.validation = other.validation

@@ -12,7 +12,10 @@ infrastructure, never back. How the collection runs is resolved once here
 (:func:`~captum_coar.coar._options.resolve_options`: ``options=`` or the keywords of the same
 names, over the estimator's own ``options``) and passed down unchanged. ``n_masks`` defaults to
 ``10 * n_components`` (:func:`~captum_coar.coar._settings.default_n_masks`); every other required
-argument is keyword-only and required.
+argument is keyword-only and required. ``collect_statistics`` also computes the prior of COAR's
+default fit (attribution patching, :mod:`captum_coar.coar._prior`) when the default rule uses
+one for its training rows (``prior=None``), so that ``fit(collect_statistics(...))`` is
+``attribute``; ``prior=False`` skips it, ``True`` computes it whatever the rule.
 """
 
 from __future__ import annotations
@@ -25,12 +28,14 @@ import torch
 from ..ablation import AblationStrategy
 from ..components import ComponentSet
 from ..sampling import MaskSampler
+from ..solvers import default_solver
 from ..stores.base import MaskOutputStore, RowSelection
 from ..stores.memmap import MemmapStore
 from . import collection, distributed, shards
 from ._batches import BatchFn
 from ._options import CollectionOptions, resolve_options
-from ._settings import default_n_masks
+from ._prior import prior_or_none
+from ._settings import default_n_masks, validation_split
 from .collection import CollectedStatistics, OutputLike
 
 __all__ = ["CollectionEntryPoints"]
@@ -86,18 +91,27 @@ class CollectionEntryPoints:
                            batch_fn: Optional[BatchFn] = None,
                            dtype: Optional[torch.dtype] = None,
                            show_progress: Optional[bool] = None,
-                           options: Optional[CollectionOptions] = None) -> CollectedStatistics:
+                           options: Optional[CollectionOptions] = None,
+                           prior: Optional[bool] = None) -> CollectedStatistics:
         """Sufficient statistics over ``data`` without raw storage (see
         :func:`captum_coar.coar.collection.collect_statistics`). ``ablation`` defaults to the
-        estimator's."""
+        estimator's. ``prior``: compute the default fit's prior (None: when the default rule
+        uses one for these training rows; see the module docstring)."""
         n_masks, options = self._call(
             n_masks, options, perturbations_per_eval=perturbations_per_eval, max_rows=max_rows,
             chunk_rows=chunk_rows, batch_fn=batch_fn, dtype=dtype, show_progress=show_progress)
-        return collection.collect_statistics(
+        ablation = self.ablation if ablation is None else ablation
+        stats = collection.collect_statistics(
             self.forward_func, self.components, data, n_masks=n_masks,
-            ablation_fraction=ablation_fraction, sampler=sampler,
-            ablation=self.ablation if ablation is None else ablation, output=output, seed=seed,
-            rows=rows, validation_fraction=validation_fraction, options=options)
+            ablation_fraction=ablation_fraction, sampler=sampler, ablation=ablation,
+            output=output, seed=seed, rows=rows, validation_fraction=validation_fraction,
+            options=options)
+        n_train = n_masks - validation_split(n_masks, validation_fraction)
+        if prior or (prior is None and default_solver(n_train, self.components.n_components)
+                     == "eb_ridge"):
+            stats.prior = prior_or_none(self.forward_func, self.components, ablation, data,
+                                        output, options.batch_fn)
+        return stats
 
     def collect_shard(self, data: Any, *, directory: PathLike, shard: int, n_shards: int,
                       n_masks: Optional[int] = None, rows: RowSelection = None,

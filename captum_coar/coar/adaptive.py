@@ -36,7 +36,8 @@ the estimator keeps it in ``COARResult.settings["adaptive"]``.
 
 The solver is chosen and checked once, before any collection, by
 :func:`~captum_coar.solvers.checked_solver` for the first round's training masks (``solver=None``:
-the one default rule, ``"ridge_auto"`` unless the first round has more than ``2 N`` masks);
+the one default rule, ``"eb_ridge"`` around attribution patching, computed once before the
+first round, unless the first round has more than ``3 N`` masks);
 ``criterion="relative_width"`` needs ``solver.gives_standard_errors``.
 """
 
@@ -56,6 +57,7 @@ from ..stores.base import MaskOutputStore
 from ..stores.memmap import MemmapStore
 from ._batches import BatchFn
 from ._options import CollectionOptions
+from ._prior import with_default_prior
 from .result import COARResult
 
 __all__ = ["StopWhen", "AdaptiveReport", "collect_until", "run_rounds", "adaptive_rule",
@@ -201,7 +203,8 @@ def collect_until(estimator: Any, data: Iterable[Any], rule: StopWhen,
     assert rule.max_masks is not None and rule.first_masks is not None
     resolved = checked_solver(solver, rule.first_masks, None, False, N,
                               f"adaptive collection ({rule.first_masks} training masks in the"
-                              " first round): ")
+                              " first round): ",
+                              groups=[g.n_components for g in estimator.components.groups])
     if not isinstance(resolved, Solver):
         raise fail("solver", "a solver that fits from sufficient statistics (least_squares,"
                    " ridge, ridge_auto, lasso...)", resolved)
@@ -220,9 +223,18 @@ def collect_until(estimator: Any, data: Iterable[Any], rule: StopWhen,
         if store is not None:
             estimator.collect(data, store, n_masks=total, rows=rows, **common)
             return store.statistics(rows)
-        return estimator.collect_statistics(data, n_masks=total, rows=rows, **common).train
+        return estimator.collect_statistics(data, n_masks=total, rows=rows, prior=False,
+                                            **common).train
 
-    return run_rounds(rule, collect_rows, lambda stats: estimator.fit(stats, solver=resolved))
+    resolved, report = with_default_prior(
+        solver, resolved, estimator.forward_func, estimator.components,
+        estimator.ablation if ablation is None else ablation, data, output,
+        batch_fn if batch_fn is not None else getattr(options, "batch_fn", None))
+    result, rounds = run_rounds(rule, collect_rows,
+                                lambda stats: estimator.fit(stats, solver=resolved))
+    if report is not None:
+        result.settings["prior"] = report.describe()
+    return result, rounds
 
 
 def run_rounds(rule: StopWhen, collect_rows: CollectRows,

@@ -23,12 +23,18 @@ Solvers (:mod:`captum_coar.solvers`): ``"least_squares"`` (as in the paper's rel
 configs), ``"ridge"``, ``"lasso"``, ``"ridge_auto"`` (penalty by generalised cross-validation,
 or on held-out rows; ``AutoRidge(prior=...)`` shrinks toward any method's attributions),
 ``"lasso_auto"`` (penalty on held-out rows; ``AutoLasso(prior=...)`` departs from a prior on
-few components), ``"streaming"`` (needs raw data: a store) or an instance. The default
-(``solver=None``, in ``attribute``, ``fit`` and adaptive collection alike) is ONE rule,
-:func:`captum_coar.solvers.default_solver`: least squares when there are more than ``2 N``
-training masks and ``ridge_auto`` otherwise (least squares is undefined at ``m <= N`` and
-noisier than the chosen ridge up to about ``2 N``; see ``benchmarks/README.md``, "Fewer
-masks"). Every path resolves and checks the solver through
+few components), ``"eb_ridge"`` (empirical-Bayes ridge around a prior, one prior variance per
+component group and example), ``"streaming"`` (needs raw data: a store) or an instance. The
+default (``solver=None``, in ``attribute``, ``fit`` and adaptive collection alike) is ONE rule,
+:func:`captum_coar.solvers.default_solver`: least squares when there are more than ``3 N``
+training masks, and at or below that :class:`~captum_coar.solvers.EmpiricalBayesRidge` with
+the estimator's component groups, around attribution patching computed on the same examples
+with the same ablation and output (its cost, in forward equivalents, is in
+``last_result_.settings["prior"]``; see :mod:`captum_coar.coar._prior`). ``attribute``,
+``collect_statistics`` and the adaptive path compute that prior; a store holds none, so ``fit``
+on a store departs from 0 unless given ``prior=``. It is more accurate than least squares and
+ridge below ``3 N`` and its error bars still cover (``benchmarks/README.md``, "Fewer masks").
+Every path resolves and checks the solver through
 :func:`captum_coar.solvers.checked_solver` (the solver's own ``check``: no data, no trial
 fit), so ``attribute`` refuses a solver before any forward pass. With
 ``validation_fraction > 0`` the last rows are held out; solvers that choose a penalty use them,
@@ -41,11 +47,13 @@ estimator (``options=`` in the constructor) and passed down unchanged; every met
 once per call: ``attribute`` fits what it has just collected without recomputing it, and
 ``fit`` computes the estimator's side once to compare with the data's record.
 
-Error bars: least squares, ridge and ``ridge_auto`` give standard errors
-(``COARResult.standard_errors``) and intervals (``COARResult.confidence_interval(level)``).
-They measure the sampling noise of the finite set of random masks, with respect to the
-coefficients COAR converges to as ``n_masks`` grows (with Bernoulli masks, component ``i``'s
-is ``E[y | i kept] - E[y | i ablated]``); a penalty's bias is not included (see
+Error bars: least squares, ridge, ``ridge_auto`` and ``eb_ridge`` give standard errors
+(``COARResult.standard_errors``) and intervals (``COARResult.confidence_interval(level)``),
+with respect to the coefficients COAR converges to as ``n_masks`` grows (with Bernoulli masks,
+component ``i``'s is ``E[y | i kept] - E[y | i ablated]``). Least squares' measure the sampling
+noise of the masks; ridge's leave out the penalty's bias; the default's (``eb_ridge``) are
+posterior standard deviations that include the shrinkage as its fitted prior expects it, so
+its 95% intervals cover about 95% of components on average (see
 :mod:`captum_coar.solvers.uncertainty`).
 
 ``attribute(..., n_masks="auto")`` (or ``stop_when=StopWhen(...)``) collects in rounds and
@@ -82,6 +90,7 @@ from . import collection
 from ._entry_points import CollectionEntryPoints
 from ._identity import check_estimator_identity, identity_of
 from ._options import CollectionOptions, resolve_options
+from ._prior import PriorReport, given_prior, with_default_prior
 from ._settings import default_n_masks, stats_device, validation_split
 from .adaptive import StopWhen, adaptive_rule, collect_until
 from .collection import CollectedStatistics, tensor_batches
@@ -182,9 +191,10 @@ class ComponentAblationRegression(PerturbationAttribution, CollectionEntryPoints
                 ``"lasso_auto"``, ``"streaming"`` or an instance (``AutoRidge(prior=...)``
                 shrinks toward a prior attribution; ``AutoLasso(prior=...)``, which needs
                 ``validation_fraction > 0``, departs from it on few components). None: the
-                default rule, least squares above ``2 N`` training masks, ``ridge_auto``
-                otherwise (in adaptive mode: for the first round's masks). Checked before
-                any forward pass.
+                default rule, least squares above ``3 N`` training masks, otherwise
+                ``eb_ridge`` around attribution patching (computed here, one forward and one
+                backward pass per example; in adaptive mode the rule is applied to the first
+                round's masks). Checked before any forward pass.
             sampler: ``"bernoulli"`` (independent ablations, the paper's), ``"fixed"`` (exactly
                 ``round(alpha * N)`` ablated per mask) or a MaskSampler.
             seed: masks depend only on ``(seed, row)``.
@@ -234,8 +244,11 @@ class ComponentAblationRegression(PerturbationAttribution, CollectionEntryPoints
             assert rule.first_masks is not None
             resolved = checked_solver(solver, rule.first_masks, n_examples, False, N,
                                       f"adaptive collection ({rule.first_masks} training masks"
-                                      " in the first round), checked before collection: ")
+                                      " in the first round), checked before collection: ",
+                                      groups=self._groups())
+            resolved, report = self._prior(solver, resolved, data, output)
             result, _ = collect_until(self, data, rule, resolved, **common)
+            self._record_prior(result, report)
             return (result.attributions,) if isinstance(inputs, tuple) else result.attributions
         if isinstance(n_masks, str):
             raise ValueError(f"`n_masks` must be an integer, None or 'auto'; got {n_masks!r}")
@@ -243,7 +256,8 @@ class ComponentAblationRegression(PerturbationAttribution, CollectionEntryPoints
         n_val = validation_split(n_masks, validation_fraction)
         resolved = checked_solver(solver, n_masks - n_val, n_examples, n_val > 0, N,
                                   f"n_masks={n_masks} ({n_masks - n_val} for training), checked"
-                                  " before collection: ")
+                                  " before collection: ", groups=self._groups())
+        resolved, report = self._prior(solver, resolved, data, output)
         source: Source
         if isinstance(resolved, StreamingSolver):
             source = collection.collect(self.forward_func, self.components, data, InMemoryStore(),
@@ -255,33 +269,56 @@ class ComponentAblationRegression(PerturbationAttribution, CollectionEntryPoints
             validation_fraction = 0.0  # the statistics carry their split
         # the identity was built by this collection, from this estimator's model: not redone
         result = self._fit(source, resolved, validation_fraction, None, identity_checked=True)
+        self._record_prior(result, report)
         # Captum's convention, tuple in -> tuple out (captum.metrics rely on it)
         return (result.attributions,) if isinstance(inputs, tuple) else result.attributions
 
     def default_solver(self, n_train: int) -> str:
         """The solver ``solver=None`` means for ``n_train`` training masks
-        (:func:`captum_coar.solvers.default_solver`): least squares above ``2 N``,
-        ``"ridge_auto"`` at or below (where it is measured to do better)."""
+        (:func:`captum_coar.solvers.default_solver`): least squares above ``3 N``,
+        ``"eb_ridge"`` at or below (where it is measured to do better)."""
         return default_solver(n_train, self.components.n_components)
+
+    def _groups(self) -> list:
+        """Sizes of the component groups (one prior variance each in the default fit)."""
+        return [group.n_components for group in self.components.groups]
+
+    def _prior(self, solver: Optional[SolverLike], resolved: Any, data: Any,
+               output: OutputLike, batch_fn: Any = None) -> Tuple[Any, Optional[PriorReport]]:
+        """The default solver with its prior (attribution patching on ``data``), else as is."""
+        return with_default_prior(solver, resolved, self.forward_func, self.components,
+                                  self.ablation, data, output, batch_fn)
+
+    @staticmethod
+    def _record_prior(result: COARResult, report: Optional[PriorReport]) -> None:
+        if report is not None:
+            result.settings["prior"] = report.describe()
 
     # ------------------------------------------------------------------ staged API
     def fit(self, source: Source, solver: Optional[SolverLike] = None,
-            validation_fraction: float = 0.0, rows: RowSelection = None) -> COARResult:
+            validation_fraction: float = 0.0, rows: RowSelection = None,
+            prior: Optional[Tensor] = None) -> COARResult:
         """Fit COAR from a store (or its directory), collected statistics or plain statistics.
 
         For a store, the last ``validation_fraction`` of the selected ``rows`` (all complete
         rows are required) are held out. Collected statistics carry their own split.
         ``solver=None`` is the default rule for the training rows fitted (least squares above
-        ``2 N``, ``"ridge_auto"`` at or below). The data's recorded identity is compared with
-        this estimator's (components, model weights, ablation) first. Sets and returns
-        ``last_result_``.
+        ``3 N``, ``"eb_ridge"`` at or below); ``prior`` ``(n_examples, N)`` is what that default
+        departs from (None: the prior that ``collect_statistics`` computed for it, else 0; a
+        store holds none). The data's recorded identity is compared with this estimator's
+        (components, model weights, ablation) first. Sets and returns ``last_result_``.
         """
-        return self._fit(source, solver, validation_fraction, rows, identity_checked=False)
+        if prior is not None:
+            prior = torch.as_tensor(prior).detach().to(torch.float64)
+        return self._fit(source, solver, validation_fraction, rows, identity_checked=False,
+                         prior=prior)
 
     # ------------------------------------------------------------------ internals
     def _fit(self, source: Source, solver: Optional[SolverLike], validation_fraction: float,
-             rows: RowSelection, identity_checked: bool) -> COARResult:
+             rows: RowSelection, identity_checked: bool,
+             prior: Optional[Tensor] = None) -> COARResult:
         N = self.components.n_components
+        report: Optional[PriorReport] = None
         if isinstance(source, (str, MaskOutputStore)):
             store = MemmapStore(source, read_only=True) if isinstance(source, str) else source
             meta = store.metadata
@@ -293,7 +330,9 @@ class ComponentAblationRegression(PerturbationAttribution, CollectionEntryPoints
             train_rows, val_rows = index[:len(index) - n_val], index[len(index) - n_val:]
             resolved = checked_solver(solver, len(train_rows), store.n_examples, n_val > 0, N,
                                       f"{store.location}, {len(index)} rows"
-                                      f" ({len(train_rows)} for training): ")
+                                      f" ({len(train_rows)} for training): ",
+                                      groups=self._groups())
+            resolved = given_prior(solver, resolved, prior)
             device = stats_device(self.components)
             val_stats = store.statistics(val_rows, device=device) if n_val else None
             if isinstance(resolved, StreamingSolver):
@@ -319,7 +358,11 @@ class ComponentAblationRegression(PerturbationAttribution, CollectionEntryPoints
             train, validation = source.train, source.validation
             resolved = checked_solver(solver, train.count, train.n_outputs,
                                       validation is not None, N,
-                                      f"statistics of {train.count} training masks: ")
+                                      f"statistics of {train.count} training masks: ",
+                                      groups=self._groups())
+            if prior is None and source.prior is not None:
+                report, prior = source.prior, source.prior.prior
+            resolved = given_prior(solver, resolved, prior)
             if isinstance(resolved, StreamingSolver):
                 raise ValueError(
                     f"solver {resolved.name!r} streams raw (masks, outputs) chunks, which"
@@ -331,6 +374,7 @@ class ComponentAblationRegression(PerturbationAttribution, CollectionEntryPoints
             settings = dict(source.settings)
         settings["solver"] = resolved.describe()
         result = self._result(fit, n_train, n_val, settings)
+        self._record_prior(result, report)
         self.last_result_ = result
         return result
 

@@ -22,14 +22,18 @@ Implementations
   optionally sparse around a prior attribution (``prior=``).
 - :class:`DifferenceOfMeans` -- ``E[y | kept] - E[y | ablated]`` per component (maximum
   sample reuse), defined at any ``m``.
+- :class:`EmpiricalBayesRidge` -- ridge around a (scaled) prior attribution with one prior
+  variance per component group, chosen per example by the marginal likelihood; posterior
+  standard errors (the default at or below ``3 N`` training masks).
 
-Least squares, ridge and AutoRidge attach standard errors (``FitResult.standard_errors``);
-:mod:`captum_coar.solvers.uncertainty` says what they mean and computes confidence intervals.
+Least squares, ridge, AutoRidge and EmpiricalBayesRidge attach standard errors
+(``FitResult.standard_errors``); :mod:`captum_coar.solvers.uncertainty` says what they mean and
+computes confidence intervals.
 
 :func:`resolve_solver` maps a name or an instance to a solver; :func:`default_solver` is the
-one rule for ``solver=None`` (least squares above ``2 N`` training masks, ``"ridge_auto"`` at or
-below); :func:`checked_solver` applies both and the solver's check, the one path every COAR
-fit takes (:mod:`captum_coar.solvers._choice`). Every solver checks itself before any data
+one rule for ``solver=None`` (least squares above ``3 N`` training masks, ``"eb_ridge"`` at or
+below, around attribution patching where COAR can compute it); :func:`checked_solver` applies
+both and the solver's check, the one path every COAR fit takes (:mod:`captum_coar.solvers._choice`). Every solver checks itself before any data
 exists: ``solver.check(n_train, n_examples, with_validation, n_components)`` (constraints
 declared per class, as in scikit-learn), and ``solver.gives_standard_errors`` says whether its
 fits carry standard errors.
@@ -37,8 +41,9 @@ fits carry standard errors.
 
 from __future__ import annotations
 
-from ._choice import SOLVERS, checked_solver, default_solver, resolve_solver
+from ._choice import SOLVERS, checked_solver, default_solver, resolve_solver, wants_prior
 from .base import ChunkSource, FitResult, Solver, StreamingSolver
+from .bayes import EmpiricalBayesRidge
 from .difference_of_means import DifferenceOfMeans
 from .lasso import ConvergenceWarning, Lasso
 from .least_squares import LeastSquares, Ridge, SingularMatrixWarning
@@ -60,6 +65,7 @@ __all__ = [
     "AutoRidge",
     "AutoLasso",
     "DifferenceOfMeans",
+    "EmpiricalBayesRidge",
     "confidence_interval",
     "sandwich_standard_errors",
     "SingularMatrixWarning",
@@ -67,5 +73,6 @@ __all__ = [
     "resolve_solver",
     "default_solver",
     "checked_solver",
+    "wants_prior",
     "SOLVERS",
 ]

@@ -12,8 +12,9 @@ Both fit a linear model with intercept for all ``n`` outputs (examples) at once,
 ``Y[:, j] ~ intercept[j] + X @ coef[j]``, penalise ``coef`` only, and return float64
 tensors on the statistics' device. When a solver is given several regularisation strengths
 and ``validation_stats``, it picks the one with the lowest validation mean squared error,
-computed from the validation sufficient statistics, either globally (mean over examples, the
-default) or per example (``selection="per_example"``).
+computed from the validation sufficient statistics, either per example
+(``selection="per_example"``, the default: an example's fit does not depend on the other
+examples in its batch) or globally (``"global"``: the mean over examples).
 
 Solvers check themselves. Constructors only store arguments; every solver class declares its
 arguments' allowed forms in ``_parameter_constraints`` (scikit-learn style, see
@@ -56,7 +57,8 @@ class FitResult:
             per example, or None for unregularised least squares.
         train_mse, validation_mse: (n,) mean squared errors on the training / validation rows
             (None when not available).
-        alphas: the regularisation path tried (in the order solved), or None.
+        alphas: the regularisation path tried (in the order solved; ``(len, n)`` when every
+            example has its own path, as the lasso's automatic one per example), or None.
         validation_mse_path: (len(alphas), n) validation mse for every alpha, or None.
         n_iter: iterations (iterative solvers; summed over the path), else None.
         converged: (n,) bool, whether each example met the tolerance (iterative solvers).

@@ -16,8 +16,9 @@ maximising the example's marginal likelihood (type-II maximum likelihood, with a
 hyperprior of ``hyper_decades`` decades on each log penalty around the one-penalty optimum;
 :mod:`captum_coar.solvers._evidence`). The coefficients are the posterior means, and the
 standard errors the posterior standard deviations ``sqrt(s2 [A^-1]_ii)``,
-``A = Sxx + diag(lam)``: unlike the sampling standard errors of a penalised fit they include
-the shrinkage bias as the fitted prior expects it, so ``coef +- 1.96 se`` covers the
+``A = Sxx + diag(lam)``, plus the variance that estimating the prior's scale ``c_j`` adds:
+unlike the sampling standard errors of a penalised fit they include the shrinkage bias as the
+fitted prior expects it, so ``coef +- 1.96 se`` covers the
 large-``m`` coefficients for about 95% of components on average (not for each component: one
 far from its layer's prior is covered less often; measured in ``benchmarks/README.md``, "Fewer
 masks"). They need no held-out rows; ``validation_stats`` only report a held-out error.
@@ -47,6 +48,20 @@ from .statistics import SufficientStatistics
 from .uncertainty import residual_dof
 
 __all__ = ["EmpiricalBayesRidge"]
+
+
+def _scale_variance(prior: Any, stats: SufficientStatistics, syy: torch.Tensor,
+                    m: int) -> torch.Tensor:
+    """``(N, n)``: ``var(c_j) p_ji^2``, the variance the least-squares scale ``c_j`` of the
+    prior adds (``var(c_j)`` = the residual variance around ``c_j X p_j`` over ``p_j' Sxx p_j``;
+    ``syy`` is that residual's centred sum of squares)."""
+    p = prior_weights(prior, False, stats)
+    assert p is not None
+    sxx, _, _ = stats.centered()
+    den = (p * (sxx @ p)).sum(0)
+    var = torch.where(den > 0, syy / max(m - 2, 1) / den.clamp_min(1e-300),
+                      torch.zeros_like(den))
+    return var[None, :] * p * p
 
 
 def group_index(groups: Optional[Sequence[int]], n_components: int) -> torch.Tensor:
@@ -161,6 +176,8 @@ class EmpiricalBayesRidge(PriorSolver):
                 sxx, sxy, syy, m, group, n_groups, start, spectrum.scale)
         if P is not None:
             W = P + W
+            if self.rescale:  # the prior's scale is estimated too: add its variance
+                variances = variances + _scale_variance(self.prior, stats, syy, m)
         coef, intercept = _finish(stats, W)
         result = FitResult(
             coef=coef, intercept=intercept, solver=self.name, alpha=penalties.mean(1),

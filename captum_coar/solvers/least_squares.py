@@ -154,8 +154,9 @@ class Ridge(Solver):
     alphas:
         Several strengths to choose among with ``validation_stats``.
     selection:
-        ``"global"`` (one alpha minimising the mean validation mse over examples) or
-        ``"per_example"`` (each example its own alpha).
+        ``"per_example"`` (default: each example its own alpha, so an example's fit does not
+        depend on which other examples share its batch) or ``"global"`` (one alpha minimising
+        the mean validation mse over examples).
     rcond:
         Eigenvalues of ``Sxx + alpha I`` below ``rcond`` times the largest count as zero
         (only matters for alpha = 0 on singular data).
@@ -173,7 +174,7 @@ class Ridge(Solver):
         self,
         alpha: Optional[float] = None,
         alphas: Optional[Sequence[float]] = None,
-        selection: str = "global",
+        selection: str = "per_example",
         rcond: float = 1e-10,
         standard_errors: bool = True,
     ) -> None:

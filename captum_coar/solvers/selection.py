@@ -144,7 +144,9 @@ class AutoRidge(PriorSolver):
         ``"auto"`` (held-out rows when ``validation_stats`` is given, else GCV),
         ``"validation"`` or ``"gcv"``.
     selection:
-        ``"global"`` (one penalty for all examples) or ``"per_example"``.
+        ``"per_example"`` (default: each example its own penalty, so an example's fit does not
+        depend on which other examples share its batch) or ``"global"`` (one penalty for all
+        examples, chosen on their mean score).
     refit:
         After choosing on held-out rows, refit on training + held-out rows.
     standard_errors:
@@ -162,7 +164,8 @@ class AutoRidge(PriorSolver):
 
     def __init__(self, prior: Optional[torch.Tensor] = None, rescale: bool = True,
                  n_alphas: int = 25, min_ratio: float = 1e-4, max_ratio: float = 1e3,
-                 alphas: Optional[Sequence[float]] = None, criterion: str = "auto", selection: str = "global", refit: bool = True,
+                 alphas: Optional[Sequence[float]] = None, criterion: str = "auto",
+                 selection: str = "per_example", refit: bool = True,
                  rcond: float = 1e-10, standard_errors: bool = True) -> None:
         self.prior = prior
         self.rescale = rescale
@@ -305,7 +308,8 @@ class AutoLasso(PriorSolver):
     sparse *around* a prior attribution.
 
     Parameters are those of :class:`~captum_coar.solvers.lasso.Lasso`'s automatic path
-    (``n_alphas``, ``eps``, ``tol``, ``max_iter``) plus ``refit``, and ``prior`` / ``rescale``
+    (``n_alphas``, ``eps``, ``tol``, ``max_iter``, ``selection``: per example by default, each
+    example on its own path) plus ``refit``, and ``prior`` / ``rescale``
     as for :class:`AutoRidge`: with a prior ``p_j`` the L1 penalty is on ``w_j - c_j p_j``
     (a lasso fit to the prior's residual ``y - X c p``), so a huge penalty gives ``c_j p_j``
     and the fit departs from the prior on few components.
@@ -316,11 +320,12 @@ class AutoLasso(PriorSolver):
         "prior": [TensorValue(), None], "rescale": [Boolean()],
         "n_alphas": [Interval(1, integer=True)], "eps": [Interval(0.0, 1.0, True, True)],
         "tol": [Interval(0.0, low_open=True)], "max_iter": [Interval(1, integer=True)],
-        "refit": [Boolean()]}
+        "refit": [Boolean()], "selection": [SELECTION]}
 
     def __init__(self, prior: Optional[torch.Tensor] = None, rescale: bool = True,
                  n_alphas: int = 12, eps: float = 1e-2, tol: float = 1e-6,
-                 max_iter: int = 5000, refit: bool = True) -> None:
+                 max_iter: int = 5000, refit: bool = True,
+                 selection: str = "per_example") -> None:
         self.prior = prior
         self.rescale = rescale
         self.n_alphas = n_alphas
@@ -328,6 +333,7 @@ class AutoLasso(PriorSolver):
         self.tol = tol
         self.max_iter = max_iter
         self.refit = refit
+        self.selection = selection
 
     def _needs_validation(self) -> Optional[str]:
         return str(fail("validation_stats", "statistics of held-out rows (lasso_auto chooses"
@@ -349,13 +355,14 @@ class AutoLasso(PriorSolver):
 
     def _fit_plain(self, stats: SufficientStatistics,
                    validation_stats: SufficientStatistics) -> FitResult:
-        path = Lasso(n_alphas=self.n_alphas, eps=self.eps, tol=self.tol, max_iter=self.max_iter)
+        path = Lasso(n_alphas=self.n_alphas, eps=self.eps, tol=self.tol, max_iter=self.max_iter,
+                     selection=self.selection)
         chosen = path.fit(stats, validation_stats)
         if not self.refit:
             chosen.solver = self.name
             return chosen
         both = merged_statistics(stats, validation_stats)
-        assert isinstance(chosen.alpha, float)
+        assert chosen.alpha is not None
         final = Lasso(alpha=chosen.alpha, tol=self.tol, max_iter=self.max_iter).fit(both)
         final.solver = self.name
         final.validation_mse = chosen.validation_mse

@@ -69,7 +69,7 @@ def _changes():
         return {"components": ComponentSet(model, components.groups[:1])}
 
     return [
-        ("n_masks", lambda m, c, d: {"n_masks": SETTINGS["n_masks"] + 1}),
+        ("n_masks", lambda m, c, d: {"n_masks": SETTINGS["n_masks"] - 1}),  # more: grows
         ("seed", lambda m, c, d: {"seed": 1}),
         ("sampler", lambda m, c, d: {"ablation_fraction": 0.3}),
         ("sampler", lambda m, c, d: {"sampler": "fixed"}),

@@ -9,11 +9,12 @@ Contract
 part in place after checking that both carry the same identity (a field missing on one side is
 a difference) and that no row is counted twice; parts without any identity (built by hand) are
 added only to each other. :meth:`CollectedStatistics.check_rows` refuses statistics whose row
-count disagrees with the rows they say they cover (e.g. all-reduced twice). ``prior`` is the
-prior attribution COAR's default fit departs from (a
-:class:`~captum_coar.coar._prior.PriorReport`, computed by the estimator's
-``collect_statistics`` when its default uses one; None otherwise); a merge keeps the first
-part's (every part covers the same examples).
+count disagrees with the rows they say they cover (e.g. all-reduced twice). Statistics grow
+like stores: parts of collections that differ only in ``n_masks`` (rows of one seeded
+sequence; none held out) merge into the longer collection's. ``prior`` is the prior
+attribution COAR's default fit departs from (a :class:`~captum_coar.coar._prior.PriorReport`,
+computed by the estimator's ``collect_statistics`` when its default uses one; None otherwise);
+a merge keeps the first part's (every part covers the same examples).
 :func:`captum_coar.coar.shards.merge_statistics` is the checked merge of many sources (stores,
 files, statistics).
 """
@@ -70,8 +71,11 @@ class CollectedStatistics:
         self.check_rows()
         other.check_rows("the other statistics")
         mine, theirs = "probe" in self.settings, "probe" in other.settings
+        grows = _grows(self.settings, other.settings)
         if mine or theirs:
-            check_same_identity(self.settings, other.settings, "these statistics were made"
+            theirs_as_mine = ({**other.settings, "n_masks": self.settings["n_masks"]} if grows
+                              else other.settings)
+            check_same_identity(self.settings, theirs_as_mine, "these statistics were made"
                                 " differently and cannot be added", "these", "the other",
                                 advice="Merge parts of one collection only")
             check_same_identity(self.settings, other.settings, "these statistics were made"
@@ -87,6 +91,9 @@ class CollectedStatistics:
         else:
             self.settings.pop("rows", None)
         self.train.merge(other.train)
+        if grows:  # rows of a longer collection: the merged statistics are part of it
+            self.settings["n_masks"] = max(int(self.settings["n_masks"]),
+                                           int(other.settings["n_masks"]))
         if self.prior is None:
             self.prior = other.prior
         if other.validation is not None:
@@ -95,3 +102,13 @@ class CollectedStatistics:
             else:
                 self.validation.merge(other.validation)
         return self
+
+
+def _grows(a: Dict[str, Any], b: Dict[str, Any]) -> bool:
+    """Whether two parts differ in ``n_masks`` only as parts of one growing collection may:
+    without held-out rows (those are the last rows of each collection, so they move)."""
+    try:
+        return (int(a["n_masks"]) != int(b["n_masks"]) and not a.get("n_validation")
+                and not b.get("n_validation"))
+    except (KeyError, TypeError, ValueError):
+        return False

@@ -8,7 +8,8 @@ examples, outputs)`` for every batch of examples, then ``end_chunk(rows, masks)`
 collection skips them). :class:`StoreSink` writes masks and outputs into a
 :class:`~captum_coar.stores.base.MaskOutputStore` and commits progress after each batch
 (re-collecting, with a warning, rows whose stored mask differs from the sampler's, and
-redoing uneven chunks as one undamaged pass); :func:`repair` resets the chunks of damaged rows
+redoing uneven chunks as one undamaged pass; the rows of a grown store on either side of a
+growth boundary count as separate parts, so its old rows are never redone); :func:`repair` resets the chunks of damaged rows
 before a resume. :class:`StatisticsSink` buffers one chunk and adds its rows (with their
 indices) to training or validation :class:`~captum_coar.solvers.statistics.
 SufficientStatistics`.
@@ -24,6 +25,7 @@ import torch
 from torch import Tensor
 
 from ..solvers.statistics import SufficientStatistics
+from ..stores._growth import growth_boundaries
 from ..stores._integrity import describe_rows
 from ..stores.base import MaskOutputStore
 
@@ -51,9 +53,13 @@ class StoreSink:
                 warn_recollect(self.store, bad, "their stored masks differ from the sampler's")
                 self.store.reset_rows(rows)
                 progress = self.store.progress(rows)
-        if progress.min() != progress.max():  # uneven (a kill mid-commit, a damaged file):
-            self.store.reset_rows(rows, int(progress.min()))  # redo as one undamaged pass
-            progress = self.store.progress(rows)
+        # rows on either side of a growth boundary are separate parts (old rows never redone)
+        part = np.searchsorted(growth_boundaries(self.store.metadata), rows, side="right")
+        for value in np.unique(part):
+            inside = part == value
+            if progress[inside].min() != progress[inside].max():  # uneven (a kill mid-commit,
+                self.store.reset_rows(rows[inside], int(progress[inside].min()))  # a damaged
+                progress = self.store.progress(rows)  # file): redo as one undamaged pass
         todo = progress == 0
         if todo.any():
             self.store.write_masks(rows[todo], masks[torch.from_numpy(todo)])

@@ -27,7 +27,10 @@ with ONE entered :class:`~captum_coar.gates.ComponentGates` reused for every bat
   resumes: rows and batches already written are skipped, and the result is the same as one
   uninterrupted run. Damaged rows among those asked for (progress out of range, checksums
   that do not match, stored masks that differ from the sampler's) are reset and recollected,
-  with a warning naming them. A store made with a different identity
+  with a warning naming them. Asking a store for more rows (a larger ``n_masks``, everything
+  else the same) grows it: the new rows are appended and collected, the old ones kept
+  (:mod:`captum_coar.stores._growth`), so collecting 100 rows and then 200 gives the store one
+  collection of 200 makes. A store made with a different identity
   (:mod:`captum_coar.coar._identity`: model, components, data, sampler, ablation, output,
   seed, sizes, and the probe outputs that identify functions by behaviour) is refused
   (``ValueError`` naming each differing field, given vs stored), and so is one whose stored
@@ -305,7 +308,7 @@ def collect(forward_func: Callable[..., Any], components: ComponentSet, data: It
     with model_state_kept(components.model):  # before the store is claimed or created
         _probe(settings, first)
     with model_state_kept(components.model), store.writing():
-        if not store.is_open:
+        if not store.is_open or store.n_masks < settings.n_masks:  # new, or to be grown
             _check_new_store(store, settings, scan)
         strategy = fitted_ablation(settings.ablation, settings.forward_func, components)
         identity = _identity(settings, strategy, scan, first)

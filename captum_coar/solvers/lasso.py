@@ -23,7 +23,7 @@ example's fit never depends on which other examples share its batch; ``alpha`` m
 from __future__ import annotations
 
 import warnings
-from typing import Any, Dict, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 
@@ -144,7 +144,7 @@ class Lasso(Solver):
 
     def __init__(
         self,
-        alpha: Optional[float] = None,
+        alpha: Optional[Union[float, torch.Tensor]] = None,
         alphas: Optional[Sequence[float]] = None,
         n_alphas: int = 20,
         eps: float = 1e-3,
@@ -197,8 +197,9 @@ class Lasso(Solver):
         C, c, yy = sxx / m, sxy / m, syy / m
         # each step of the path: a ratio times a per-example scale (1 for given alphas)
         unit = torch.ones(c.shape[1], dtype=c.dtype, device=c.device)
+        alphas: Optional[List[float]] = [1.0]
         if isinstance(self.alpha, torch.Tensor):
-            alphas, unit = [1.0], self.alpha.detach().to(c).flatten()
+            unit = self.alpha.detach().to(c).flatten()
         else:
             alphas = alpha_list(self.alpha, self.alphas, default=None)
         if alphas is None:

@@ -20,8 +20,10 @@ A :class:`MaskOutputStore` holds, for ``m`` mask rows, ``N`` components and ``n`
 Lifecycle: a store is created empty; :meth:`MaskOutputStore.open` binds it to a metadata dict,
 allocating the arrays the first time and, when data already exists, comparing identities with
 the function the caller passes (a ``ValueError`` names each field that differs, given vs
-stored). Writers hold :meth:`MaskOutputStore.writing` (one writer at a time for on-disk
-stores). Reading complete rows (:meth:`iter_chunks`, :meth:`statistics`, hence every fit)
+stored). A request for more rows of the same collection (every identity field equal but
+``n_masks``, which is larger) grows the store instead: rows are appended, not written yet, and
+the old rows stay as they are (:mod:`captum_coar.stores._growth`). Writers hold
+:meth:`MaskOutputStore.writing` (one writer at a time for on-disk stores). Reading complete rows (:meth:`iter_chunks`, :meth:`statistics`, hence every fit)
 verifies their checksums and raises ``ValueError`` naming damaged rows; :meth:`verify` reports
 every damaged row (progress out of range, checksum mismatch, and, given the sampler, masks that
 differ from the regenerated ones); :meth:`damaged_rows` and :meth:`reset_rows` let a resumed
@@ -44,6 +46,7 @@ from torch import Tensor
 
 from ..sampling import resolve_sampler
 from ..solvers.statistics import SufficientStatistics
+from ._growth import growth_allowed
 from ._integrity import StoreReport, describe_rows, row_checksums
 from ._rows import (
     RowSelection,
@@ -87,6 +90,10 @@ class MaskOutputStore(ABC):
         """Make written masks, outputs and checksums durable (no-op in memory)."""
         return None
 
+    def _grow(self, rows: int) -> None:
+        """Append not-yet-written rows up to ``rows`` (the metadata's ``n_masks`` follows)."""
+        raise NotImplementedError(f"{type(self).__name__} cannot grow; collect into a new store")
+
     def _flush_progress(self) -> None:
         """Make the progress array durable (no-op in memory)."""
         return None
@@ -110,14 +117,16 @@ class MaskOutputStore(ABC):
 
     # ------------------------------------------------------------------ lifecycle
     def open(self, metadata: Dict[str, Any], differences: IdentityCompare) -> "MaskOutputStore":
-        """Bind to ``metadata``: allocate on first use, else compare identities.
+        """Bind to ``metadata``: allocate on first use, else compare identities (and grow the
+        store when only ``n_masks`` differs and more rows are asked for).
 
         ``differences(given, stored)`` returns one line per identity field that differs
         (:func:`captum_coar.coar._identity.identity_differences`).
 
         Raises:
-            ValueError: existing data was made with a different identity; the message lists
-                each differing field as ``field: given ..., stored ...``.
+            ValueError: existing data was made with a different identity (or fewer rows are
+                asked for); the message lists each differing field as ``field: given ...,
+                stored ...``.
         """
         given = normalise_metadata(metadata)
         stored = self._metadata if self._metadata is not None else self._existing_metadata()
@@ -126,6 +135,10 @@ class MaskOutputStore(ABC):
             self._metadata = given
             return self
         lines = differences(given, stored)
+        if lines and growth_allowed(given, stored, differences):
+            self._metadata = stored
+            self._grow(int(given["n_masks"]))
+            stored, lines = self._require(), []
         if lines:
             raise ValueError(
                 f"{self._describe_location()} holds data made with different settings, so it"

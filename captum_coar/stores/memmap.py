@@ -55,6 +55,7 @@ from ._files import (
     read_json,
     write_json_atomic,
 )
+from ._growth import GROWING, grow_files
 from ._ownership import Place, claim, inspect, remove_own_temps
 from .base import FORMAT_VERSION, MaskOutputStore
 from .memory import _output_dtype
@@ -153,6 +154,13 @@ class MemmapStore(MaskOutputStore):
             return None
         what = self._describe_location()
         metadata = read_json(self.metadata_path, what)
+        if GROWING in metadata:  # an interrupted extension: completed by the next writer
+            if self.read_only or not self._lock.held:
+                raise ValueError(f"{what}: an extension to {metadata[GROWING]} rows was"
+                                 " interrupted; re-run the collection that asked for them (it"
+                                 " completes the extension and collects the new rows)")
+            metadata = grow_files(self.path, METADATA_FILE, metadata, int(metadata[GROWING]),
+                                  _FILES, what)
         version = metadata.get("format_version")
         if version != FORMAT_VERSION:
             raise ValueError(
@@ -176,7 +184,7 @@ class MemmapStore(MaskOutputStore):
         if not isinstance(metadata.get("checksum"), int):
             raise ValueError(f"{what}: {str(self.metadata_path)!r} carries no checksum; the store"
                              " is damaged (collect into a new directory)")
-        self._salt = int(metadata["checksum"])
+        self._salt = int(metadata.get("row_salt", metadata["checksum"]))  # kept when grown
         self._metadata = metadata
         if self._place is not None:
             self._place.remember()
@@ -218,6 +226,16 @@ class MemmapStore(MaskOutputStore):
         self._salt = write_json_atomic(self.metadata_path, record)
         if self._place is not None:
             self._place.remember()
+
+    def _grow(self, rows: int) -> None:
+        """Grow the files to ``rows`` rows (:mod:`captum_coar.stores._growth`), then reopen."""
+        self._before_write()
+        assert self._metadata is not None
+        record = {**self._metadata, "row_salt": self._salt}
+        self._masks = self._outputs = self._progress = self._checksums = None
+        grow_files(self.path, METADATA_FILE, record, rows, _FILES, self._describe_location())
+        self._metadata = None
+        self._existing_metadata()
 
     def _disk_full(self, error: OSError, file: Path, specs: Dict[str, Any]) -> OSError:
         """The ``OSError`` of a full disk: the store, the file, and the bytes missing."""

@@ -17,6 +17,7 @@ from typing import Any, Dict, Optional, Union
 
 import numpy as np
 
+from ._growth import grow_arrays
 from .base import MaskOutputStore
 
 __all__ = ["InMemoryStore"]
@@ -44,6 +45,17 @@ class InMemoryStore(MaskOutputStore):
         self._progress = np.zeros((m,), dtype=np.int64)
         self._checksums = np.zeros((m,), dtype=np.uint32)
         self._salt = zlib.crc32(json.dumps(metadata, sort_keys=True).encode())
+
+    def _grow(self, rows: int) -> None:
+        grown = grow_arrays({"masks": self._masks, "outputs": self._outputs,
+                             "progress": self._progress, "checksums": self._checksums}, rows)
+        self._masks, self._outputs = grown["masks"], grown["outputs"]
+        self._progress, self._checksums = grown["progress"], grown["checksums"]
+        assert self._metadata is not None
+        before = int(self._metadata["n_masks"])
+        self._metadata = {**self._metadata, "n_masks": int(rows),  # the salt stays
+                          "grown_from": sorted(set(self._metadata.get("grown_from", []))
+                                               | {before})}
 
 
 def _output_dtype(dtype: Union[str, np.dtype]) -> np.dtype:

@@ -37,6 +37,13 @@ any method (COAR, leave-one-out, attribution patching, random numbers):
   loads into a fresh instance of the unmodified model class (no ``captum_coar`` needed); the
   model itself is never written. A tied weight is edited under the ablated module's key only,
   with a warning naming the other keys (see :func:`edited_state_dict`).
+
+Beyond one-at-a-time rankings, each in its own module: joint selection
+(:mod:`captum_coar.editing_selection`), re-estimation (:mod:`captum_coar.editing_reestimate`),
+optimised gates (:mod:`captum_coar.editing_gates`), curves over non-nested sets
+(:mod:`captum_coar.editing_sets`) and the choice of ablation, score and method on validation
+(:mod:`captum_coar.editing_choice`); their edits are sets of components, applied and exported
+by :func:`apply_edit` and :func:`edited_state_dict` here.
 """
 
 from __future__ import annotations

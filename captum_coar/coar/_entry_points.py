@@ -32,7 +32,8 @@ from ..solvers import default_solver
 from ..stores.base import MaskOutputStore, RowSelection
 from ..stores.memmap import MemmapStore
 from . import collection, distributed, shards
-from ._batches import BatchFn
+from ._batches import BatchFn, split_batch
+from ._budget import LARGE_DEFAULT_MASKS, warn_large_default
 from ._options import CollectionOptions, resolve_options
 from ._prior import prior_or_none
 from ._settings import default_n_masks, validation_split
@@ -52,11 +53,17 @@ class CollectionEntryPoints:
     ablation: Union[str, AblationStrategy]
     options: CollectionOptions
 
-    def _call(self, n_masks: Optional[int], options: Optional[CollectionOptions],
+    def _call(self, n_masks: Optional[int], options: Optional[CollectionOptions], data: Any,
               **keywords: Any) -> Any:
-        """``(n_masks, options)`` of one call: the defaults filled in, the options resolved."""
-        return (default_n_masks(n_masks, self.components.n_components),
-                resolve_options(options, self.options, **keywords))
+        """``(n_masks, options)`` of one call: the defaults filled in (a large default warned
+        about, :func:`~captum_coar.coar._budget.warn_large_default`), the options resolved."""
+        resolved = resolve_options(options, self.options, **keywords)
+        N = self.components.n_components
+        masks = default_n_masks(n_masks, N)
+        if n_masks is None and masks > LARGE_DEFAULT_MASKS:
+            inputs, _, extra = split_batch(next(iter(data)), resolved.batch_fn)
+            warn_large_default(None, N, masks, None, self.forward_func, inputs, extra)
+        return masks, resolved
 
     def collect(self, data: Iterable[Any], store: Union[MaskOutputStore, PathLike, None] = None,
                 *, n_masks: Optional[int] = None, ablation_fraction: Optional[float] = None,
@@ -71,7 +78,7 @@ class CollectionEntryPoints:
         :func:`captum_coar.coar.collection.collect`); resumes when the store holds partial
         data. ``ablation`` defaults to the estimator's."""
         n_masks, options = self._call(
-            n_masks, options, perturbations_per_eval=perturbations_per_eval, max_rows=max_rows,
+            n_masks, options, data, perturbations_per_eval=perturbations_per_eval, max_rows=max_rows,
             chunk_rows=chunk_rows, batch_fn=batch_fn, max_store_bytes=max_store_bytes,
             show_progress=show_progress)
         return collection.collect(
@@ -98,7 +105,7 @@ class CollectionEntryPoints:
         estimator's. ``prior``: compute the default fit's prior (None: when the default rule
         uses one for these training rows; see the module docstring)."""
         n_masks, options = self._call(
-            n_masks, options, perturbations_per_eval=perturbations_per_eval, max_rows=max_rows,
+            n_masks, options, data, perturbations_per_eval=perturbations_per_eval, max_rows=max_rows,
             chunk_rows=chunk_rows, batch_fn=batch_fn, dtype=dtype, show_progress=show_progress)
         ablation = self.ablation if ablation is None else ablation
         stats = collection.collect_statistics(
@@ -125,7 +132,7 @@ class CollectionEntryPoints:
         """Shard ``shard`` of ``n_shards`` into ``directory`` (see
         :func:`captum_coar.coar.shards.collect_shard`)."""
         n_masks, options = self._call(
-            n_masks, options, perturbations_per_eval=perturbations_per_eval, max_rows=max_rows,
+            n_masks, options, data, perturbations_per_eval=perturbations_per_eval, max_rows=max_rows,
             chunk_rows=chunk_rows, batch_fn=batch_fn, max_store_bytes=max_store_bytes,
             show_progress=show_progress)
         return shards.collect_shard(
@@ -149,7 +156,7 @@ class CollectionEntryPoints:
         """Statistics of shard ``shard`` of ``n_shards`` (see
         :func:`captum_coar.coar.shards.collect_statistics_shard`)."""
         n_masks, options = self._call(
-            n_masks, options, perturbations_per_eval=perturbations_per_eval, max_rows=max_rows,
+            n_masks, options, data, perturbations_per_eval=perturbations_per_eval, max_rows=max_rows,
             chunk_rows=chunk_rows, batch_fn=batch_fn, dtype=dtype, show_progress=show_progress)
         return shards.collect_statistics_shard(
             self.forward_func, self.components, data, n_masks=n_masks, shard=shard,
@@ -170,7 +177,7 @@ class CollectionEntryPoints:
         """This rank's shard of a collection split over a process group (see
         :func:`captum_coar.coar.distributed.collect_distributed`)."""
         n_masks, options = self._call(
-            n_masks, options, perturbations_per_eval=perturbations_per_eval, max_rows=max_rows,
+            n_masks, options, data, perturbations_per_eval=perturbations_per_eval, max_rows=max_rows,
             chunk_rows=chunk_rows, batch_fn=batch_fn, max_store_bytes=max_store_bytes,
             show_progress=show_progress)
         return distributed.collect_distributed(
@@ -190,7 +197,7 @@ class CollectionEntryPoints:
         """Statistics summed over a process group (see
         :func:`captum_coar.coar.distributed.collect_statistics_distributed`)."""
         n_masks, options = self._call(
-            n_masks, options, perturbations_per_eval=perturbations_per_eval, max_rows=max_rows,
+            n_masks, options, data, perturbations_per_eval=perturbations_per_eval, max_rows=max_rows,
             chunk_rows=chunk_rows, batch_fn=batch_fn, dtype=dtype, show_progress=show_progress)
         return distributed.collect_statistics_distributed(
             self.forward_func, self.components, data, n_masks=n_masks, rows=rows,

@@ -46,7 +46,9 @@ class CollectionOptions:
             process-group forms; default float64).
         max_store_bytes: the largest new store allowed (``collect`` and its forms; default:
             the free disk space, or the machine's memory for an in-memory store).
-        show_progress: show a tqdm bar.
+        show_progress: a tqdm bar: True (always), False (never) or None (default: once the
+            run is projected to take more than 10 s, where a terminal or notebook shows it and
+            not in CI; :class:`~captum_coar.coar._budget.AutoProgress`).
     """
 
     perturbations_per_eval: Optional[int] = None
@@ -55,7 +57,7 @@ class CollectionOptions:
     batch_fn: Optional[BatchFn] = None
     dtype: torch.dtype = torch.float64
     max_store_bytes: Optional[int] = None
-    show_progress: bool = False
+    show_progress: Optional[bool] = None
 
     def __post_init__(self) -> None:
         for name in ("perturbations_per_eval", "max_rows", "chunk_rows", "max_store_bytes"):
@@ -63,8 +65,8 @@ class CollectionOptions:
         if self.batch_fn is not None:
             check_callable("batch_fn", self.batch_fn)
         check_instance("dtype", self.dtype, torch.dtype, "a torch.dtype")
-        if not isinstance(self.show_progress, bool):
-            raise fail("show_progress", "True or False", self.show_progress)
+        if self.show_progress is not None and not isinstance(self.show_progress, bool):
+            raise fail("show_progress", "True, False or None (automatic)", self.show_progress)
 
 
 #: The fields of :class:`CollectionOptions`, in order.

@@ -71,7 +71,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .._engine import evaluate_masks, progress
+from .._engine import evaluate_masks
 from .._modules import model_device
 from .._pairing import BatchPatchAblation, check_default_ablation, paired_baselines, use_batch
 from .._preflight import preflight
@@ -87,6 +87,7 @@ from ..stores.base import MaskOutputStore, RowSelection, select_rows
 from ..stores.memmap import METADATA_FILE, MemmapStore
 from ..stores.memory import InMemoryStore
 from ._batches import Batch, BatchFn, read_data, split_batch, tensor_batches
+from ._budget import AutoProgress
 from ._collected import CollectedStatistics, row_ranges
 from ._fingerprint import DataScan
 from ._identity import collection_identity, identity_differences, recheck_stored_outputs
@@ -139,7 +140,7 @@ def _run(settings: CollectionSettings, strategy: AblationStrategy, data: Iterabl
     device = model_device(settings.components.model)
     work = chunk_work(rows, settings.n_masks, settings.chunk_size(n))
     total = int(n * len(rows) - int(sink.pending(rows).sum())) if len(rows) else 0
-    bar = progress(total, show_progress and total > 0, "COAR ablated outputs")
+    bar = AutoProgress(total, show_progress, "COAR ablated outputs")
     try:
         with ComponentGates(settings.components, strategy) as hooks:
             for chunk_rows in work:

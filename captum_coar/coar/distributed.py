@@ -146,8 +146,8 @@ def _signature(forward_func: Callable[..., Any], components: ComponentSet, data:
 
 def _on_rank(options: CollectionOptions, rank: int) -> CollectionOptions:
     """The options as given, with the progress bar on rank 0 only."""
-    return options if rank == 0 or not options.show_progress else replace(options,
-                                                                          show_progress=False)
+    return options if rank == 0 or options.show_progress is False else replace(
+        options, show_progress=False)
 
 
 # --------------------------------------------------------------------------- process group API

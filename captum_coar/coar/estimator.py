@@ -62,7 +62,6 @@ stops when the held-out correlation stops improving (:mod:`captum_coar.coar.adap
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import replace
 from typing import Any, Callable, Dict, Optional, Tuple, Union
 
@@ -72,7 +71,7 @@ from captum.log import log_usage
 from torch import Tensor
 
 from .._checks import check_positive_int
-from .._inputs import TensorOrTuple, input_tuple
+from .._inputs import TensorOrTuple, as_tuple, input_tuple
 from .._modules import model_device, result_dtype
 from .._pairing import check_default_ablation, paired_baselines
 from .._preflight import preflight
@@ -82,11 +81,13 @@ from ..components import ComponentSet, check_example_positions
 from ..outputs import OutputFunction
 from ..sampling import MaskSampler
 from ..solvers import FitResult, Solver, StreamingSolver, checked_solver, default_solver
+from ..solvers.base import note_constant_columns
 from ..solvers.statistics import SufficientStatistics
 from ..stores.base import MaskOutputStore, RowSelection
 from ..stores.memmap import MemmapStore
 from ..stores.memory import InMemoryStore
 from . import collection
+from ._budget import warn_large_default
 from ._entry_points import CollectionEntryPoints
 from ._identity import check_estimator_identity, identity_of
 from ._options import CollectionOptions, resolve_options
@@ -252,12 +253,13 @@ class ComponentAblationRegression(PerturbationAttribution, CollectionEntryPoints
             return (result.attributions,) if isinstance(inputs, tuple) else result.attributions
         if isinstance(n_masks, str):
             raise ValueError(f"`n_masks` must be an integer, None or 'auto'; got {n_masks!r}")
-        n_masks = check_positive_int("n_masks", default_n_masks(n_masks, N))
+        given, n_masks = n_masks, check_positive_int("n_masks", default_n_masks(n_masks, N))
         n_val = validation_split(n_masks, validation_fraction)
         resolved = checked_solver(solver, n_masks - n_val, n_examples, n_val > 0, N,
                                   f"n_masks={n_masks} ({n_masks - n_val} for training), checked"
                                   " before collection: ", groups=self._groups())
-        resolved, report = self._prior(solver, resolved, data, output)
+        warn_large_default(given, N, n_masks, n_examples, self.forward_func,
+                           input_tuple(inputs), as_tuple(additional_forward_args))
         source: Source
         if isinstance(resolved, StreamingSolver):
             source = collection.collect(self.forward_func, self.components, data, InMemoryStore(),
@@ -267,6 +269,7 @@ class ComponentAblationRegression(PerturbationAttribution, CollectionEntryPoints
                 self.forward_func, self.components, data, n_masks=n_masks,
                 ablation=self.ablation, validation_fraction=validation_fraction, **common)
             validation_fraction = 0.0  # the statistics carry their split
+        resolved, report = self._prior(solver, resolved, data, output)  # after: errors there first
         # the identity was built by this collection, from this estimator's model: not redone
         result = self._fit(source, resolved, validation_fraction, None, identity_checked=True)
         self._record_prior(result, report)
@@ -340,7 +343,7 @@ class ComponentAblationRegression(PerturbationAttribution, CollectionEntryPoints
             else:
                 stats = store.statistics(train_rows, device=device)
                 fit = resolved.fit(stats, val_stats)
-                _note_constant_columns(fit, stats)
+                note_constant_columns(fit, stats)
             n_train, settings = len(train_rows), identity_of(meta)
         else:
             if isinstance(source, SufficientStatistics):
@@ -369,7 +372,7 @@ class ComponentAblationRegression(PerturbationAttribution, CollectionEntryPoints
                     " statistics do not keep; collect into a store, or use least_squares, ridge"
                     " or lasso")
             fit = resolved.fit(train, validation)
-            _note_constant_columns(fit, train)
+            note_constant_columns(fit, train)
             n_train, n_val = train.count, 0 if validation is None else validation.count
             settings = dict(source.settings)
         settings["solver"] = resolved.describe()
@@ -386,18 +389,3 @@ class ComponentAblationRegression(PerturbationAttribution, CollectionEntryPoints
             intercept=fit.intercept.to(device=device, dtype=dtype),
             fit=fit, components=self.components, n_masks=n_train, n_validation=n_val,
             settings=settings)
-
-
-def _note_constant_columns(fit: FitResult, stats: SufficientStatistics) -> None:
-    """Record (and warn about) components never ablated, or always ablated, in the masks."""
-    never = torch.nonzero(stats.x_sum >= stats.count).flatten().tolist()
-    always = torch.nonzero(stats.x_sum <= 0).flatten().tolist()
-    fit.diagnostics["never_ablated"] = never
-    fit.diagnostics["always_ablated"] = always
-    if never or always:
-        warnings.warn(
-            f"{len(never)} component(s) were never ablated and {len(always)} always ablated in"
-            f" the {stats.count} training masks (e.g. indices {(never + always)[:10]}); their"
-            " attributions are not identified (least squares gives them 0 or an arbitrary"
-            " share). Use more masks or a larger ablation_fraction.",
-            UserWarning, stacklevel=4)

@@ -24,11 +24,13 @@ at least 2 training masks (least squares: more than ``N``), held-out statistics 
 solver chooses on them, a prior of shape ``(n_examples, N)``. It reads no data and fits
 nothing, so the estimator calls it before any forward pass; ``fit`` calls it with the sizes of
 the statistics it is given. :attr:`Solver.gives_standard_errors` says whether a fit will carry
-standard errors.
+standard errors. :func:`note_constant_columns` records (and warns about) components the
+masks never or always ablated.
 """
 
 from __future__ import annotations
 
+import warnings
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar, Dict, Iterable, List, Optional, Sequence, Tuple, Union
@@ -38,7 +40,7 @@ import torch
 from ._constraints import Choice, Constraint, validate_parameters
 from .statistics import SufficientStatistics
 
-__all__ = ["FitResult", "Solver", "StreamingSolver", "ChunkSource"]
+__all__ = ["FitResult", "Solver", "StreamingSolver", "ChunkSource", "note_constant_columns"]
 
 #: A zero-argument callable returning a fresh iterable of ``(X, Y)`` chunks per pass.
 ChunkSource = Callable[[], Iterable[Tuple[torch.Tensor, torch.Tensor]]]
@@ -345,3 +347,19 @@ def _fit_path(
         n_iter=n_iter_total if any_iter else None,
         converged=best_conv,
     )
+
+
+def note_constant_columns(fit: FitResult, stats: SufficientStatistics) -> None:
+    """Record (and warn about) components never ablated, or always ablated, in the masks."""
+    never = torch.nonzero(stats.x_sum >= stats.count).flatten().tolist()
+    always = torch.nonzero(stats.x_sum <= 0).flatten().tolist()
+    fit.diagnostics["never_ablated"] = never
+    fit.diagnostics["always_ablated"] = always
+    if never or always:
+        warnings.warn(
+            f"{len(never)} component(s) were never ablated and {len(always)} always ablated in"
+            f" the {stats.count} training masks (e.g. indices {(never + always)[:10]}); their"
+            " attributions are not identified (least squares gives them 0 or an arbitrary"
+            " share, eb_ridge its prior with the prior's spread as error bar). Use more masks"
+            " or a larger ablation_fraction.",
+            UserWarning, stacklevel=4)

@@ -12,6 +12,8 @@ from captum_coar.coar.adaptive import (
     StopWhen,
     collect_until,
     held_out_correlation,
+    masks_for_share,
+    predicted_share,
     relative_interval_width,
 )
 from captum_coar.sampling import BernoulliSampler
@@ -58,8 +60,8 @@ def test_additive_model_stops_after_the_first_round():
     model, components, x, y = _additive()
     coar = ComponentAblationRegression(model, components)
     # the first round needs m > N + 1 masks for the exact answer (12 components here)
-    out = coar.attribute(x, target=y, output="logit", stop_when=StopWhen(first_masks=24),
-                         ablation_fraction=0.3)
+    out = coar.attribute(x, target=y, output="logit", ablation_fraction=0.3,
+                         stop_when=StopWhen(criterion="correlation", first_masks=24))
     report = coar.last_result_.settings["adaptive"]
     assert len(report["rounds"]) == 1 and report["reason"] == "converged"
     assert report["n_masks"] == 24 and report["n_validation"] == 100
@@ -114,7 +116,8 @@ def test_statistics_rounds_equal_store_rounds(digits):
 
 def test_correlation_rule_stops_when_the_gain_falls_below_tol(digits):
     model, components, x, y = digits
-    rule = StopWhen(tol=0.02, first_masks=18, growth=2.0, max_masks=18 * 32, n_validation=40)
+    rule = StopWhen(criterion="correlation", tol=0.02, first_masks=18, growth=2.0,
+                    max_masks=18 * 32, n_validation=40)
     coar = ComponentAblationRegression(model, components)
     _, report = collect_until(coar, tensor_batches(x, y), rule, "ridge_auto",
                               ablation_fraction=0.1, seed=0)
@@ -143,3 +146,33 @@ def test_adaptive_arguments_are_checked_before_any_forward_pass(digits):
     with pytest.raises(ValueError, match=r"`stop_when.first_masks` must be <= max_masks"):
         coar.attribute(x, target=y, stop_when=StopWhen(first_masks=50, max_masks=20))
     assert counting.calls == 0
+
+
+def test_predicted_share_and_the_masks_it_asks_for_by_hand():
+    coef = torch.tensor([[3.0, -4.0], [1.0, 0.0]], dtype=torch.float64)
+    se = torch.tensor([[1.0, 2.0], [0.5, 0.5]], dtype=torch.float64)  # V/S = 5/25 and 0.5/1
+    share = predicted_share(coef, se)
+    torch.testing.assert_close(share, torch.tensor([np.sqrt(25 / 30), np.sqrt(1 / 1.5)],
+                                                   dtype=torch.float64))
+    wanted = masks_for_share(100, coef, se, 0.9)
+    # with V falling as 1 / m, the mean share at the returned m is the target
+    at = ((1 / (1 + torch.tensor([0.2, 0.5], dtype=torch.float64) * 100 / wanted)).sqrt())
+    assert float(at.mean()) == pytest.approx(0.9, abs=1e-9)
+    assert masks_for_share(100, coef, torch.zeros_like(se), 0.9) == 100.0
+
+
+def test_the_default_rule_stops_when_the_error_bars_predict_95_percent(digits):
+    model, components, x, y = digits
+    coar = ComponentAblationRegression(model, components)
+    N = components.n_components
+    coar.attribute(x, target=y, n_masks="auto", ablation_fraction=0.1, seed=2)
+    result = coar.last_result_
+    report = result.settings["adaptive"]
+    shares = [r["predicted_share"] for r in report["rounds"]]
+    ms = [r["n_masks"] for r in report["rounds"]]
+    assert report["rule"]["criterion"] == "share" and report["n_validation"] == 0
+    assert result.fit.solver == "eb_ridge" and result.settings["prior"]["method"]
+    assert ms[0] == N and all(1.1 * a <= b + 1 <= 2 * a + 1 for a, b in zip(ms, ms[1:]))
+    if report["reason"] == "converged":
+        assert shares[-1] >= 0.95 and all(s < 0.95 for s in shares[:-1])
+    assert all(r["correlation"] is None for r in report["rounds"])  # no held-out masks

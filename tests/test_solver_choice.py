@@ -78,7 +78,8 @@ def test_every_path_asks_the_one_rule(monkeypatch):
     fits = [coar.last_result_, coar.fit(stats),
             coar.fit(coar.collect(data, n_masks=40, ablation_fraction=0.3),
                      validation_fraction=0.25),
-            collect_until(coar, data, StopWhen(first_masks=20, max_masks=40, n_validation=10),
+            collect_until(coar, data, StopWhen(criterion="correlation", first_masks=20,
+                                               max_masks=40, n_validation=10),
                           ablation_fraction=0.3)[0]]
     assert [f.fit.solver for f in fits] == ["difference_of_means"] * 4
     assert asked[:3] == [30, 40, 30] and set(asked[3:]) == {20}

@@ -9,11 +9,18 @@ object with its ``components``, ``collect``, ``collect_statistics`` and ``fit``)
 public methods. This module does not import the estimator; the estimator imports it.
 
 1. Round 0 collects ``n_validation`` held-out masks (rows ``[max_masks, max_masks +
-   n_validation)`` of the same seeded mask sequence, so they never overlap training rows) and
-   the first ``first_masks`` training rows ``[0, first_masks)``.
+   n_validation)`` of the same seeded mask sequence, so they never overlap training rows; none
+   by default for ``criterion="share"``, which needs none) and the first ``first_masks``
+   training rows ``[0, first_masks)``.
 2. Every round fits the solver on training rows ``[0, m)`` (the held-out rows are NOT given to
    the solver, so the score below stays held-out) and scores the fit:
 
+   * ``share`` (the default): the predicted share of the large-``m`` held-out correlation the
+     fit reaches, from its own error bars: with ``coef = beta - e`` and ``e`` the posterior
+     error (uncorrelated with ``coef``, variance ``se^2``), independent masks give
+     ``corr(X coef, y) / corr(X beta, y) = sqrt(S / (S + V))``, ``S = ||coef_j||^2``,
+     ``V = sum_i se_ji^2``; averaged over examples (needs a solver with standard errors: the
+     default's posterior ones are calibrated, see ``benchmarks/README.md``);
    * ``correlation``: the paper's counterfactual correlation on the held-out masks -- per
      example the Pearson correlation between the output and ``intercept + coef . mask`` --
      averaged over examples, computed from the held-out sufficient statistics;
@@ -21,11 +28,14 @@ public methods. This module does not import the estimator; the estimator imports
      (the typical 95% interval width relative to the typical attribution; needs a solver with
      standard errors).
 
-3. It stops when ``criterion="correlation"`` and the correlation improved by less than ``tol``
-   since the previous round (or is already within ``tol`` of 1, so no round could), or when ``criterion="relative_width"`` and the relative width is
-   at most ``tol`` (a solver without standard errors is refused for it before any
-   collection); otherwise the next round grows ``m`` by ``growth`` (capped at
-   ``max_masks``), and it stops at the cap.
+3. It stops when ``criterion="share"`` and the predicted share is at least ``share`` (0.95),
+   when ``criterion="correlation"`` and the correlation improved by less than ``tol`` since the
+   previous round (or is already within ``tol`` of 1, so no round could), or when
+   ``criterion="relative_width"`` and the relative width is at most ``tol`` (a solver without
+   standard errors is refused for ``share`` and ``relative_width`` before any collection).
+   Otherwise the next round grows ``m`` by ``growth`` (capped at ``max_masks``) -- for
+   ``share``, to the ``m`` predicted to reach it (``V`` falls as ``1 / m``), between ``1.1 m``
+   and ``growth * m`` -- and it stops at the cap.
 
 With a ``store`` (a :class:`~captum_coar.stores.base.MaskOutputStore` or a directory) every
 round resumes the same store (``n_masks = max_masks + n_validation``): rows already complete
@@ -43,6 +53,7 @@ first round, unless the first round has more than ``3 N`` masks);
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple, Union
@@ -61,7 +72,8 @@ from ._prior import with_default_prior
 from .result import COARResult
 
 __all__ = ["StopWhen", "AdaptiveReport", "collect_until", "run_rounds", "adaptive_rule",
-           "held_out_correlation", "relative_interval_width"]
+           "held_out_correlation", "relative_interval_width", "predicted_share",
+           "masks_for_share"]
 
 #: ``collect_rows((start, stop), n_masks)``: statistics of mask rows ``[start, stop)`` of a
 #: collection of ``n_masks`` rows, collected (or resumed) now.
@@ -75,13 +87,17 @@ class StopWhen:
     """When adaptive collection stops (see the module docstring).
 
     Attributes:
-        criterion: ``"correlation"`` (held-out correlation gain below ``tol``) or
-            ``"relative_width"`` (relative 95% interval width at most ``tol``).
-        tol: the tolerance (default 0.01 correlation points).
+        criterion: ``"share"`` (default: predicted share of the large-``m`` held-out
+            correlation at least ``share``), ``"correlation"`` (held-out correlation gain below
+            ``tol``) or ``"relative_width"`` (relative 95% interval width at most ``tol``).
+        tol: the tolerance of ``correlation`` and ``relative_width`` (default 0.01).
+        share: the target of ``criterion="share"`` (default 0.95).
         first_masks: training masks of the first round (default: the number of components N).
         growth: factor by which the training masks grow each round (> 1).
         max_masks: cap on training masks (default 20 N).
-        n_validation: held-out masks for the score (default 100, the paper's test masks).
+        n_validation: held-out masks for the score (default 100, the paper's test masks; 0
+            for ``criterion="share"``, which needs none: give some to report a held-out
+            correlation too).
 
     Example:
         >>> import torch
@@ -98,34 +114,40 @@ class StopWhen:
         True
     """
 
-    criterion: str = "correlation"
+    criterion: str = "share"
     tol: float = 0.01
     first_masks: Optional[int] = None
     growth: float = 2.0
     max_masks: Optional[int] = None
-    n_validation: int = 100
+    n_validation: Optional[int] = None
+    share: float = 0.95
 
     def resolved(self, n_components: int) -> "StopWhen":
         """A copy with defaults filled in and every field checked."""
         criterion = check_choice("stop_when.criterion", self.criterion,
-                                 ("correlation", "relative_width"))
+                                 ("share", "correlation", "relative_width"))
         tol = check_float("stop_when.tol", self.tol, 0.0, low_open=True)
         first = check_int("stop_when.first_masks", self.first_masks, 2, optional=True)
         cap = check_int("stop_when.max_masks", self.max_masks, 2, optional=True)
         growth = check_float("stop_when.growth", self.growth, 1.0, low_open=True)
-        n_val = check_int("stop_when.n_validation", self.n_validation, 3)
+        n_val = check_int("stop_when.n_validation", self.n_validation,
+                          0 if criterion == "share" else 3, optional=True)
+        n_val = (0 if criterion == "share" else 100) if n_val is None else n_val
+        share = check_float("stop_when.share", self.share, 0.0, 1.0, low_open=True,
+                            high_open=True)
         first = n_components if first is None else first
         cap = 20 * n_components if cap is None else cap
         if first > cap:
             raise fail("stop_when.first_masks", f"<= max_masks = {cap}", first)
-        assert tol is not None and growth is not None and n_val is not None
-        return StopWhen(criterion, tol, first, growth, cap, n_val)
+        assert tol is not None and growth is not None and share is not None
+        return StopWhen(criterion, tol, first, growth, cap, n_val, share)
 
 
 @dataclass
 class AdaptiveReport:
     """What adaptive collection did: ``rounds`` (one dict per round: ``n_masks``,
-    ``correlation``, ``relative_width``, ``seconds``), the ``n_masks`` it stopped at, and
+    ``correlation`` (None without held-out masks), ``relative_width``, ``predicted_share``,
+    ``seconds``), the ``n_masks`` it stopped at, and
     ``reason`` (``"converged"`` or ``"max_masks"``)."""
 
     rule: Dict[str, Any]
@@ -149,6 +171,34 @@ def held_out_correlation(validation: SufficientStatistics, coef: torch.Tensor) -
     var_p = ((sxx @ w) * w).sum(0).clamp_min(0.0)
     den = (var_p * syy).sqrt()
     return torch.where(den > 0, cov / den.clamp_min(1e-300), torch.zeros_like(den))
+
+
+def predicted_share(coef: torch.Tensor, standard_errors: torch.Tensor) -> torch.Tensor:
+    """``sqrt(S / (S + V))`` per example (see the module docstring), ``(n,)``."""
+    S = (coef.double() ** 2).sum(1)
+    V = (standard_errors.double() ** 2).sum(1)
+    return torch.where(S + V > 0, (S / (S + V).clamp_min(1e-300)).sqrt(), torch.ones_like(S))
+
+
+def masks_for_share(m: int, coef: torch.Tensor, standard_errors: torch.Tensor,
+                    target: float) -> float:
+    """The ``m'`` at which the mean predicted share reaches ``target`` if ``V`` falls as
+    ``1 / m`` (bisection; ``inf`` when no finite ``m'`` does)."""
+    S = (coef.double() ** 2).sum(1)
+    ratio = (standard_errors.double() ** 2).sum(1) / S.clamp_min(1e-300)  # V / S at m
+
+    def mean_share(masks: float) -> float:
+        return float((1.0 / (1.0 + ratio * m / masks)).sqrt().mean())
+
+    low, high = float(m), float(m)
+    while mean_share(high) < target:
+        high *= 2.0
+        if high > 1e12 * m:
+            return float("inf")
+    for _ in range(60):
+        middle = 0.5 * (low + high)
+        low, high = (middle, high) if mean_share(middle) < target else (low, middle)
+    return high
 
 
 def relative_interval_width(coef: torch.Tensor, standard_errors: torch.Tensor,
@@ -208,9 +258,9 @@ def collect_until(estimator: Any, data: Iterable[Any], rule: StopWhen,
     if not isinstance(resolved, Solver):
         raise fail("solver", "a solver that fits from sufficient statistics (least_squares,"
                    " ridge, ridge_auto, lasso...)", resolved)
-    if rule.criterion == "relative_width" and not resolved.gives_standard_errors:
-        raise fail("solver", "one that gives standard errors for criterion='relative_width'"
-                   " (least_squares, ridge, ridge_auto)", resolved.name,
+    if rule.criterion != "correlation" and not resolved.gives_standard_errors:
+        raise fail("solver", f"one that gives standard errors for criterion={rule.criterion!r}"
+                   " (least_squares, ridge, ridge_auto, eb_ridge)", resolved.name,
                    "Checked before any collection; or use criterion='correlation'")
     if isinstance(store, str):
         store = MemmapStore(store)
@@ -243,10 +293,11 @@ def run_rounds(rule: StopWhen, collect_rows: CollectRows,
     :meth:`StopWhen.resolved`): the held-out rows first, then training rows round by round,
     each round fitted with ``fit`` and scored, until the rule stops it."""
     assert rule.max_masks is not None and rule.first_masks is not None
+    assert rule.n_validation is not None
     cap, n_val = rule.max_masks, rule.n_validation
     total = cap + n_val
     report = AdaptiveReport(rule=asdict(rule), n_validation=n_val)
-    validation = collect_rows((cap, total), total)
+    validation = collect_rows((cap, total), total) if n_val else None
     train: Optional[SufficientStatistics] = None
     done, m = 0, rule.first_masks
     previous: Optional[float] = None
@@ -256,12 +307,24 @@ def run_rounds(rule: StopWhen, collect_rows: CollectRows,
         train = part if train is None else train.merge(part)
         done = m
         result = fit(train)
-        corr = float(held_out_correlation(validation, result.fit.coef).mean())
-        se = result.fit.standard_errors
-        width = None if se is None else relative_interval_width(result.fit.coef, se)
+        coef, se = result.fit.coef, result.fit.standard_errors
+        corr = (None if validation is None else
+                float(held_out_correlation(validation, coef).mean()))
+        width = None if se is None else relative_interval_width(coef, se)
+        share = None if se is None else float(predicted_share(coef, se).mean())
         report.rounds.append({"n_masks": m, "correlation": corr, "relative_width": width,
-                              "seconds": time.perf_counter() - tick})
-        if rule.criterion == "correlation":
+                              "predicted_share": share, "seconds": time.perf_counter() - tick})
+        following = min(cap, max(m + 1, int(round(m * rule.growth))))
+        if rule.criterion == "share":
+            if se is None or share is None:  # no residual degree of freedom left
+                raise fail("fit", "one with standard errors for criterion='share'",
+                           result.fit.solver, "use more masks per round")
+            stop = share >= rule.share
+            wanted = masks_for_share(m, coef, se, rule.share)
+            following = min(cap, max(m + 1, int(round(m * 1.1)),
+                                     min(int(round(m * rule.growth)), math.ceil(wanted))))
+        elif rule.criterion == "correlation":
+            assert corr is not None
             # no round can add more than 1 - corr: stop when even that is below tol
             stop = 1.0 - corr < rule.tol or (previous is not None and corr - previous < rule.tol)
             previous = corr
@@ -274,7 +337,7 @@ def run_rounds(rule: StopWhen, collect_rows: CollectRows,
         if stop or m >= cap:
             report.reason = "converged" if stop else "max_masks"
             break
-        m = min(cap, max(m + 1, int(round(m * rule.growth))))
+        m = following
     report.n_masks = done
     result.settings["adaptive"] = report.as_dict()
     result.n_validation = n_val

@@ -57,7 +57,8 @@ its 95% intervals cover about 95% of components on average (see
 :mod:`captum_coar.solvers.uncertainty`).
 
 ``attribute(..., n_masks="auto")`` (or ``stop_when=StopWhen(...)``) collects in rounds and
-stops when the held-out correlation stops improving (:mod:`captum_coar.coar.adaptive`).
+stops when the fit's error bars predict 95% of the large-``m`` held-out correlation (or, on
+request, when the held-out correlation stops improving; :mod:`captum_coar.coar.adaptive`).
 """
 
 from __future__ import annotations
@@ -180,8 +181,8 @@ class ComponentAblationRegression(PerturbationAttribution, CollectionEntryPoints
             n_masks: number of ablations ``m`` (default ``10 * n_components``); least squares
                 needs more training masks than components. ``"auto"``: collect in rounds and
                 stop adaptively with the default :class:`~captum_coar.coar.adaptive.StopWhen`
-                (held-out correlation gain below 0.01, from N up to 20 N masks, plus 100
-                held-out masks).
+                (when the fit's error bars predict 95% of the large-``m`` held-out
+                correlation; from N up to 20 N masks, no held-out masks).
             ablation_fraction: probability ``alpha`` in (0, 1) that a component is ablated
                 (default 0.05; a sampler object carries its own, and a different value here
                 is an error).

@@ -1,5 +1,18 @@
-import pytest
-import torch
+"""Shared fixtures for every test folder, and the one place that puts tests/ on sys.path.
+
+The test folders mirror the package (tests/coar/, tests/solvers/, ...) and have no
+``__init__.py``: test files are imported by basename, so every basename is unique. The helper
+modules beside this file (toy_models, coar_fixtures, fault_fixtures) are imported by name from
+any folder, because this file puts tests/ first on sys.path.
+"""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
 from toy_models import AttentionClassifier, ConvNet, randomise_batchnorm
 
 from captum_coar.components import ComponentSet

@@ -23,7 +23,7 @@ import torch
 import captum_coar
 from captum_coar import _deprecation
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _faces():

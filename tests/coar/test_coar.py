@@ -197,7 +197,7 @@ def test_hooks_removed_and_parameters_unchanged():
 
 
 def test_training_mode_refused_only_where_it_is_random():
-    """The preflight (tests/test_preflight.py) refuses random modules in training mode; a
+    """The preflight (tests/house/test_preflight.py) refuses random modules in training mode; a
     model without any gives the same attributions in both modes."""
     model, components, x, y = _additive(dtype=torch.float32)
     kwargs = dict(target=y, n_masks=60, ablation_fraction=0.2)

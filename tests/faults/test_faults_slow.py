@@ -16,7 +16,7 @@ from fault_fixtures import SETTINGS, assert_same_arrays, make_setup
 
 from captum_coar.coar import collect
 
-TESTS = Path(__file__).resolve().parent
+TESTS = Path(__file__).resolve().parents[1]  # where fault_fixtures.py lives
 _CHILD = """
 import sys, time, torch
 sys.path.insert(0, {tests!r})

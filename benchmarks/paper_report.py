@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 if __package__ in (None, ""):  # run as a script: make `benchmarks` importable
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    import _harness  # noqa: F401  (puts the repository root on sys.path)
 
 from benchmarks.paper_setups import PAPER, PAPER_REFERENCES, SETUP_NAMES  # noqa: E402
 

@@ -50,16 +50,14 @@ the COAR paper (Shah, Ilyas & Madry, 2024).
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
 
 if __package__ in (None, ""):  # run as a script: make `benchmarks` importable
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    import _harness  # noqa: F401  (puts the repository root on sys.path)
 
 from benchmarks.data import (  # noqa: E402
     load_fashion_mnist,

@@ -35,8 +35,9 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import torch
 
 if __package__ in (None, ""):  # run as a script: make `benchmarks` importable
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    import _harness  # noqa: F401  (puts the repository root on sys.path)
 
+from benchmarks._harness import command_line  # noqa: E402
 from benchmarks.paper_setups import SETUP_NAMES, Setup, build_setup, method_runners  # noqa: E402
 from captum_coar import ComponentAblationRegression, counterfactual_correlation, tensor_batches
 from captum_coar.engine import evaluate_masks
@@ -232,13 +233,11 @@ def run_setup(name: str, args: argparse.Namespace) -> Dict[str, Any]:
 
 # ---------------------------------------------------------------------- command line
 def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = command_line(__doc__, quick="tiny sizes and quick models (CI, <2 min)", out=None,
+                     out_help="output folder (default benchmarks/results; with --quick a"
+                     " temporary folder)", threads=1, threads_help="torch threads (default 1)")
     p.add_argument("--setups", default=",".join(SETUP_NAMES),
                    help="comma-separated subset of resnet,vit,gpt2,llama (default: all)")
-    p.add_argument("--quick", action="store_true", help="tiny sizes and quick models (CI, <2 min)")
-    p.add_argument("--out", default=None, help="output folder (default benchmarks/results;"
-                   " with --quick a temporary folder)")
-    p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     p.add_argument("--n-examples", type=int, default=None, help="test examples explained (200)")
     p.add_argument("--m-factor", type=float, default=None, help="COAR masks m = factor * N (5)")
     p.add_argument("--curve-factors", default=None,

@@ -45,8 +45,9 @@ from typing import Any, Dict, List, Optional
 import torch
 
 if __package__ in (None, ""):  # run as a script: make `benchmarks` importable
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    import _harness  # noqa: F401  (puts the repository root on sys.path)
 
+from benchmarks._harness import command_line  # noqa: E402
 from benchmarks.speed_report import write_markdown  # noqa: E402
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
@@ -164,12 +165,10 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="small sizes (CI smoke run)")
-    parser.add_argument("--out", default=str(RESULTS_DIR), help="directory for the results")
-    parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch and BLAS threads (default 1: steady on a shared machine)")
+    parser = command_line(__doc__, quick="small sizes (CI smoke run)", out=str(RESULTS_DIR),
+                          out_help="directory for the results", device="cpu", threads=1,
+                          threads_help="torch and BLAS threads (default 1: steady on a shared"
+                          " machine)")
     parser.add_argument("--repeats", type=int, default=None,
                         help="timed repeats per measurement (default 3, quick 1)")
     parser.add_argument("--parts", default="1,2,3,4,5", help="comma-separated parts to run")

@@ -30,17 +30,15 @@ Memory: X as float64 (m N 8 bytes, 370 MB at the full size) plus sklearn's centr
 
 from __future__ import annotations
 
-import sys
 import time
 import warnings
-from pathlib import Path
 from typing import Any, Dict
 
 import numpy as np
 import torch
 
 if __package__ in (None, ""):  # run as a script: make `benchmarks` importable
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    import _harness  # noqa: F401  (puts the repository root on sys.path)
 
 from benchmarks.speed_common import Timing, agreement, measure  # noqa: E402
 

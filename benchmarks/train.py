@@ -33,7 +33,6 @@ final-query accuracy in 111 s (500 steps, 1 thread, stopped at >= 0.98). --quick
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
@@ -47,8 +46,9 @@ import torch.nn.functional as F
 from torch import nn
 
 if __package__ in (None, ""):  # run as a script: make `benchmarks` importable
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    import _harness  # noqa: F401  (puts the repository root on sys.path)
 
+from benchmarks._harness import command_line  # noqa: E402
 from benchmarks.data import (  # noqa: E402
     SequenceData,
     load_fashion_mnist,
@@ -362,15 +362,12 @@ def train_or_load(
 
 
 def main(argv: Optional[list] = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = command_line(__doc__, quick="tiny subsets, a few steps (CI)", device="cpu",
+                     threads=int(os.environ.get("COAR_BENCH_THREADS", min(4, os.cpu_count() or 1))))
     p.add_argument("models", nargs="*", default=["all"],
                    help="resnet, vit, gpt2, llama or all (default)")
-    p.add_argument("--quick", action="store_true", help="tiny subsets, a few steps (CI)")
     p.add_argument("--retrain", action="store_true", help="ignore the cache")
-    p.add_argument("--threads", type=int,
-                   default=int(os.environ.get("COAR_BENCH_THREADS", min(4, os.cpu_count() or 1))))
     p.add_argument("--cache-dir", default=None)
-    p.add_argument("--device", default="cpu")
     args = p.parse_args(argv)
     names = list(MODEL_NAMES) if "all" in args.models else args.models
     for n in names:

@@ -19,7 +19,6 @@ one thread).
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from pathlib import Path
@@ -28,6 +27,7 @@ from typing import Any, Dict, List, Tuple
 import torch
 
 import captum_coar.language_outputs  # noqa: F401  (registers the language-model outputs)
+from benchmarks._harness import command_line
 from benchmarks.models import build_gpt2
 from benchmarks.patching.ioi import LENGTH, make_ioi_data, recipe, train_or_load_ioi
 from captum_coar import (
@@ -104,11 +104,10 @@ def markdown(rows: List[Dict[str, Any]], n_prompts: int) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = command_line(__doc__, threads=1)
     parser.add_argument("--n", type=int, default=32, help="held-out prompts")
     parser.add_argument("--random-init", action="store_true", help="also the untrained model")
     parser.add_argument("--no-neurons", action="store_true", help="skip the MLP neurons")
-    parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     trained, _ = train_or_load_ioi(verbose=True)

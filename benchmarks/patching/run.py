@@ -24,7 +24,6 @@ weight ablation on the same model, components and masks. Writes ``patching.json`
 
 from __future__ import annotations
 
-import argparse
 import json
 import platform
 import sys
@@ -35,6 +34,7 @@ from typing import Any, Dict, List, Optional
 
 import torch
 
+from benchmarks._harness import command_line
 from benchmarks.patching import methods as M
 from benchmarks.patching.ioi import make_ioi_data, train_or_load_ioi
 from benchmarks.patching.recall import (
@@ -140,10 +140,7 @@ def speed_check(task: PatchingTask, cfg: Dict[str, Any]) -> Dict[str, Any]:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--quick", action="store_true", help="tiny models and sizes (CI smoke)")
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--out", default=None)
+    p = command_line(__doc__, quick="tiny models and sizes (CI smoke)", threads=1, out=None)
     p.add_argument("--tasks", default="ioi,recall")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)

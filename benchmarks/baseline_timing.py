@@ -22,7 +22,6 @@ What it does
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import time
@@ -30,6 +29,11 @@ from typing import Any, Callable, Dict, List, Tuple
 
 import torch
 from torch import Tensor, nn
+
+if __package__ in (None, ""):  # run as a script: make `benchmarks` importable
+    import _harness  # noqa: F401  (puts the repository root on sys.path)
+
+from benchmarks._harness import command_line  # noqa: E402
 
 
 class TimingCNN(nn.Module):
@@ -101,15 +105,13 @@ def timed(function: Callable[[], Any], repeats: int, device: torch.device) -> Tu
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = command_line(__doc__, device="cpu", threads=1,
+                          threads_help="torch CPU threads (1 is steadiest on a shared machine)")
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--n-steps", type=int, default=50)
     parser.add_argument("--coar-masks", type=int, default=None,
                         help="COAR's m (default 10 x n_components)")
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch CPU threads (1 is steadiest on a shared machine)")
     parser.add_argument("--json", default=None, help="also write the numbers to this file")
     args = parser.parse_args()
 

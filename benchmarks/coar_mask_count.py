@@ -15,13 +15,16 @@ forward passes) and of each fit are reported separately.
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 import warnings
 
 import torch
 
+if __package__ in (None, ""):  # run as a script: make `benchmarks` importable
+    import _harness  # noqa: F401  (puts the repository root on sys.path)
+
+from benchmarks._harness import command_line  # noqa: E402
 from captum_coar.coar import ComponentAblationRegression, tensor_batches
 from captum_coar.demo_model import accuracy, load_digits_split, train_digits_cnn
 from captum_coar.evaluation import counterfactual_correlation
@@ -32,14 +35,13 @@ FIT_SEED, TEST_SEED = 0, 12345
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = command_line(__doc__, threads=None)
     parser.add_argument("--width", type=int, default=24)
     parser.add_argument("--epochs", type=int, default=15)
     parser.add_argument("--n-examples", type=int, default=200)
     parser.add_argument("--alpha", type=float, default=0.05)
     parser.add_argument("--multiples", type=float, nargs="+", default=[1, 2, 5, 10])
     parser.add_argument("--test-masks", type=int, default=100)
-    parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--json", default=None, help="also write the rows here")
     args = parser.parse_args()
     if args.threads:

@@ -34,3 +34,13 @@ def test_fewer_masks_quick(tmp_path):
 def test_fewer_masks_shared_quick(tmp_path):
     result = _run("fewer_masks_shared.py", tmp_path / "shared.json")
     assert "ridge_auto" in result["correlation"] and result["asymptote"] > 0.5
+
+
+@pytest.mark.slow
+def test_fewer_masks_default_quick(tmp_path):
+    result = _run("fewer_masks_default.py", tmp_path / "default.json")
+    digits = result["setups"]["digits"]
+    assert any(p["estimator"].startswith("new default") for p in digits["points"])
+    assert digits["adaptive"]["reason"] in ("converged", "max_masks")
+    assert all(0.0 <= v <= 1.0 for c in digits["coverage"] for k, v in c.items()
+               if k != "m_over_N")

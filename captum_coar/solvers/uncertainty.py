@@ -30,6 +30,16 @@ of a deterministic model are zero on repeated masks; with few components and man
 duplicates are common and the classical estimate is then too small (use more components'
 worth of masks, or the sandwich form, which has the same blind spot, with care).
 
+:class:`~captum_coar.solvers.bayes.EmpiricalBayesRidge` (the default below ``3 N`` masks)
+attaches posterior standard deviations instead, ``se_ij^2 = s_j^2 [A_j^{-1}]_ii`` with
+``A_j = Sxx + diag(penalties of example j)``, plus the variance of the prior's estimated scale:
+they add to the sampling noise the shrinkage bias its fitted prior expects, so its intervals
+cover the large-``m`` coefficients for about 95% of components on average (measured on planted
+models and trained networks in ``benchmarks/README.md``), not for each component. Like the
+classical form they treat the residual as homoscedastic: where it is strongly not (few
+components ablated per mask, very non-additive models) every classical interval, least
+squares' included, covers a few points less.
+
 :func:`normal_quantile` and :func:`confidence_interval` turn standard errors into intervals
 (two-sided, normal quantile).
 """
@@ -186,7 +196,7 @@ def confidence_interval(coef: torch.Tensor, standard_errors: Optional[torch.Tens
     """``(low, high)`` = ``coef -+ z(level) * standard_errors`` (normal approximation)."""
     if standard_errors is None:
         raise fail("standard_errors", "a tensor (the solver computes none: use least_squares,"
-                   " ridge, ridge_auto or prior_ridge)", None)
+                   " ridge, ridge_auto or eb_ridge)", None)
     z = normal_quantile(level)
     se = standard_errors.to(coef)
     return coef - z * se, coef + z * se

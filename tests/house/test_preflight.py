@@ -257,7 +257,7 @@ def test_every_entry_point_module_runs_the_preflight():
              and getattr(module, "preflight", None) is _preflight.preflight}
     assert {"captum_coar.baselines._base", "captum_coar.coar.estimator",
             "captum_coar.coar.collection", "captum_coar.evaluation", "captum_coar.interop",
-            "captum_coar.editing"} <= users
+            "captum_coar.editing_sets", "captum_coar.editing_gates"} <= users
     assert captum_coar.ComponentAtPStar._start is captum_coar.ComponentAblation._start
 
 

@@ -2,6 +2,7 @@
 the problem, before any forward pass of the gated model, never writes the caller's tensors, and
 gives the same numbers as without the preflight on a clean deterministic model."""
 
+import importlib
 import sys
 import warnings
 
@@ -253,6 +254,8 @@ def test_clean_model_same_numbers_as_without_preflight(method, monkeypatch):
 
 
 def test_every_entry_point_module_runs_the_preflight():
+    for name in ("editing_sets", "editing_gates"):
+        importlib.import_module(f"captum_coar.{name}")
     users = {name for name, module in sys.modules.items() if name.startswith("captum_coar")
              and getattr(module, "preflight", None) is _preflight.preflight}
     assert {"captum_coar.baselines._base", "captum_coar.coar.estimator",

@@ -5,7 +5,8 @@ Contract
 :func:`model_fingerprint` hashes the names, shapes, dtypes and values of every entry of a
 model's ``state_dict()`` (parameters and buffers, e.g. BatchNorm running statistics), so two
 models give the same fingerprint exactly when they compute the same function with the same
-architecture names. :func:`tensor_fingerprint` hashes any nested structure of tensors
+architecture names; inside :func:`fingerprints_reused` (the rounds of one adaptive collection)
+each model is hashed once. :func:`tensor_fingerprint` hashes any nested structure of tensors
 (tuples, lists, dicts, None, numbers, strings) by dtype, shape and bytes; collection uses it
 to check that a data loader yields the same batches on every pass and across resumed runs.
 Hashes are BLAKE2b hex strings (16 characters); they are deterministic across processes and
@@ -20,15 +21,18 @@ whole stream, the first batch whose target holds fractional numbers); :meth:`Dat
 from __future__ import annotations
 
 import hashlib
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Iterable, List, Optional, Tuple
+from typing import Any, Dict, Iterable, Iterator, List, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
 
-__all__ = ["model_fingerprint", "tensor_fingerprint", "DataScan", "scan_data", "check_reiterable"]
+__all__ = ["model_fingerprint", "tensor_fingerprint", "DataScan", "scan_data", "check_reiterable",
+           "fingerprints_reused"]
 
 _DIGEST_SIZE = 8
+_REUSED: Optional[Dict[int, Tuple[nn.Module, str]]] = None
 
 
 def _update_with_tensor(h: Any, tensor: Tensor) -> None:
@@ -74,10 +78,33 @@ def tensor_fingerprint(value: Any) -> str:
     return h.hexdigest()
 
 
+@contextmanager
+def fingerprints_reused() -> Iterator[None]:
+    """Inside the block, :func:`model_fingerprint` hashes each model once (by object; the
+    caller guarantees the weights do not change in between, e.g. the rounds of one adaptive
+    collection)."""
+    global _REUSED
+    outer, _REUSED = _REUSED, ({} if _REUSED is None else _REUSED)
+    try:
+        yield
+    finally:
+        _REUSED = outer
+
+
 def model_fingerprint(model: nn.Module) -> str:
-    """Hash of the names, shapes, dtypes and values of ``model.state_dict()``."""
+    """Hash of the names, shapes, dtypes and values of ``model.state_dict()`` (once per model
+    inside :func:`fingerprints_reused`)."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"model_fingerprint needs an nn.Module, got {type(model).__name__}")
+    if _REUSED is not None and id(model) in _REUSED:
+        return _REUSED[id(model)][1]
+    digest = _hash_model(model)
+    if _REUSED is not None:
+        _REUSED[id(model)] = (model, digest)  # the model is kept, so its id is not reused
+    return digest
+
+
+def _hash_model(model: nn.Module) -> str:
     h = hashlib.blake2b(digest_size=_DIGEST_SIZE)
     h.update(type(model).__name__.encode())
     for name, value in model.state_dict().items():

@@ -67,6 +67,7 @@ from ..solvers.uncertainty import normal_quantile
 from ..stores.base import MaskOutputStore
 from ..stores.memmap import MemmapStore
 from ._batches import BatchFn
+from ._fingerprint import fingerprints_reused
 from ._options import CollectionOptions
 from ._prior import with_default_prior
 from .result import COARResult
@@ -280,8 +281,9 @@ def collect_until(estimator: Any, data: Iterable[Any], rule: StopWhen,
         solver, resolved, estimator.forward_func, estimator.components,
         estimator.ablation if ablation is None else ablation, data, output,
         batch_fn if batch_fn is not None else getattr(options, "batch_fn", None))
-    result, rounds = run_rounds(rule, collect_rows,
-                                lambda stats: estimator.fit(stats, solver=resolved))
+    with fingerprints_reused():  # one call: the model is hashed once, not once per round
+        result, rounds = run_rounds(rule, collect_rows,
+                                    lambda stats: estimator.fit(stats, solver=resolved))
     if report is not None:
         result.settings["prior"] = report.describe()
     return result, rounds

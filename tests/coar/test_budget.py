@@ -11,7 +11,7 @@ from coar_fixtures import CountingForward
 from torch import nn
 
 import captum_coar.coar._budget as budget
-from captum_coar.coar import ComponentAblationRegression, tensor_batches
+from captum_coar.coar import ComponentAblationRegression, StopWhen, tensor_batches
 from captum_coar.coar._options import CollectionOptions
 from captum_coar.selectors import linear_neurons
 
@@ -82,3 +82,20 @@ class _Bar:
 
     def close(self):
         pass
+
+
+def test_an_adaptive_attribute_hashes_the_model_once(monkeypatch):
+    import captum_coar.coar._fingerprint as fingerprint
+
+    model, components, x, y = _wide(12)
+    hashed = []
+    real = fingerprint._hash_model
+    monkeypatch.setattr(fingerprint, "_hash_model", lambda m: hashed.append(1) or real(m))
+    coar = ComponentAblationRegression(model, components)
+    coar.attribute(x, target=y, n_masks=30, ablation_fraction=0.3)
+    assert len(hashed) == 1
+    coar.attribute(x, target=y, n_masks="auto", ablation_fraction=0.3, stop_when=StopWhen(
+        criterion="correlation", tol=1e-9, first_masks=12, max_masks=48, n_validation=6))
+    rounds = coar.last_result_.settings["adaptive"]["rounds"]
+    assert len(rounds) == 3 and len(hashed) == 2  # one more call, one more hash (not 1 + 4)
+    assert fingerprint._REUSED is None  # the reuse ends with the call

@@ -65,7 +65,7 @@ def with_intercept(coef: torch.Tensor, stats: SufficientStatistics) -> tuple:
 def shared_fits(stats: SufficientStatistics, classes: torch.Tensor,
                 ranks: Sequence[int]) -> Dict[str, tuple]:
     """Every cross-example estimator of the module docstring on one set of statistics."""
-    ridge = AutoRidge().fit(stats)
+    ridge = AutoRidge(selection="global").fit(stats)
     fits: Dict[str, tuple] = {"ridge_auto": (ridge.coef, ridge.intercept)}
     mean = ridge.coef.mean(0, keepdim=True).expand_as(ridge.coef).clone()
     by_class = torch.zeros_like(ridge.coef)
@@ -108,7 +108,7 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
             for name, fit in shared_fits(stores["bernoulli"].statistics((0, m)), y,
                                          args.ranks).items():
                 fits[f"{name} @ {m}"] = fit
-            fixed = AutoRidge().fit(stores["fixed"].statistics((0, m)))
+            fixed = AutoRidge(selection="global").fit(stores["fixed"].statistics((0, m)))
             fits[f"ridge_auto, fixed-count masks @ {m}"] = (fixed.coef, fixed.intercept)
         asymptote = LeastSquares().fit(stores["bernoulli"].statistics((0, M)))
     fits["asymptote"] = (asymptote.coef, asymptote.intercept)

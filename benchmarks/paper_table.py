@@ -135,7 +135,8 @@ def run_coar(setup: Setup, args: argparse.Namespace, alpha: float, seed: int, cu
         if rows <= N:
             if validation is None:
                 validation = store.statistics((total - N // 2, total))
-            fit = Ridge(alphas=RIDGE_ALPHAS).fit(store.statistics((0, rows)), validation)
+            fit = Ridge(alphas=RIDGE_ALPHAS, selection="global").fit(store.statistics((0, rows)),
+                                                                     validation)
             point.update(solver="ridge", ridge_alpha=float(fit.alpha),
                          validation_rows=[total - N // 2, total])
             pair: Any = (fit.coef, fit.intercept)

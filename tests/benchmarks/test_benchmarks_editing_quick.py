@@ -19,7 +19,10 @@ def test_editing_suite_quick(tmp_path):
     results = json.loads((tmp_path / "editing_suite.json").read_text())
     (member,) = results["members"].values()
     assert set(member["methods"]) >= {"welch", "joint", "reestimate", "gates", "random", "auto"}
-    # equal forward budget: re-estimation and gates within 10% of Welch's (COAR's) count
+    # equal forward budget, counted: the gates within 1% of Welch's (COAR's) count;
+    # re-estimation pays each COAR call's fixed part (the full pass, probes) once a round,
+    # 5 rounds of 30 masks here (about 2% more at the full size's 200)
     costs = {name: member["methods"][name]["cost"] for name in ("welch", "reestimate", "gates")}
-    assert all(abs(c / costs["welch"] - 1) < 0.10 for c in costs.values()), costs
+    assert abs(costs["gates"] / costs["welch"] - 1) < 0.01, costs
+    assert 1.0 <= costs["reestimate"] / costs["welch"] < 1.25, costs
     assert (tmp_path / "editing_suite.md").exists() and (tmp_path / "editing_suite.png").exists()

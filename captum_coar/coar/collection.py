@@ -277,8 +277,8 @@ def collect(forward_func: Callable[..., Any], components: ComponentSet, data: It
             error).
         rows: the mask rows to collect now: None (all), ``(start, stop)``, a slice or integer
             indices.
-        perturbations_per_eval, max_rows, chunk_rows, batch_fn, max_store_bytes,
-            show_progress: how the collection runs, as in
+        perturbations_per_eval, max_rows, chunk_rows, batch_fn, max_store_bytes, show_progress:
+            how the collection runs, as in
             :class:`~captum_coar.coar._options.CollectionOptions` (None: from ``options``).
         options: a :class:`~captum_coar.coar._options.CollectionOptions` (default: its
             defaults); a keyword above given beside it must agree with it.

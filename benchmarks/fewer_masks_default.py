@@ -88,8 +88,8 @@ def build(name: str, n_examples: int) -> Any:
     if name == "digits":
         return digits_setup(n_examples)
     if not (CACHE_DIR / f"{name}.pt").exists():
-        raise FileNotFoundError(f"no trained {name} model in {CACHE_DIR} (python -m"
-                                f" benchmarks.train {name})")
+        raise FileNotFoundError(f"no trained {name} model in benchmarks/cache (train it with"
+                                f" python -m benchmarks.train {name})")
     from benchmarks.paper_setups import build_setup
 
     return build_setup(name, n_examples)

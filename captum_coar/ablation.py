@@ -280,12 +280,6 @@ class PatchAblation(_ReferenceAblation):
     def __init__(self, baselines, additional_forward_args=None, batch_size=256) -> None:
         super().__init__(baselines, additional_forward_args, batch_size)
 
-    @property
-    def n_examples(self) -> int:
-        first = self.reference_inputs[0] if isinstance(self.reference_inputs, tuple) \
-            else self.reference_inputs
-        return int(first.shape[0])
-
     def _summarise(self, group, activations):
         return activations
 

@@ -26,6 +26,7 @@ position only, and ablating it equals patching it by hand at that position.
 from __future__ import annotations
 
 from dataclasses import replace
+from functools import lru_cache
 from typing import Any, List, Optional, Sequence, Tuple
 
 import torch
@@ -118,6 +119,12 @@ def residual_stream(model: nn.Module, positions: Optional[Sequence[Any]] = None,
                                 for name in names])
 
 
+@lru_cache(maxsize=256)
+def _index_table(indices: Tuple[int, ...]) -> Tensor:
+    """A per-example position list as a tensor, built once (the gate hook runs every pass)."""
+    return torch.tensor(indices, dtype=torch.long)
+
+
 def _resolved(group: ComponentGroup, slot: int, rows: int, seq_len: int,
               example_index: Optional[Tensor], device: torch.device) -> Tensor:
     """The sequence index of position ``slot`` for each of ``rows`` rows."""
@@ -130,7 +137,7 @@ def _resolved(group: ComponentGroup, slot: int, rows: int, seq_len: int,
                 f" length {seq_len} (allowed: {-seq_len} .. {seq_len - 1})")
         return torch.full((rows,), index, dtype=torch.long, device=device)
     name, indices = position
-    table = torch.tensor(indices, dtype=torch.long, device=device)
+    table = _index_table(indices).to(device)
     examples = (torch.arange(rows, device=device) if example_index is None
                 else example_index.to(device=device, dtype=torch.long))
     if examples.numel() != rows or bool((examples >= table.numel()).any()):

@@ -119,7 +119,8 @@ def test_solver_check_catches_wrong_coefficients():
         check_solver(_ShrunkSolver())
 
 
-@pytest.mark.parametrize("factory, kwargs", [
+#: every built-in attribution method: (factory, attribute keywords), with readable ids
+BUILTIN_METHODS = pytest.mark.parametrize("factory, kwargs", [
     (lambda m, c: ComponentAblation(m, c), {}),
     (lambda m, c: ComponentAttributionPatching(m, c), {}),
     (lambda m, c: ComponentGradientXParameter(m, c), {}),
@@ -128,19 +129,14 @@ def test_solver_check_catches_wrong_coefficients():
     (lambda m, c: ComponentRelevancePatching(m, c, require_attention=False), {}),
 ], ids=["leave-one-out", "attribution patching", "gradient x parameter", "gate IG", "COAR",
         "relevance patching"])
+
+
+@BUILTIN_METHODS
 def test_builtin_attribution_methods_give_the_exact_answer_on_an_additive_model(factory, kwargs):
     check_attribution_method(factory, exact=True, **kwargs)
 
 
-@pytest.mark.parametrize("factory, kwargs", [
-    (lambda m, c: ComponentAblation(m, c), {}),
-    (lambda m, c: ComponentAttributionPatching(m, c), {}),
-    (lambda m, c: ComponentGradientXParameter(m, c), {}),
-    (lambda m, c: ComponentIntegratedGradients(m, c), {"n_steps": 8}),
-    (lambda m, c: ComponentAblationRegression(m, c), {"n_masks": 60, "ablation_fraction": 0.3}),
-    (lambda m, c: ComponentRelevancePatching(m, c, require_attention=False), {}),
-], ids=["leave-one-out", "attribution patching", "gradient x parameter", "gate IG", "COAR",
-        "relevance patching"])
+@BUILTIN_METHODS
 def test_builtin_attribution_methods_pass_the_contract_with_paired_baselines(factory, kwargs):
     check_attribution_method(factory, exact=True, paired=True, **kwargs)
 
